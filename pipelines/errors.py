@@ -1,0 +1,127 @@
+"""Typed, picklable errors that carry data.
+
+Pipelines and transforms raise these; only `cli.py` turns them into one-line messages and exit
+codes. Each error keeps its fields as attributes *and* passes them to `Exception.__init__`, so it
+survives pickling across Beam workers (the pattern of elasticsearch-py's `helpers/errors.py`).
+Messages never contain secrets: they name members, lines, document ids and reasons only.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "CfysnapError",
+    "CorruptArchive",
+    "UnsupportedVersion",
+    "UnsafePath",
+    "SearchServerError",
+    "BulkLoadError",
+    "RestoreRefused",
+    "StoreError",
+    "JobFailed",
+]
+
+
+class CfysnapError(Exception):
+    """Base of every error cfysnap reports to a user. `exit_code` is what the CLI exits with."""
+
+    exit_code = 1
+
+    def __str__(self) -> str:  # pragma: no cover - subclasses override
+        return super().__str__()
+
+
+class CorruptArchive(CfysnapError):
+    """A snapshot archive (or one of its members) that cannot be read as the format says."""
+
+    def __init__(self, member: str, line: int | None, reason: str, archive: str = "") -> None:
+        super().__init__(member, line, reason, archive)
+        self.member, self.line, self.reason, self.archive = member, line, reason, archive
+
+    def __str__(self) -> str:
+        where = self.member + (f":{self.line}" if self.line else "")
+        prefix = f"{self.archive}: " if self.archive else ""
+        return f"{prefix}{where}: {self.reason}"
+
+
+class UnsupportedVersion(CfysnapError):
+    def __init__(self, version: str, where: str = "metadata.json") -> None:
+        super().__init__(version, where)
+        self.version, self.where = version, where
+
+    def __str__(self) -> str:
+        return f"{self.where}: unsupported snapshot_version {self.version!s} (known: 3.2, 3.3, 3.4.x)"
+
+
+class UnsafePath(CfysnapError):
+    """An archive entry or file path that would land outside its target folder."""
+
+    def __init__(self, member: str, reason: str = "escapes the target folder") -> None:
+        super().__init__(member, reason)
+        self.member, self.reason = member, reason
+
+    def __str__(self) -> str:
+        return f"{self.member}: {self.reason}"
+
+
+class SearchServerError(CfysnapError):
+    """The search server is unreachable or answered with an error."""
+
+    exit_code = 2
+
+    def __init__(self, url: str, reason: str) -> None:
+        super().__init__(url, reason)
+        self.url, self.reason = url, reason
+
+    def __str__(self) -> str:
+        return f"search server {self.url}: {self.reason}"
+
+
+class BulkLoadError(CfysnapError):
+    """Some items of a bulk request failed for good. `items` are `(index, type, id, status, reason)`."""
+
+    def __init__(self, items: list[tuple[str, str, str, int, str]]) -> None:
+        super().__init__(items)
+        self.items = items
+
+    def __str__(self) -> str:
+        shown = "; ".join(f"{i}/{t}/{d}: {s} {r}" for i, t, d, s, r in self.items[:5])
+        more = f" (+{len(self.items) - 5} more)" if len(self.items) > 5 else ""
+        return f"bulk load failed for {len(self.items)} document(s): {shown}{more}"
+
+
+class RestoreRefused(CfysnapError):
+    """The target is not fit for this restore (dirty, clashing ids, newer archive)."""
+
+    def __init__(self, reason: str, ids: list[str] | None = None) -> None:
+        super().__init__(reason, ids or [])
+        self.reason, self.ids = reason, ids or []
+
+    def __str__(self) -> str:
+        if not self.ids:
+            return f"restore refused: {self.reason}"
+        return f"restore refused: {self.reason}: {', '.join(self.ids)}"
+
+
+class StoreError(CfysnapError):
+    """A snapshot-store operation that the snapshot's status or presence forbids."""
+
+    def __init__(self, snapshot_id: str, reason: str) -> None:
+        super().__init__(snapshot_id, reason)
+        self.snapshot_id, self.reason = snapshot_id, reason
+
+    def __str__(self) -> str:
+        return f"snapshot {self.snapshot_id}: {self.reason}"
+
+
+class JobFailed(CfysnapError):
+    """A pipeline failed; `done` says what it completed before failing."""
+
+    def __init__(self, job: str, reason: str, done: dict[str, Any] | None = None) -> None:
+        super().__init__(job, reason, done or {})
+        self.job, self.reason, self.done = job, reason, done or {}
+
+    def __str__(self) -> str:
+        done = ", ".join(f"{k}={v}" for k, v in self.done.items())
+        return f"{self.job} failed: {self.reason}" + (f" (done before failing: {done})" if done else "")

@@ -1,0 +1,135 @@
+"""The vocabulary of a Cloudify 3.x snapshot: versions, indices, document types, hit shapes.
+
+Everything here is pure and dependency-free so that transforms, pipelines and tests share one
+definition of what a "hit", a "version" or an "event index" is
+(see ../shared/spec/cloudify-snapshots.md §2, §4, §5).
+"""
+
+from __future__ import annotations
+
+import re
+from enum import Enum
+from typing import Any
+
+from pipelines.errors import UnsupportedVersion
+
+__all__ = [
+    "Doc",
+    "Hit",
+    "HitKey",
+    "Version",
+    "STORAGE_INDEX",
+    "EVENTS_INDEX",
+    "LOGSTASH_PREFIX",
+    "STORAGE_TYPES",
+    "EVENT_TYPES",
+    "NEVER_IN_SNAPSHOT_TYPES",
+    "FILE_FOLDERS",
+    "COMPUTE_TYPE",
+    "parse_version",
+    "metadata_version",
+    "hit_key",
+    "is_event_index",
+    "is_compute_node",
+    "credentials_dir_name",
+]
+
+Doc = dict[str, Any]
+"""A document's `_source`."""
+
+Hit = dict[str, Any]
+"""One es_data line: `{"_index", "_type", "_id", "_source", "_score"?}` in the *logical* layout
+(Cloudify's own index and type names, whatever the server's physical layout)."""
+
+HitKey = tuple[str, str, str]
+"""(index, type, id): the identity of a document in a snapshot."""
+
+STORAGE_INDEX = "cloudify_storage"
+EVENTS_INDEX = "cloudify_events"
+LOGSTASH_PREFIX = "logstash-"
+
+STORAGE_TYPES = (
+    "blueprint",
+    "deployment",
+    "node",
+    "node_instance",
+    "execution",
+    "deployment_modification",
+    "deployment_update",
+    "plugin",
+    "provider_context",
+    "snapshot",
+)
+EVENT_TYPES = ("cloudify_event", "cloudify_log")
+NEVER_IN_SNAPSHOT_TYPES = ("provider_context", "snapshot")
+"""§4: create drops these from es_data."""
+
+FILE_FOLDERS = ("blueprints", "uploaded-blueprints", "plugins", "deployments")
+"""File-server folders a snapshot carries (`deployments` on 3.4+ only)."""
+
+COMPUTE_TYPE = "cloudify.nodes.Compute"
+
+
+class Version(str, Enum):
+    """Snapshot format versions cfysnap knows, ordered oldest first."""
+
+    V3_2 = "3.2"
+    V3_3 = "3.3"
+    V3_4 = "3.4"
+
+    @property
+    def order(self) -> int:
+        return list(Version).index(self)
+
+    def __lt__(self, other: object) -> bool:  # type: ignore[override]
+        if not isinstance(other, Version):
+            return NotImplemented
+        return self.order < other.order
+
+    def __le__(self, other: object) -> bool:  # type: ignore[override]
+        if not isinstance(other, Version):
+            return NotImplemented
+        return self.order <= other.order
+
+
+_VERSION_RE = re.compile(r"^(\d+)\.(\d+)(?:\.\d+)*(?:-.*)?$")
+
+
+def parse_version(text: object, where: str = "metadata.json") -> Version:
+    """Map a `snapshot_version` string ("3.2", "3.3", "3.4.0", "3.4.2", …) to a Version.
+
+    Raises UnsupportedVersion for anything else (including non-strings).
+    """
+    if isinstance(text, Version):
+        return text
+    if not isinstance(text, str):
+        raise UnsupportedVersion(repr(text), where)
+    m = _VERSION_RE.match(text.strip())
+    if not m:
+        raise UnsupportedVersion(text, where)
+    try:
+        return Version(f"{int(m.group(1))}.{int(m.group(2))}")
+    except ValueError:
+        raise UnsupportedVersion(text, where) from None
+
+
+def metadata_version(version: Version) -> str:
+    """The `snapshot_version` a manager of `version` writes (§2): "3.2", "3.3", "3.4.0"."""
+    return {Version.V3_2: "3.2", Version.V3_3: "3.3", Version.V3_4: "3.4.0"}[version]
+
+
+def hit_key(hit: Hit) -> HitKey:
+    return (hit["_index"], hit["_type"], hit["_id"])
+
+
+def is_event_index(index: str) -> bool:
+    return index == EVENTS_INDEX or index.startswith(LOGSTASH_PREFIX)
+
+
+def is_compute_node(node: Doc) -> bool:
+    return COMPUTE_TYPE in (node.get("type_hierarchy") or [])
+
+
+def credentials_dir_name(deployment_id: str, node_id: str) -> str:
+    """`snapshot-credentials/<deployment>_<node>/agent_key`: the node's storage `_id` (§6.4)."""
+    return f"{deployment_id}_{node_id}"
