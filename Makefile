@@ -1,0 +1,41 @@
+# Two commands set everything up on a fresh machine (see README):
+#   make demo   — venv, real search server, the main job on generated sample data
+#   make test   — venv, real search server, the whole test suite
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+ES_PORT ?= 9200
+ES_PORT_B ?= 9210
+DEMO := demo-out
+
+.PHONY: venv server server-stop demo test test-distributed lint bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e ".[dev]"
+	touch $@
+
+venv: $(VENV)/.installed
+
+server:
+	scripts/search-server start --port $(ES_PORT)
+
+server-stop:
+	scripts/search-server stop --port $(ES_PORT)
+
+demo: venv server
+	bash scripts/demo $(ES_PORT) $(ES_PORT_B)
+
+test: venv server
+	CFYSNAP_ES_URL=$$(scripts/search-server url --port $(ES_PORT)) $(VENV)/bin/pytest -q
+
+test-distributed: venv server
+	CFYSNAP_ES_URL=$$(scripts/search-server url --port $(ES_PORT)) $(VENV)/bin/pytest -q -m distributed -o addopts=-ra
+
+lint: venv
+	$(VENV)/bin/ruff check cli.py pipelines transforms tests bench
+
+clean:
+	rm -rf $(DEMO)

@@ -1,0 +1,249 @@
+"""cfysnap's command line: a thin Typer adapter over the importable jobs in `pipelines/`.
+
+Each command parses and validates its options, builds one frozen config, calls
+`pipelines.<job>.run(config, beam_args)` (or a read-only library function) and turns the typed
+errors of `pipelines.errors` into one-line messages and exit codes. `--debug` shows tracebacks.
+Everything after `--` goes to Beam untouched (runner flags: `-- --runner=FlinkRunner ...`).
+Library imports happen inside the commands, so `--help` is instant.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Callable
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+__all__ = ["app", "main"]
+
+T = TypeVar("T")
+
+app = typer.Typer(
+    name="cfysnap",
+    help=(
+        "Create, convert, restore and verify Cloudify 3.x manager snapshots with Apache Beam.\n\n"
+        "Example: cfysnap inspect snapshot.zip"
+    ),
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    rich_markup_mode=None,
+)
+sample_app = typer.Typer(
+    help="Generate realistic manager states for tests, benchmarks and demos.\n\n"
+    "Example: cfysnap sample archive demo.zip --version 3.2 --documents 10000",
+    no_args_is_help=True,
+)
+app.add_typer(sample_app, name="sample")
+
+BEAM_ARGS = {"allow_extra_args": True, "ignore_unknown_options": True}
+_debug = False
+
+
+class VersionChoice(str, Enum):
+    v3_2 = "3.2"
+    v3_3 = "3.3"
+    v3_4 = "3.4"
+
+
+class TargetVersion(str, Enum):
+    v3_3 = "3.3"
+    v3_4 = "3.4"
+
+
+class LayoutChoice(str, Enum):
+    auto = "auto"
+    typed = "typed"
+    typeless = "typeless"
+
+
+ArchiveArg = Annotated[
+    Path,
+    typer.Argument(help="Snapshot archive (.zip).", exists=True, dir_okay=False, readable=True),
+]
+EsOption = Annotated[
+    str,
+    typer.Option(
+        "--es", envvar="CFYSNAP_ES_URL", help="Search server base URL, e.g. http://127.0.0.1:9200."
+    ),
+]
+FsRootOption = Annotated[
+    Path, typer.Option("--fs-root", help="The manager's file-server root (e.g. /opt/manager/resources).")
+]
+LayoutOption = Annotated[
+    LayoutChoice,
+    typer.Option("--layout", help="Index layout on the server: typed (ES<=6), typeless (ES>=7), or auto."),
+]
+
+
+def _configure_logging(debug: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.INFO,
+        format="%(asctime)s %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+    # Beam and the HTTP stack are chatty at INFO; cfysnap's own lines stay.
+    for noisy in ("apache_beam", "root", "elastic_transport", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.DEBUG if debug else logging.ERROR)
+    logging.getLogger().setLevel(logging.DEBUG if debug else logging.ERROR)
+    logging.getLogger("cfysnap").setLevel(logging.DEBUG if debug else logging.INFO)
+
+
+def _run(fn: Callable[[], T]) -> T:
+    """Run a command body; typed errors become one line on stderr and their exit code."""
+    from pipelines.errors import CfysnapError
+
+    try:
+        return fn()
+    except CfysnapError as exc:
+        if _debug:
+            raise
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(exc.exit_code) from None
+    except KeyboardInterrupt:
+        typer.echo("error: interrupted", err=True)
+        raise typer.Exit(130) from None
+    except Exception as exc:  # noqa: BLE001 - the edge: never a traceback without --debug
+        if _debug:
+            raise
+        typer.echo(f"error: unexpected {type(exc).__name__}: {exc} (rerun with --debug)", err=True)
+        raise typer.Exit(3) from None
+
+
+def _layout(layout: LayoutChoice) -> Any:
+    from pipelines.io.search import Layout
+
+    return None if layout is LayoutChoice.auto else Layout(layout.value)
+
+
+@app.callback()
+def _main(
+    debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks and debug logs.")] = False,
+) -> None:
+    global _debug
+    _debug = debug
+    _configure_logging(debug)
+
+
+# ----------------------------------------------------------------------------------- inspect
+@app.command()
+def inspect(
+    archive: ArchiveArg,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Summarise a snapshot archive: version, documents per (index, type), files, agents.
+
+    Example: cfysnap inspect snapshot.zip --json
+    """
+    from pipelines.inspect import inspect_archive
+    from pipelines.progress import Progress
+
+    def body() -> None:
+        with Progress("inspect", enabled=not as_json) as progress:
+            report = inspect_archive(archive, on_line=lambda n: progress.advance(10_000))
+        typer.echo(json.dumps(report.to_json(), indent=2) if as_json else report.render())
+
+    _run(body)
+
+
+# ---------------------------------------------------------------------------------- validate
+@app.command()
+def validate(archive: Annotated[Path, typer.Argument(help="Snapshot archive (.zip).")]) -> None:
+    """Check an archive: readable zip, safe entry names, metadata, every es_data line, duplicates,
+    manifest checksums. Exit 0 when valid, else one line per problem (member:line: reason), exit 1.
+
+    Example: cfysnap validate snapshot.zip
+    """
+    from pipelines.progress import Progress
+    from pipelines.validate import validate_archive
+
+    def body() -> None:
+        with Progress("validate") as progress:
+            problems = validate_archive(archive, on_line=lambda n: progress.advance(10_000))
+        for problem in problems:
+            typer.echo(str(problem), err=True)
+        if problems:
+            typer.echo(f"invalid: {archive}: {len(problems)} problem(s)", err=True)
+            raise typer.Exit(1)
+        typer.echo(f"valid: {archive}")
+
+    _run(body)
+
+
+# ------------------------------------------------------------------------------------ sample
+@sample_app.command("archive")
+def sample_archive(
+    output: Annotated[Path, typer.Argument(help="Where to write the generated snapshot archive.")],
+    version: Annotated[VersionChoice, typer.Option("--version", help="Manager version to imitate.")] = VersionChoice.v3_3,
+    documents: Annotated[int, typer.Option("--documents", min=10, help="About how many documents.")] = 2000,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed (same seed, same archive).")] = 0,
+) -> None:
+    """Write a generated snapshot archive of a realistic manager.
+
+    Example: cfysnap sample archive demo-3.2.zip --version 3.2 --documents 10000
+    """
+    from pipelines.model import Version
+    from pipelines.sample.archive import write_sample_archive
+    from pipelines.sample.generate import ManagerSpec
+
+    def body() -> None:
+        spec = ManagerSpec.sized(Version(version.value), documents, seed=seed)
+        write_sample_archive(spec, output)
+        typer.echo(f"wrote {output}")
+
+    _run(body)
+
+
+@sample_app.command("manager")
+def sample_manager(
+    es: EsOption,
+    fs_root: FsRootOption,
+    version: Annotated[VersionChoice, typer.Option("--version", help="Manager version to imitate.")] = VersionChoice.v3_3,
+    documents: Annotated[int, typer.Option("--documents", min=10, help="About how many documents.")] = 2000,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
+    keys_dir: Annotated[
+        Path | None, typer.Option("--keys-dir", help="Where the Compute nodes' agent keys are written.")
+    ] = None,
+    layout: LayoutOption = LayoutChoice.auto,
+) -> None:
+    """Load a generated manager into a search server and a file-server root.
+
+    Example: cfysnap sample manager --es http://127.0.0.1:9200 --fs-root /tmp/mgr --version 3.2
+    """
+    from dataclasses import replace
+
+    from pipelines.io.search import SearchClient
+    from pipelines.model import Version
+    from pipelines.sample.generate import ManagerSpec
+    from pipelines.sample.load import load_manager
+
+    def body() -> None:
+        spec = ManagerSpec.sized(Version(version.value), documents, seed=seed)
+        if keys_dir is not None:
+            spec = replace(spec, keys_dir=str(keys_dir.resolve()))
+        with SearchClient(es, layout=_layout(layout)) as client:
+            counts = load_manager(spec, client, fs_root)
+        typer.echo(f"loaded {sum(counts.values())} documents into {es}; files in {fs_root}")
+
+    _run(body)
+
+
+# [commands: versions/convert]
+# [commands: create]
+# [commands: restore/verify]
+# [commands: snapshots/clear]
+# [commands: export]
+
+
+def main() -> None:
+    """Console-script entry point (`cfysnap`)."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

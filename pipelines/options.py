@@ -1,0 +1,38 @@
+"""Beam pipeline options as cfysnap uses them.
+
+Everything after `--` on the command line is handed to Beam untouched. When no runner is named,
+cfysnap runs on the embedded FnApiRunner: Beam's `DirectRunner` first tries the Prism runner,
+which downloads a binary on every run and fails on a machine without internet, so an explicit
+`--runner=DirectRunner` is also mapped to the FnApiRunner (the same in-process engine the
+DirectRunner falls back to for batch pipelines). `--direct_num_workers` and
+`--direct_running_mode` work as documented for the DirectRunner.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
+__all__ = ["beam_options", "DEFAULT_RUNNER"]
+
+DEFAULT_RUNNER = "FnApiRunner"
+_LOG = logging.getLogger(__name__)
+
+
+def beam_options(args: Sequence[str] = ()) -> PipelineOptions:
+    """PipelineOptions from Beam command-line flags, with cfysnap's runner default applied."""
+    options = PipelineOptions(list(args))
+    standard = options.view_as(StandardOptions)
+    if standard.runner in (None, "DirectRunner", "SwitchingDirectRunner"):
+        if standard.runner:
+            _LOG.info("using FnApiRunner for %s (no Prism download)", standard.runner)
+        standard.runner = DEFAULT_RUNNER
+    return options
+
+
+def is_local_runner(options: PipelineOptions) -> bool:
+    """True when the pipeline runs on this machine (local paths are shared by all workers)."""
+    runner = options.view_as(StandardOptions).runner or DEFAULT_RUNNER
+    return str(runner).split(".")[-1] in StandardOptions.LOCAL_RUNNERS

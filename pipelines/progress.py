@@ -1,0 +1,114 @@
+"""Progress for long work: a bar (documents and bytes) on a terminal, plain lines otherwise.
+
+A job opens one `Progress` around its work; code deep inside (including Beam DoFns running in
+this process, as on the default in-process runner) calls `report(docs, nbytes)`. In worker
+processes of a multi-process or distributed runner there is no active Progress and `report` does
+nothing: those jobs print their summary at the end from Beam's counters.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+import time
+from types import TracebackType
+
+__all__ = ["Progress", "report"]
+
+_LOG = logging.getLogger("cfysnap")
+_active: Progress | None = None
+_lock = threading.Lock()
+
+
+def report(docs: int = 0, nbytes: int = 0) -> None:
+    """Advance the active progress of this process, if any. Thread-safe, cheap."""
+    current = _active
+    if current is not None:
+        current.advance(docs, nbytes)
+
+
+class Progress:
+    """`with Progress("create", total=n): ...` — shows documents, bytes and docs/s as work advances."""
+
+    def __init__(
+        self,
+        description: str,
+        total: int | None = None,
+        *,
+        enabled: bool = True,
+        interval: float = 5.0,
+    ) -> None:
+        self.description, self.total = description, total
+        self.docs = 0
+        self.nbytes = 0
+        self.started = time.monotonic()
+        self._enabled = enabled
+        self._interval = interval
+        self._last_line = self.started
+        self._bar = None
+        self._task = None
+        self._tty = enabled and sys.stderr.isatty()
+
+    @property
+    def seconds(self) -> float:
+        return time.monotonic() - self.started
+
+    def __enter__(self) -> Progress:
+        global _active
+        self.started = time.monotonic()
+        if self._tty:
+            from rich.progress import (
+                BarColumn,
+                DownloadColumn,
+                MofNCompleteColumn,
+                Progress as Bar,
+                TextColumn,
+                TimeElapsedColumn,
+            )
+
+            self._bar = Bar(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("docs"),
+                DownloadColumn(),
+                TimeElapsedColumn(),
+                transient=True,
+            )
+            self._bar.start()
+            self._task = self._bar.add_task(self.description, total=self.total)
+        with _lock:
+            _active = self
+        return self
+
+    def advance(self, docs: int = 0, nbytes: int = 0) -> None:
+        with _lock:
+            self.docs += docs
+            self.nbytes += nbytes
+        if self._bar is not None:
+            self._bar.update(self._task, completed=self.docs)  # type: ignore[arg-type]
+        elif self._enabled:
+            now = time.monotonic()
+            if now - self._last_line >= self._interval:
+                self._last_line = now
+                _LOG.info(
+                    "%s: %d documents, %d bytes, %.0f docs/s",
+                    self.description,
+                    self.docs,
+                    self.nbytes,
+                    self.docs / max(now - self.started, 1e-9),
+                )
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        global _active
+        with _lock:
+            if _active is self:
+                _active = None
+        if self._bar is not None:
+            self._bar.stop()

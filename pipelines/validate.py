@@ -1,0 +1,278 @@
+"""`validate`: check a snapshot archive without changing anything.
+
+Checks (issue #2): the zip is readable to the end (CRCs); no entry escapes the archive root
+(absolute paths, `..`, symlinks, backslashes); metadata.json is present, a JSON object, and its
+`snapshot_version` is known; every es_data line parses and has `_index`, `_type`, `_id`,
+`_source`; no (index, type, id) appears twice; manifest sizes and sha256 match when a manifest
+is present; agents.json, when present, is a JSON object.
+
+Memory: es_data is streamed; duplicate detection keeps 8-byte key digests in bucket files on
+disk and checks one bucket at a time (numpy sort), so peak memory stays flat as documents grow.
+Only digests that collide are looked up again, in a second pass, to name the duplicated keys.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+import zipfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pipelines.errors import CorruptArchive, UnsupportedVersion
+from pipelines.io.archive import (
+    AGENTS,
+    ES_DATA,
+    MANIFEST,
+    METADATA,
+    SnapshotReader,
+    parse_hit,
+    unsafe_member_reason,
+)
+from pipelines.model import parse_version
+
+__all__ = ["Problem", "validate_archive", "MAX_PROBLEMS"]
+
+MAX_PROBLEMS = 1000
+_BUCKETS = 64
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One reason an archive is invalid: where (member, line) and why."""
+
+    member: str
+    line: int | None
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.member}{f':{self.line}' if self.line else ''}: {self.reason}"
+
+
+def _key_digest(index: str, doc_type: str, doc_id: str) -> int:
+    raw = f"{index}\x00{doc_type}\x00{doc_id}".encode()
+    return int.from_bytes(hashlib.blake2b(raw, digest_size=8).digest(), "little")
+
+
+class _DuplicateFinder:
+    """Spill key digests to bucket files; later report the digests seen more than once."""
+
+    def __init__(self, workdir: Path) -> None:
+        self._files = [open(workdir / f"b{i}", "wb") for i in range(_BUCKETS)]  # noqa: SIM115
+        self._pending: list[list[int]] = [[] for _ in range(_BUCKETS)]
+
+    def add(self, digest: int) -> None:
+        bucket = self._pending[digest % _BUCKETS]
+        bucket.append(digest)
+        if len(bucket) >= 4096:
+            self._flush(digest % _BUCKETS)
+
+    def _flush(self, i: int) -> None:
+        if self._pending[i]:
+            self._files[i].write(np.array(self._pending[i], dtype=np.uint64).tobytes())
+            self._pending[i] = []
+
+    def repeated(self) -> set[int]:
+        found: set[int] = set()
+        for i, f in enumerate(self._files):
+            self._flush(i)
+            f.close()
+            digests = np.sort(np.fromfile(f.name, dtype=np.uint64))
+            if len(digests) > 1:
+                dup = digests[1:][digests[1:] == digests[:-1]]
+                found.update(int(d) for d in np.unique(dup))
+        return found
+
+
+def validate_archive(
+    path: str | Path, *, on_line: Callable[[int], None] | None = None
+) -> list[Problem]:
+    """Every problem found in the archive at `path` (empty list: valid). Never raises for bad input.
+
+    `on_line(n)` is called every 10,000 es_data lines (progress).
+    """
+    return list(_problems(Path(path), on_line))
+
+
+def _problems(path: Path, on_line: Callable[[int], None] | None) -> Iterator[Problem]:
+    try:
+        snap = SnapshotReader(path)
+    except CorruptArchive as exc:
+        yield Problem(str(path), None, exc.reason)
+        return
+    with snap:
+        count = 0
+        for problem in _check_archive(snap, on_line):
+            count += 1
+            if count > MAX_PROBLEMS:
+                yield Problem(str(path), None, f"more than {MAX_PROBLEMS} problems; stopped listing")
+                return
+            yield problem
+
+
+def _check_archive(snap: SnapshotReader, on_line: Callable[[int], None] | None) -> Iterator[Problem]:
+    infos = snap.infos()
+    seen_names: set[str] = set()
+    for info in infos:
+        reason = unsafe_member_reason(info.filename, info)
+        if reason:
+            yield Problem(info.filename, None, reason)
+        if info.filename in seen_names:
+            yield Problem(info.filename, None, "entry appears twice in the archive")
+        seen_names.add(info.filename)
+
+    yield from _check_metadata(snap)
+    manifest = _load_manifest(snap)
+    if isinstance(manifest, Problem):
+        yield manifest
+        manifest = None
+    if snap.has(AGENTS):
+        try:
+            snap.agents()
+        except CorruptArchive as exc:
+            yield Problem(AGENTS, None, exc.reason)
+
+    # stream every member once: CRC (zipfile checks it at EOF) and sha256 against the manifest
+    digests: dict[str, tuple[int, str]] = {}
+    for info in infos:
+        if info.is_dir() or info.filename == MANIFEST or info.filename == ES_DATA:
+            continue
+        try:
+            digests[info.filename] = _hash_member(snap, info)
+        except (zipfile.BadZipFile, EOFError, OSError, ValueError) as exc:
+            yield Problem(info.filename, None, f"cannot be read ({exc})")
+
+    if not snap.has(ES_DATA):
+        yield Problem(ES_DATA, None, "es_data is missing")
+    else:
+        yield from _check_es_data(snap, digests, on_line)
+
+    if manifest is not None:
+        yield from _check_manifest(manifest, digests, infos)
+
+
+def _check_metadata(snap: SnapshotReader) -> Iterator[Problem]:
+    try:
+        meta = snap.metadata()
+    except CorruptArchive as exc:
+        yield Problem(METADATA, None, exc.reason)
+        return
+    except (zipfile.BadZipFile, EOFError, OSError) as exc:
+        yield Problem(METADATA, None, f"cannot be read ({exc})")
+        return
+    try:
+        parse_version(meta.get("snapshot_version"))
+    except UnsupportedVersion as exc:
+        yield Problem(METADATA, None, f"unsupported snapshot_version {exc.version} (known: 3.2, 3.3, 3.4.x)")
+    if not isinstance(meta.get("has_cloudify_events", False), bool):
+        yield Problem(METADATA, None, "has_cloudify_events is not a boolean")
+
+
+def _load_manifest(snap: SnapshotReader) -> dict | Problem | None:
+    if not snap.has(MANIFEST):
+        return None
+    try:
+        manifest = snap.manifest()
+    except CorruptArchive as exc:
+        return Problem(MANIFEST, None, exc.reason)
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("members"), dict):
+        return Problem(MANIFEST, None, "manifest.json has no 'members' object")
+    return manifest
+
+
+def _hash_member(snap: SnapshotReader, info: zipfile.ZipInfo) -> tuple[int, str]:
+    sha, size = hashlib.sha256(), 0
+    with snap.open(info.filename) as f:
+        while chunk := f.read(1 << 20):
+            sha.update(chunk)
+            size += len(chunk)
+    return size, sha.hexdigest()
+
+
+def _check_es_data(
+    snap: SnapshotReader,
+    digests: dict[str, tuple[int, str]],
+    on_line: Callable[[int], None] | None,
+) -> Iterator[Problem]:
+    sha, size, lines = hashlib.sha256(), 0, 0
+    with tempfile.TemporaryDirectory(prefix="cfysnap-validate-") as tmp:
+        finder = _DuplicateFinder(Path(tmp))
+        try:
+            with snap.open(ES_DATA) as raw:
+                stream = _LineReader(raw)
+                for lineno, line in enumerate(stream, 1):
+                    sha.update(line)
+                    size += len(line)
+                    lines = lineno
+                    if on_line and lineno % 10_000 == 0:
+                        on_line(lineno)
+                    if not line.strip():
+                        continue
+                    try:
+                        hit = parse_hit(line, lineno)
+                    except CorruptArchive as exc:
+                        yield Problem(ES_DATA, lineno, exc.reason)
+                        continue
+                    finder.add(_key_digest(hit["_index"], hit["_type"], hit["_id"]))
+        except (zipfile.BadZipFile, EOFError, OSError) as exc:
+            yield Problem(ES_DATA, lines + 1 if lines else None, f"cannot be read to the end ({exc})")
+            return
+        digests[ES_DATA] = (size, sha.hexdigest())
+        repeated = finder.repeated()
+    if repeated:
+        yield from _name_duplicates(snap, repeated)
+
+
+def _name_duplicates(snap: SnapshotReader, repeated: set[int]) -> Iterator[Problem]:
+    first_line: dict[tuple[str, str, str], int] = {}
+    for lineno, line in snap.iter_lines():
+        try:
+            hit = json.loads(line)
+            key = (hit["_index"], hit["_type"], hit["_id"])
+        except (ValueError, KeyError, TypeError):
+            continue
+        if _key_digest(*key) not in repeated:
+            continue
+        if key in first_line:
+            yield Problem(
+                ES_DATA, lineno, f"duplicate document {key[0]}/{key[1]}/{key[2]} (first at line {first_line[key]})"
+            )
+        else:
+            first_line[key] = lineno
+
+
+def _check_manifest(
+    manifest: dict, digests: dict[str, tuple[int, str]], infos: list[zipfile.ZipInfo]
+) -> Iterator[Problem]:
+    listed = manifest["members"]
+    for name, entry in listed.items():
+        if name.endswith("/"):
+            continue
+        if name not in digests:
+            if not any(i.filename == name for i in infos):
+                yield Problem(name, None, "listed in manifest.json but missing from the archive")
+            continue
+        size, digest = digests[name]
+        if not isinstance(entry, dict) or entry.get("sha256") != digest:
+            yield Problem(name, None, "sha256 does not match manifest.json")
+        elif entry.get("size") != size:
+            yield Problem(name, None, "size does not match manifest.json")
+    for name in digests:
+        if name not in listed:
+            yield Problem(name, None, "not listed in manifest.json")
+
+
+class _LineReader:
+    """Iterate the raw lines (with newline) of a binary stream in large reads."""
+
+    def __init__(self, raw: object) -> None:
+        import io
+
+        self._stream = io.BufferedReader(raw, 1 << 20)  # type: ignore[arg-type]
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self._stream)

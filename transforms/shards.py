@@ -1,0 +1,274 @@
+"""Move documents between a snapshot archive and parallel workers through staged shard files.
+
+An archive's `es_data` is one deflated zip member: it can only be read from the start. So the
+jobs work like this (principle 12: shuffle paths, never whole documents):
+
+    archive ──SplitEsDataIntoShards──▶ shard paths ──Reshuffle──▶ ReadShards ──▶ hits
+    hits ──WriteShards──▶ ShardInfo (path, counts) ──WriteSnapshotArchive──▶ archive
+
+Shards are plain newline-delimited es_data lines in a staging folder beside the output (any
+path Beam's FileSystems understand; on a cluster it must be shared storage). `WriteShards`
+writes one file per bundle and emits only a small `ShardInfo`; `WriteSnapshotArchive` streams the
+shards, in path order, into the single `es_data` member. No step holds all documents.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.transforms.window import GlobalWindow
+from apache_beam.utils.timestamp import MIN_TIMESTAMP
+from apache_beam.utils.windowed_value import WindowedValue
+
+from pipelines import progress
+from pipelines.io.archive import ES_DATA, SnapshotReader, SnapshotWriter, dump_hit, parse_hit
+from pipelines.model import Hit
+
+__all__ = [
+    "Shard",
+    "ShardInfo",
+    "SplitEsDataIntoShards",
+    "ReadShards",
+    "WriteShards",
+    "WriteSnapshotArchive",
+    "ArchiveMember",
+    "LINES_PER_SHARD",
+    "read_shard",
+    "assemble_archive",
+    "total_counts",
+]
+
+LINES_PER_SHARD = 50_000
+_COPY = 1 << 20
+
+
+@dataclass(frozen=True)
+class Shard:
+    """A staged slice of es_data: its path and the es_data line number of its first line."""
+
+    path: str
+    first_line: int
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    """What `WriteShards` wrote: one file, its document counts per (index, type), its size."""
+
+    path: str
+    counts: tuple[tuple[tuple[str, str], int], ...]
+    nbytes: int
+
+    @property
+    def documents(self) -> int:
+        return sum(c for _, c in self.counts)
+
+
+@dataclass(frozen=True)
+class ArchiveMember:
+    """A non-es_data member to put in the archive: from a file path, or literal bytes."""
+
+    name: str
+    source: str | None = None
+    data: bytes | None = None
+
+
+# ------------------------------------------------------------------------------- split (archive)
+class _SplitEsData(beam.DoFn):
+    def __init__(self, staging: str, lines_per_shard: int) -> None:
+        self._staging, self._lines = staging, lines_per_shard
+
+    def process(self, archive_path: str) -> Iterator[Shard]:
+        with SnapshotReader(archive_path) as snap, snap.open(ES_DATA) as raw:
+            shard_no, first, count, out = 0, 1, 0, None
+            for lineno, line in enumerate(raw, 1):
+                if out is None:
+                    path = FileSystems.join(self._staging, f"in-{shard_no:06d}.jsonl")
+                    out, first = FileSystems.create(path), lineno
+                out.write(line if line.endswith(b"\n") else line + b"\n")
+                count += 1
+                if count >= self._lines:
+                    out.close()
+                    yield Shard(path, first)
+                    out, count, shard_no = None, 0, shard_no + 1
+            if out is not None:
+                out.close()
+                yield Shard(path, first)
+
+
+class SplitEsDataIntoShards(beam.PTransform):
+    """archive path → `Shard`s of its es_data, spread over workers (only paths are shuffled).
+
+    Element shapes: in `str` (archive path); out `Shard`. The split itself is one sequential
+    stream copy (es_data cannot be read in parallel); everything after it runs in parallel.
+    """
+
+    def __init__(self, staging: str, lines_per_shard: int = LINES_PER_SHARD) -> None:
+        super().__init__()
+        if lines_per_shard < 1:
+            raise ValueError("lines_per_shard must be positive")
+        self._staging, self._lines = staging, lines_per_shard
+
+    def expand(self, archive_paths: beam.PCollection[str]) -> beam.PCollection[Shard]:
+        return (
+            archive_paths
+            | "CopyEsDataToShards" >> beam.ParDo(_SplitEsData(self._staging, self._lines))
+            | "SpreadShards" >> beam.Reshuffle()
+        )
+
+
+# ---------------------------------------------------------------------------------- read shards
+def read_shard(shard: Shard) -> Iterator[Hit]:
+    """Parse one shard; a bad line raises CorruptArchive naming its es_data line number."""
+    with FileSystems.open(shard.path) as f:
+        for offset, line in enumerate(f):
+            if line.strip():
+                yield parse_hit(line, shard.first_line + offset)
+
+
+class ReadShards(beam.PTransform):
+    """`Shard` → hits, one shard per worker call. Counts `documents_read`."""
+
+    def expand(self, shards: beam.PCollection[Shard]) -> beam.PCollection[Hit]:
+        return shards | "ParseLines" >> beam.ParDo(_ReadShardFn())
+
+
+class _ReadShardFn(beam.DoFn):
+    def __init__(self) -> None:
+        self._read = beam.metrics.Metrics.counter("cfysnap", "documents_read")
+
+    def process(self, shard: Shard) -> Iterator[Hit]:
+        n = 0
+        for hit in read_shard(shard):
+            n += 1
+            yield hit
+        self._read.inc(n)
+
+
+# --------------------------------------------------------------------------------- write shards
+class _WriteShardFn(beam.DoFn):
+    """One shard file per bundle; emits its ShardInfo at the end of the bundle."""
+
+    def __init__(self, staging: str, prefix: str) -> None:
+        self._staging, self._prefix = staging, prefix
+        self._written = beam.metrics.Metrics.counter("cfysnap", "documents_written")
+
+    def start_bundle(self) -> None:
+        self._out: Any = None
+        self._path = ""
+        self._counts: Counter[tuple[str, str]] = Counter()
+        self._nbytes = 0
+
+    def process(self, hit: Hit) -> None:
+        if self._out is None:
+            self._path = FileSystems.join(self._staging, f"{self._prefix}-{uuid.uuid4().hex}.jsonl")
+            self._out = FileSystems.create(self._path)
+        line = dump_hit(hit).encode() + b"\n"
+        self._out.write(line)
+        self._counts[(hit["_index"], hit["_type"])] += 1
+        self._nbytes += len(line)
+        progress.report(1, len(line))
+
+    def finish_bundle(self) -> Iterator[WindowedValue]:
+        if self._out is None:
+            return
+        self._out.close()
+        self._written.inc(sum(self._counts.values()))
+        info = ShardInfo(self._path, tuple(sorted(self._counts.items())), self._nbytes)
+        yield WindowedValue(info, MIN_TIMESTAMP, [GlobalWindow()])
+
+
+class WriteShards(beam.PTransform):
+    """hits → `ShardInfo`s: documents written as shard files in `staging`, in parallel.
+
+    Idempotent per bundle: a retried bundle writes a new file and only the committed bundle's
+    ShardInfo reaches the archive step, so nothing is doubled.
+    """
+
+    def __init__(self, staging: str, prefix: str = "out") -> None:
+        super().__init__()
+        self._staging, self._prefix = staging, prefix
+
+    def expand(self, hits: beam.PCollection[Hit]) -> beam.PCollection[ShardInfo]:
+        return hits | "WriteShardFiles" >> beam.ParDo(_WriteShardFn(self._staging, self._prefix))
+
+
+# ------------------------------------------------------------------------------ write archive
+def total_counts(shards: Iterable[ShardInfo]) -> dict[tuple[str, str], int]:
+    counts: Counter[tuple[str, str]] = Counter()
+    for shard in shards:
+        for key, n in shard.counts:
+            counts[tuple(key)] += n  # type: ignore[index]
+    return dict(counts)
+
+
+def assemble_archive(
+    output: str,
+    shards: Iterable[ShardInfo],
+    members: Iterable[ArchiveMember],
+) -> dict[str, Any]:
+    """Write the archive: every member, then es_data from the shards in path order.
+
+    Returns a summary (`documents` per "index/type", `files`, `bytes`). Atomic: the output
+    appears only when complete (SnapshotWriter writes a temporary file and renames it).
+    """
+    ordered = sorted(shards, key=lambda s: s.path)
+    counts = total_counts(ordered)
+    files = 0
+    with SnapshotWriter(output) as writer:
+        for member in members:
+            if member.data is not None:
+                writer.write_bytes(member.name, member.data)
+            elif member.source is not None:
+                with FileSystems.open(member.source) as src:
+                    writer.write_stream(member.name, src)
+            files += 1
+        with writer.open_member(ES_DATA) as es_data:
+            for shard in ordered:
+                with FileSystems.open(shard.path) as src:
+                    while chunk := src.read(_COPY):
+                        es_data.write(chunk)
+        writer.set_document_counts(counts)
+    return {
+        "documents": {f"{i}/{t}": c for (i, t), c in sorted(counts.items())},
+        "files": files,
+        "es_data_bytes": sum(s.nbytes for s in ordered),
+    }
+
+
+class _AssembleFn(beam.DoFn):
+    def __init__(self, output: str) -> None:
+        self._output = output
+
+    def process(self, _: Any, shards: list[ShardInfo], members: list[ArchiveMember]) -> Iterator[dict]:
+        yield assemble_archive(self._output, shards, members)
+
+
+class WriteSnapshotArchive(beam.PTransform):
+    """(`ShardInfo`s, `ArchiveMember`s) → the archive at `output`; emits one summary dict.
+
+    Runs on one worker, streaming: memory is one copy buffer, not the documents.
+    """
+
+    def __init__(self, output: str) -> None:
+        super().__init__()
+        self._output = output
+
+    def expand(self, inputs: tuple[beam.PCollection, beam.PCollection]) -> beam.PCollection[dict]:
+        shard_infos, members = inputs
+        return (
+            shard_infos.pipeline
+            | "Once" >> beam.Create([None])
+            | "AssembleArchive"
+            >> beam.ParDo(
+                _AssembleFn(self._output),
+                beam.pvalue.AsList(shard_infos),
+                beam.pvalue.AsList(members),
+            )
+        )
+
