@@ -1,0 +1,230 @@
+"""The chain of snapshot-format upgrade steps, one module per step (alembic style).
+
+Each module `vX_Y_to_vA_B.py` in this package declares `SOURCE` and `TARGET` (a `Version`), has
+the step's changelog as its docstring, and defines three pure functions:
+
+- `upgrade_hit(hit) -> hit`: one es_data line in, one out (events may change `_index`);
+- `upgrade_metadata(meta) -> meta`: the metadata.json object;
+- `upgrade_agents(agents) -> agents`: the whole agents.json object.
+
+They never mutate their input, return the very same object when nothing changes, and only add
+what is missing (so each step is idempotent and unknown types/fields pass through).
+
+At import the package discovers the modules, builds `STEPS` and validates it (`build_chain`):
+one step per source version, no cycle, no gap, oldest known version to newest. A broken chain
+fails the import with `BrokenChain`. `plan(source, target)` only reads the chain; `describe`
+prints a plan.
+
+    >>> [f"{s.source.value}->{s.target.value}" for s in plan(Version.V3_2, Version.V3_4)]
+    ['3.2->3.3', '3.3->3.4']
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from pipelines.errors import CfysnapError
+from pipelines.model import Hit, Version, parse_version
+
+__all__ = [
+    "Step",
+    "STEPS",
+    "BrokenChain",
+    "DowngradeRefused",
+    "build_chain",
+    "step_from_module",
+    "plan",
+    "upgrade_hit",
+    "upgrade_metadata",
+    "upgrade_agents",
+    "step_changes",
+    "describe",
+]
+
+
+class BrokenChain(ValueError):
+    """The step modules do not form one valid chain. A programming error, raised at import.
+
+    `kind` is one of "invalid" (a module lacks what a step needs), "duplicate" (two steps from
+    the same source), "cycle", "backward" (a step that does not go to a newer version) and "gap"
+    (a known version the chain does not connect to the next one).
+    """
+
+    def __init__(self, kind: str, detail: str) -> None:
+        super().__init__(kind, detail)
+        self.kind, self.detail = kind, detail
+
+    def __str__(self) -> str:
+        return f"broken version chain ({self.kind}): {self.detail}"
+
+
+class DowngradeRefused(CfysnapError, ValueError):
+    """A conversion was asked from a newer snapshot format to an older one."""
+
+    def __init__(self, source: str, target: str) -> None:
+        super().__init__(source, target)
+        self.source, self.target = source, target
+
+    def __str__(self) -> str:
+        return (
+            f"cannot convert a {self.source} snapshot to {self.target}: "
+            "only upgrades (older to newer) are supported"
+        )
+
+
+@dataclass(frozen=True)
+class Step:
+    """One version step, built from its module."""
+
+    source: Version
+    target: Version
+    summary: str
+    """First line of the module docstring."""
+    changelog: str = field(repr=False)
+    """The module docstring."""
+    upgrade_hit: Callable[[Hit], Hit] = field(repr=False)
+    upgrade_metadata: Callable[[dict[str, Any]], dict[str, Any]] = field(repr=False)
+    upgrade_agents: Callable[[dict[str, Any]], dict[str, Any]] = field(repr=False)
+
+    @property
+    def name(self) -> str:
+        return f"{self.source.value} -> {self.target.value}"
+
+
+_STEP_MODULE_RE = re.compile(r"^v\d+_\d+_to_v\d+_\d+$")
+_STEP_FUNCTIONS = ("upgrade_hit", "upgrade_metadata", "upgrade_agents")
+
+
+def step_from_module(module: Any) -> Step:
+    """A Step from a module (or any object) declaring SOURCE, TARGET, a docstring and the three
+    upgrade functions. Raises BrokenChain("invalid", …) when something is missing."""
+    name = getattr(module, "__name__", repr(module))
+    missing = [a for a in ("SOURCE", "TARGET", *_STEP_FUNCTIONS) if not hasattr(module, a)]
+    if missing:
+        raise BrokenChain("invalid", f"{name} lacks {', '.join(missing)}")
+    source, target = module.SOURCE, module.TARGET
+    if not isinstance(source, Version) or not isinstance(target, Version):
+        raise BrokenChain("invalid", f"{name}: SOURCE and TARGET must be Version members")
+    changelog = (getattr(module, "__doc__", None) or "").strip()
+    if not changelog:
+        raise BrokenChain("invalid", f"{name} has no docstring (its changelog)")
+    functions = [getattr(module, f) for f in _STEP_FUNCTIONS]
+    if not all(callable(f) for f in functions):
+        raise BrokenChain("invalid", f"{name}: {', '.join(_STEP_FUNCTIONS)} must be callable")
+    return Step(source, target, changelog.splitlines()[0].strip(), changelog, *functions)
+
+
+def build_chain(modules: Iterable[Any]) -> tuple[Step, ...]:
+    """Validate step modules (or Steps) as one chain and return it oldest first.
+
+    Rejected, each with its own BrokenChain kind: a module that is not a step ("invalid"), two
+    steps from the same source ("duplicate"), steps that lead back to where they started
+    ("cycle"), a step that does not go to a newer version ("backward"), and any known version
+    that is not connected to the next one, including a step that skips one ("gap").
+    """
+    steps = [m if isinstance(m, Step) else step_from_module(m) for m in modules]
+
+    by_source: dict[Version, Step] = {}
+    for step in steps:
+        if step.source in by_source:
+            raise BrokenChain(
+                "duplicate",
+                f"two steps from {step.source.value}: {by_source[step.source].name} "
+                f"and {step.name}",
+            )
+        by_source[step.source] = step
+
+    for start in by_source:
+        seen = [start]
+        version = by_source[start].target
+        while version in by_source:
+            if version in seen:
+                loop = " -> ".join(v.value for v in [*seen[seen.index(version) :], version])
+                raise BrokenChain("cycle", loop)
+            seen.append(version)
+            version = by_source[version].target
+
+    for step in steps:
+        if not step.source < step.target:
+            raise BrokenChain("backward", f"{step.name} does not go to a newer version")
+
+    known = list(Version)
+    for older, newer in zip(known, known[1:], strict=False):
+        if older not in by_source:
+            raise BrokenChain("gap", f"no step from {older.value} (to {newer.value})")
+        if by_source[older].target is not newer:
+            raise BrokenChain("gap", f"{by_source[older].name} skips {newer.value}")
+
+    return tuple(by_source[v] for v in known[:-1])
+
+
+def _discover() -> list[Any]:
+    names = sorted(
+        info.name for info in pkgutil.iter_modules(__path__) if _STEP_MODULE_RE.match(info.name)
+    )
+    return [importlib.import_module(f"{__name__}.{name}") for name in names]
+
+
+STEPS: tuple[Step, ...] = build_chain(_discover())
+"""The validated chain, oldest first."""
+
+
+def plan(source: Version | str, target: Version | str, chain: Sequence[Step] = STEPS) -> list[Step]:
+    """The steps that take a `source` archive to `target`, in order; [] when they are equal.
+
+    Read-only. Strings are parsed like metadata.json's `snapshot_version` ("3.4.2" is 3.4).
+    Raises DowngradeRefused when `target` is older than `source`, UnsupportedVersion for an
+    unknown version string.
+    """
+    src, dst = parse_version(source, "source version"), parse_version(target, "target version")
+    if dst < src:
+        raise DowngradeRefused(src.value, dst.value)
+    return [s for s in chain if src <= s.source and s.target <= dst]
+
+
+def upgrade_hit(hit: Hit, steps: Sequence[Step]) -> Hit:
+    """Apply `steps` in order to one es_data line (the same object back if none changed it)."""
+    for step in steps:
+        hit = step.upgrade_hit(hit)
+    return hit
+
+
+def upgrade_metadata(meta: dict[str, Any], steps: Sequence[Step]) -> dict[str, Any]:
+    for step in steps:
+        meta = step.upgrade_metadata(meta)
+    return meta
+
+
+def upgrade_agents(agents: dict[str, Any], steps: Sequence[Step]) -> dict[str, Any]:
+    for step in steps:
+        agents = step.upgrade_agents(agents)
+    return agents
+
+
+def step_changes(hit: Hit, steps: Sequence[Step]) -> list[bool]:
+    """For a dry run: per step, whether it changed this document (steps applied in order)."""
+    changed = []
+    for step in steps:
+        after = step.upgrade_hit(hit)
+        changed.append(after is not hit and after != hit)
+        hit = after
+    return changed
+
+
+def describe(steps: Sequence[Step]) -> str:
+    """A printable plan: the path, then each step's changelog, indented."""
+    if not steps:
+        return "No version steps: the archive is already at the target version."
+    path = " -> ".join([steps[0].source.value, *(s.target.value for s in steps)])
+    lines = [f"{len(steps)} step{'s' if len(steps) > 1 else ''}: {path}"]
+    for number, step in enumerate(steps, 1):
+        lines.append("")
+        lines.append(f"{number}. {step.changelog.splitlines()[0].strip()}")
+        body = step.changelog.splitlines()[1:]
+        lines.extend(f"   {line}".rstrip() for line in body)
+    return "\n".join(lines)
