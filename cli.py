@@ -100,6 +100,8 @@ def _run(fn: Callable[[], T]) -> T:
 
     try:
         return fn()
+    except (typer.Exit, typer.Abort):
+        raise
     except CfysnapError as exc:
         if _debug:
             raise

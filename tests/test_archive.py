@@ -1,0 +1,258 @@
+"""The archive library and `validate`/`inspect`: every rejection is one line naming where, exit 1."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from cli import app
+from pipelines.errors import CorruptArchive, UnsafePath
+from pipelines.inspect import inspect_archive
+from pipelines.io.archive import (
+    SnapshotReader,
+    SnapshotWriter,
+    dump_hit,
+    parse_hit,
+    safe_target_path,
+)
+from pipelines.model import Version
+from pipelines.sample.archive import write_sample_archive
+from pipelines.sample.generate import ManagerSpec
+from pipelines.validate import validate_archive
+
+runner = CliRunner()
+
+META_33 = {"has_cloudify_events": False, "snapshot_version": "3.3"}
+HIT = {
+    "_index": "cloudify_storage",
+    "_type": "blueprint",
+    "_id": "bp1",
+    "_score": 0.0,
+    "_source": {"id": "bp1", "plan": {}, "description": "déploiement ✓"},
+}
+
+
+def raw_zip(path: Path, members: dict[str, bytes | str]) -> Path:
+    """A zip written with the standard library only, so tests can craft what our writer refuses."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return path
+
+
+def good_members(**extra: bytes | str) -> dict[str, bytes | str]:
+    members: dict[str, bytes | str] = {
+        "metadata.json": json.dumps(META_33),
+        "es_data": dump_hit(HIT) + "\n",
+        "agents.json": "{}",
+    }
+    members.update(extra)
+    return members
+
+
+def run_validate(path: Path) -> tuple[int, list[str]]:
+    result = runner.invoke(app, ["validate", str(path)])
+    return result.exit_code, [line for line in result.output.splitlines() if line]
+
+
+# ---------------------------------------------------------------------------- validate: rejects
+def test_valid_archive_passes(tmp_path: Path) -> None:
+    code, lines = run_validate(raw_zip(tmp_path / "ok.zip", good_members()))
+    assert code == 0
+    assert lines == [f"valid: {tmp_path / 'ok.zip'}"]
+
+
+def test_truncated_zip(tmp_path: Path) -> None:
+    whole = raw_zip(tmp_path / "whole.zip", good_members()).read_bytes()
+    cut = tmp_path / "cut.zip"
+    cut.write_bytes(whole[: len(whole) // 2])
+    code, lines = run_validate(cut)
+    assert code == 1
+    assert lines[0].startswith(f"{cut}: not a readable zip archive (truncated or corrupt")
+    assert lines[-1] == f"invalid: {cut}: 1 problem(s)"
+
+
+def test_non_json_line_names_its_line(tmp_path: Path) -> None:
+    es_data = dump_hit(HIT) + "\n" + dump_hit({**HIT, "_id": "bp2"}) + "\n{not json\n"
+    code, lines = run_validate(raw_zip(tmp_path / "a.zip", good_members(es_data=es_data)))
+    assert code == 1
+    assert lines[0] == "es_data:3: not valid JSON (Expecting property name enclosed in double quotes)"
+
+
+def test_line_without_type(tmp_path: Path) -> None:
+    no_type = {k: v for k, v in HIT.items() if k != "_type"}
+    code, lines = run_validate(raw_zip(tmp_path / "a.zip", good_members(es_data=dump_hit(no_type) + "\n")))
+    assert code == 1
+    assert lines[0] == "es_data:1: missing or non-string _type"
+
+
+def test_unknown_snapshot_version(tmp_path: Path) -> None:
+    meta = json.dumps({"has_cloudify_events": False, "snapshot_version": "4.0.1"})
+    code, lines = run_validate(raw_zip(tmp_path / "a.zip", good_members(**{"metadata.json": meta})))
+    assert code == 1
+    assert lines[0] == "metadata.json: unsupported snapshot_version 4.0.1 (known: 3.2, 3.3, 3.4.x)"
+
+
+def test_missing_metadata(tmp_path: Path) -> None:
+    members = good_members()
+    del members["metadata.json"]
+    code, lines = run_validate(raw_zip(tmp_path / "a.zip", members))
+    assert code == 1
+    assert lines[0] == "metadata.json: metadata.json is missing"
+
+
+@pytest.mark.parametrize(
+    ("name", "reason"),
+    [
+        ("blueprints/../../evil.sh", "'..' escapes the archive root"),
+        ("/etc/cron.d/evil", "absolute path escapes the archive root"),
+    ],
+)
+def test_entries_escaping_the_root(tmp_path: Path, name: str, reason: str) -> None:
+    path = tmp_path / "a.zip"
+    with zipfile.ZipFile(path, "w") as zf:
+        for member, data in good_members().items():
+            zf.writestr(member, data)
+        info = zipfile.ZipInfo("placeholder")
+        info.filename = name  # ZipInfo() would strip a leading '/'; set the raw name like an attacker
+        zf.writestr(info, b"#!/bin/sh\nrm -rf /\n")
+    code, lines = run_validate(path)
+    assert code == 1
+    assert lines[0] == f"{name}: {reason}"
+
+
+def test_symlink_entry(tmp_path: Path) -> None:
+    path = tmp_path / "a.zip"
+    with zipfile.ZipFile(path, "w") as zf:
+        for member, data in good_members().items():
+            zf.writestr(member, data)
+        info = zipfile.ZipInfo("blueprints/bp1/link")
+        info.external_attr = (0o120777) << 16
+        zf.writestr(info, "/etc/passwd")
+    code, lines = run_validate(path)
+    assert code == 1
+    assert lines[0] == "blueprints/bp1/link: symbolic link entry"
+
+
+def test_manifest_checksum_mismatch(tmp_path: Path) -> None:
+    good = tmp_path / "good.zip"
+    with SnapshotWriter(good) as w:
+        w.write_json("metadata.json", META_33)
+        w.write_hits([HIT])
+        w.write_json("agents.json", {})
+        w.write_bytes("blueprints/bp1/blueprint.yaml", b"tosca_definitions_version: cloudify_dsl_1_2\n")
+    # rebuild the same archive with one member's bytes changed but the manifest kept
+    bad = tmp_path / "bad.zip"
+    with zipfile.ZipFile(good) as src, zipfile.ZipFile(bad, "w", zipfile.ZIP_DEFLATED) as dst:
+        for info in src.infolist():
+            data = src.read(info)
+            if info.filename == "blueprints/bp1/blueprint.yaml":
+                data = b"tosca_definitions_version: cloudify_dsl_1_3\n"
+            dst.writestr(info.filename, data)
+    assert run_validate(good)[0] == 0
+    code, lines = run_validate(bad)
+    assert code == 1
+    assert lines[0] == "blueprints/bp1/blueprint.yaml: sha256 does not match manifest.json"
+
+
+def test_duplicate_documents_named_with_lines(tmp_path: Path) -> None:
+    es_data = "".join(dump_hit(h) + "\n" for h in [HIT, {**HIT, "_id": "bp2"}, HIT])
+    code, lines = run_validate(raw_zip(tmp_path / "a.zip", good_members(es_data=es_data)))
+    assert code == 1
+    assert lines[0] == "es_data:3: duplicate document cloudify_storage/blueprint/bp1 (first at line 1)"
+
+
+def test_validate_never_prints_a_traceback_for_a_missing_file(tmp_path: Path) -> None:
+    code, lines = run_validate(tmp_path / "nope.zip")
+    assert code == 1
+    assert lines[0] == f"{tmp_path / 'nope.zip'}: no such file"
+
+
+# ----------------------------------------------------------------------------- library contracts
+def test_parse_hit_errors_carry_the_line() -> None:
+    with pytest.raises(CorruptArchive) as err:
+        parse_hit(b'{"_index": "i", "_type": "t", "_id": "x", "_source": []}', 7)
+    assert (err.value.member, err.value.line, err.value.reason) == ("es_data", 7, "missing or non-object _source")
+
+
+def test_writer_is_atomic_on_error(tmp_path: Path) -> None:
+    out = tmp_path / "out.zip"
+    with pytest.raises(RuntimeError, match="boom"), SnapshotWriter(out) as w:
+        w.write_json("metadata.json", META_33)
+        raise RuntimeError("boom")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_writer_refuses_unsafe_names(tmp_path: Path) -> None:
+    with pytest.raises(UnsafePath), SnapshotWriter(tmp_path / "x.zip") as w:
+        w.write_bytes("../x", b"")
+    assert not (tmp_path / "x.zip").exists()
+
+
+def test_safe_target_path(tmp_path: Path) -> None:
+    assert safe_target_path(tmp_path, "blueprints/a/b.yaml") == (tmp_path / "blueprints/a/b.yaml").resolve()
+    for bad in ("../x", "/etc/passwd", "a/../../x"):
+        with pytest.raises(UnsafePath):
+            safe_target_path(tmp_path, bad)
+
+
+def test_writer_manifest_lists_members_and_counts(tmp_path: Path) -> None:
+    out = tmp_path / "m.zip"
+    with SnapshotWriter(out) as w:
+        w.write_json("metadata.json", META_33)
+        w.write_hits([HIT, {**HIT, "_id": "bp2"}])
+    with SnapshotReader(out) as snap:
+        manifest = snap.manifest()
+    assert manifest is not None
+    assert manifest["documents"] == {"cloudify_storage/blueprint": 2}
+    assert sorted(manifest["members"]) == ["es_data", "metadata.json"]
+    assert manifest["members"]["metadata.json"]["size"] == len(json.dumps(META_33))
+
+
+# ---------------------------------------------------------------------------------- round trip
+@pytest.mark.parametrize("version", list(Version))
+def test_round_trip_keeps_members_and_lines(tmp_path: Path, version: Version) -> None:
+    spec = ManagerSpec.sized(version, 600, seed=3)
+    original = tmp_path / "orig.zip"
+    write_sample_archive(spec, original)
+    copy = tmp_path / "copy.zip"
+    with SnapshotReader(original) as snap, SnapshotWriter(copy) as w:
+        for name in snap.file_names():
+            if name in ("es_data", "manifest.json"):
+                continue
+            with snap.open(name) as src:
+                w.write_stream(name, src)
+        w.write_hits(hit for _, hit in snap.iter_hits())
+    with SnapshotReader(original) as a, SnapshotReader(copy) as b:
+        assert sorted(a.file_names()) == sorted(b.file_names())
+        for name in a.file_names():
+            if name not in ("es_data", "manifest.json"):
+                assert a.open(name).read() == b.open(name).read(), name
+        lines_a = Counter(line for _, line in a.iter_lines())
+        lines_b = Counter(line for _, line in b.iter_lines())
+        assert lines_a == lines_b
+        assert len(lines_a) > 100
+    assert validate_archive(copy) == []
+
+
+def test_inspect_reports_counts_from_es_data(tmp_path: Path) -> None:
+    spec = ManagerSpec.sized(Version.V3_2, 300, seed=1)
+    path = tmp_path / "s.zip"
+    write_sample_archive(spec, path)
+    report = inspect_archive(path)
+    with SnapshotReader(path) as snap:
+        expected = Counter((h["_index"], h["_type"]) for _, h in snap.iter_hits())
+    assert report.documents == dict(expected)
+    assert report.snapshot_version == "3.2"
+    assert report.has_cloudify_events is True
+    assert ("cloudify_events", "cloudify_event") in report.documents
+    result = runner.invoke(app, ["inspect", str(path), "--json"])
+    assert result.exit_code == 0
+    data = json.loads(result.output)
+    assert data["total_documents"] == sum(expected.values())
+    assert data["snapshot_version"] == "3.2"

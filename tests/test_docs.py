@@ -1,0 +1,53 @@
+"""Every command has --help with an example and is documented in the README (sqlite-utils style)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import click
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from cli import app
+
+ROOT = Path(__file__).resolve().parent.parent
+README = (ROOT / "README.md").read_text()
+runner = CliRunner()
+
+
+def _commands(group: click.Group, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    found = []
+    for name, command in group.commands.items():
+        path = (*prefix, name)
+        if isinstance(command, click.Group):
+            found.extend(_commands(command, path))
+        else:
+            found.append(path)
+    return found
+
+
+COMMANDS = _commands(typer.main.get_command(app))  # type: ignore[arg-type]
+
+
+def test_there_are_commands() -> None:
+    assert ("inspect",) in COMMANDS and ("validate",) in COMMANDS
+
+
+@pytest.mark.parametrize("path", COMMANDS, ids=" ".join)
+def test_command_help_has_an_example_and_describes_each_option(path: tuple[str, ...]) -> None:
+    result = runner.invoke(app, [*path, "--help"], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert "Example:" in result.output
+    command = typer.main.get_command(app)
+    for part in path:
+        command = command.commands[part]  # type: ignore[attr-defined]
+    for param in command.params:
+        if isinstance(param, click.Option) and param.name not in ("help",):
+            assert param.help, f"cfysnap {' '.join(path)} {param.opts[0]} has no help text"
+
+
+@pytest.mark.parametrize("path", COMMANDS, ids=" ".join)
+def test_command_is_in_readme(path: tuple[str, ...]) -> None:
+    assert re.search(rf"cfysnap {re.escape(' '.join(path))}\b", README), f"README lacks `cfysnap {' '.join(path)}`"
