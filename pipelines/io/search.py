@@ -1,0 +1,798 @@
+"""The one module that talks to the search server (Elasticsearch 5–9, OpenSearch).
+
+Everything above this module speaks the *logical* layout of a Cloudify 3.x snapshot: Cloudify's own
+index and type names (`cloudify_storage`/`node_instance`, `logstash-2016.03.14`/`cloudify_event`).
+How those are stored depends on the server (spec §4):
+
+- `Layout.TYPED` (Elasticsearch ≤ 6): one index per logical index, mapping types as in Cloudify.
+- `Layout.TYPELESS` (Elasticsearch ≥ 7, OpenSearch): one physical index per (index, type),
+  named `f"{index}-{type}"`. Types never contain "-", so the split at the last "-" is exact.
+
+The client is built on `elastic_transport.Transport` and sends plain JSON: the `elasticsearch`
+client refuses non-Elasticsearch servers and sends `compatible-with` headers that other majors
+reject. Every failure to reach the server, and every unexpected answer, is a
+`SearchServerError(url, reason)` whose url never carries credentials.
+
+Writes keep each hit's `_id`, so a retried bundle overwrites instead of duplicating. `bulk` checks
+every item of the response, resends only the items that failed with 429 or 5xx (with exponential
+backoff) and reports the rest as permanent failures. Reads use scroll (optionally sliced) sorted by
+`_doc`; the scroll is always cleared.
+
+The client is picklable: the live transport is dropped and re-created on first use.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import random
+import time
+import urllib.parse
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from elastic_transport import (
+    ConnectionError as TransportConnectionError,
+)
+from elastic_transport import (
+    ConnectionTimeout,
+    NodeConfig,
+    Transport,
+    TransportApiResponse,
+    TransportError,
+)
+from elastic_transport.client_utils import url_to_node_config
+
+from pipelines.errors import BulkLoadError, SearchServerError
+from pipelines.model import Doc, Hit
+
+__all__ = [
+    "Layout",
+    "ServerInfo",
+    "BulkItemError",
+    "BulkResult",
+    "SearchClient",
+    "SAFE_MAPPING",
+]
+
+
+class Layout(StrEnum):
+    TYPED = "typed"
+    TYPELESS = "typeless"
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    distribution: str  # "elasticsearch" | "opensearch"
+    version: tuple[int, int, int]
+
+
+@dataclass(frozen=True)
+class BulkItemError:
+    """One document a bulk request could not write, in logical names."""
+
+    index: str
+    doc_type: str
+    doc_id: str
+    status: int
+    reason: str
+
+    def as_tuple(self) -> tuple[str, str, str, int, str]:
+        """The shape `BulkLoadError.items` carries."""
+        return (self.index, self.doc_type, self.doc_id, self.status, self.reason)
+
+
+@dataclass
+class BulkResult:
+    """`failed` holds only permanent failures: items still failing after the retries."""
+
+    succeeded: int = 0
+    failed: list[BulkItemError] = field(default_factory=list)
+
+    def merge(self, other: BulkResult) -> None:
+        self.succeeded += other.succeeded
+        self.failed.extend(other.failed)
+
+    def raise_on_failure(self) -> None:
+        """Raise `BulkLoadError` if any item failed."""
+        if self.failed:
+            raise BulkLoadError([item.as_tuple() for item in self.failed])
+
+
+_KEYWORD = {"type": "keyword", "ignore_above": 1024}
+SAFE_MAPPING: dict[str, Any] = {
+    "dynamic": False,
+    "properties": {
+        **{
+            name: _KEYWORD
+            for name in (
+                "id",
+                "blueprint_id",
+                "deployment_id",
+                "node_id",
+                "status",
+                "workflow_id",
+                "type",
+                "event_type",
+                "level",
+            )
+        },
+        "@timestamp": {"type": "date", "ignore_malformed": True},
+    },
+}
+"""Typeless physical indices: a few fields to filter on, nothing dynamic. Any `_source` (e.g.
+`runtime_properties` whose value types vary between documents) is stored untouched and can never
+cause a mapping conflict."""
+
+_INDEX_SETTINGS = {"number_of_shards": 1, "number_of_replicas": 0}
+_JSON = {"content-type": "application/json", "accept": "application/json"}
+_NDJSON = {"content-type": "application/x-ndjson", "accept": "application/json"}
+_ACCEPT = {"accept": "application/json"}
+_LENIENT = {"ignore_unavailable": "true", "allow_no_indices": "true"}
+_MATCH_ALL: dict[str, Any] = {"match_all": {}}
+
+
+def _retryable(status: int) -> bool:
+    return status == 429 or status >= 500
+
+
+def _strip_credentials(url: str) -> str:
+    parts = urllib.parse.urlsplit(url)
+    if "@" not in parts.netloc:
+        return url.rstrip("/")
+    netloc = parts.netloc.rpartition("@")[2]
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc)).rstrip("/")
+
+
+def _parse_version(text: str) -> tuple[int, int, int]:
+    numbers = []
+    for part in text.split("-")[0].split(".")[:3]:
+        digits = "".join(c for c in part if c.isdigit())
+        numbers.append(int(digits) if digits else 0)
+    while len(numbers) < 3:
+        numbers.append(0)
+    return (numbers[0], numbers[1], numbers[2])
+
+
+def _error_reason(body: Any) -> str:
+    """A short reason from an error body: `type: reason` when the server says so."""
+    if isinstance(body, dict):
+        error = body.get("error", body)
+        if isinstance(error, dict):
+            kind, reason = error.get("type"), error.get("reason")
+            if kind or reason:
+                return f"{kind}: {reason}" if kind and reason else str(kind or reason)
+        elif error is not None:
+            return str(error)[:300]
+    return str(body)[:300]
+
+
+def _quote(part: str) -> str:
+    return urllib.parse.quote(part, safe="")
+
+
+class SearchClient:
+    """A search-server client in Cloudify's logical names.
+
+    `url` may carry `user:password@`; `self.url` (used in every message) never does.
+    `layout` forces a layout; by default it is TYPED for Elasticsearch ≤ 6, else TYPELESS.
+    `max_retries` bounds both transport-level retries (connection errors, 429/502/503/504 of
+    whole requests) and the resending of failed bulk items; `retry_backoff` is the first delay
+    of the exponential backoff in seconds.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        layout: Layout | None = None,
+        timeout: float = 60.0,
+        max_retries: int = 5,
+        retry_backoff: float = 0.5,
+    ) -> None:
+        self._raw_url = url
+        self.url = _strip_credentials(url)
+        self._forced_layout = Layout(layout) if layout is not None else None
+        self.timeout = timeout
+        self.max_retries = max_retries
+        self.retry_backoff = retry_backoff
+        try:
+            self._node_config: NodeConfig = url_to_node_config(
+                url, use_default_ports_for_scheme=True
+            )
+        except ValueError:
+            raise SearchServerError(self.url, "not a valid server URL") from None
+        self._transport: Transport | None = None
+        self._info: ServerInfo | None = None
+        self._ensured: set[tuple[str, str]] = set()
+        self._native_delete_by_query = True
+
+    # ---- lifecycle -------------------------------------------------------------------------
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_transport"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+
+    def __repr__(self) -> str:
+        return f"SearchClient({self.url!r})"
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+            self._transport = None
+
+    def __enter__(self) -> SearchClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def transport(self) -> Transport:
+        if self._transport is None:
+            self._transport = Transport(
+                [self._node_config.replace(request_timeout=self.timeout)],
+                max_retries=self.max_retries,
+                retry_on_status=(429, 502, 503, 504),
+                retry_on_timeout=False,
+                retry_backoff_base=self.retry_backoff,
+                retry_backoff_cap=30.0,
+                meta_header=False,
+            )
+        return self._transport
+
+    # ---- raw requests ----------------------------------------------------------------------
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        params: dict[str, Any] | None = None,
+        ok: Sequence[int] = (),
+        ndjson: bool = False,
+        retries: int | None = None,
+    ) -> tuple[int, Any]:
+        """Send one request; return `(status, body)`.
+
+        Statuses below 300 and those in `ok` are returned; anything else, and every connection
+        failure, raises `SearchServerError`. `retries=0` disables transport-level retries (for
+        requests that must not be repeated, like scroll continuations).
+        """
+        status, response = self._send(
+            method, path, body, params=params, ndjson=ndjson, retries=retries
+        )
+        if status < 300 or status in ok:
+            return status, response
+        raise SearchServerError(
+            self.url, f"{method} {path}: HTTP {status} {_error_reason(response)}"
+        )
+
+    def _send(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        params: dict[str, Any] | None = None,
+        ndjson: bool = False,
+        retries: int | None = None,
+    ) -> tuple[int, Any]:
+        """Send one request and return `(status, body)` whatever the status; raise
+        `SearchServerError` only when no answer came back."""
+        response = self._perform(method, path, body, params=params, ndjson=ndjson, retries=retries)
+        return response.meta.status, response.body
+
+    def _perform(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        params: dict[str, Any] | None = None,
+        ndjson: bool = False,
+        retries: int | None = None,
+    ) -> TransportApiResponse:
+        target = path
+        if params:
+            query = {k: _param(v) for k, v in params.items() if v is not None}
+            target += "?" + urllib.parse.urlencode(query)
+        headers = (_NDJSON if ndjson else _JSON) if body is not None else _ACCEPT
+        kwargs: dict[str, Any] = {}
+        if retries is not None:
+            kwargs["max_retries"] = retries
+        try:
+            return self.transport.perform_request(
+                method, target, headers=headers, body=body, **kwargs
+            )
+        except ConnectionTimeout:
+            raise SearchServerError(
+                self.url, f"{method} {path}: timed out after {self.timeout:g}s"
+            ) from None
+        except TransportConnectionError as e:
+            cause = e.errors[0] if e.errors else e
+            raise SearchServerError(self.url, f"cannot connect ({type(cause).__name__})") from None
+        except TransportError as e:
+            raise SearchServerError(self.url, f"{method} {path}: {e.message}") from None
+
+    # ---- server ----------------------------------------------------------------------------
+
+    def info(self) -> ServerInfo:
+        """Distribution and version of the server (cached). Uses `GET /_nodes/_local`, which
+        every version answers (the integ-test distributions answer `GET /` with 405)."""
+        if self._info is None:
+            self._info = self._fetch_info()
+        return self._info
+
+    def _fetch_info(self) -> ServerInfo:
+        response = self._perform("GET", "/_nodes/_local", params={"filter_path": "nodes.*.version"})
+        version: str | None = None
+        if (
+            response.meta.status == 200
+            and isinstance(response.body, dict)
+            and response.body.get("nodes")
+        ):
+            version = next(iter(response.body["nodes"].values())).get("version")
+        if version and response.meta.headers.get("x-elastic-product") == "Elasticsearch":
+            return ServerInfo("elasticsearch", _parse_version(version))
+        # OpenSearch and Elasticsearch < 7.14 send no product header: the root endpoint names
+        # the distribution.
+        status, root = self._send("GET", "/")
+        if status == 200 and isinstance(root, dict) and isinstance(root.get("version"), dict):
+            v = root["version"]
+            return ServerInfo(v.get("distribution", "elasticsearch"), _parse_version(v["number"]))
+        if not version:
+            raise SearchServerError(
+                self.url, f"cannot read the server version (HTTP {response.meta.status})"
+            )
+        # No header and no root endpoint: no Elasticsearch 8+ (it always sends the header).
+        major = _parse_version(version)[0]
+        return ServerInfo(
+            "elasticsearch" if 5 <= major <= 7 else "opensearch", _parse_version(version)
+        )
+
+    @property
+    def layout(self) -> Layout:
+        if self._forced_layout is not None:
+            return self._forced_layout
+        info = self.info()
+        if info.distribution == "elasticsearch" and info.version[0] <= 6:
+            return Layout.TYPED
+        return Layout.TYPELESS
+
+    # ---- names -----------------------------------------------------------------------------
+
+    def physical_index(self, index: str, doc_type: str) -> str:
+        if self.layout is Layout.TYPED:
+            return index
+        return f"{index}-{doc_type}"
+
+    def logical(self, physical_index: str, hit_type: str | None) -> tuple[str, str]:
+        """(logical index, type) of a hit read from `physical_index`."""
+        if self.layout is Layout.TYPED:
+            return physical_index, hit_type or ""
+        index, sep, doc_type = physical_index.rpartition("-")
+        if not sep:
+            return physical_index, hit_type or ""
+        return index, doc_type
+
+    def _target(self, index: str, doc_types: Sequence[str] | None) -> str:
+        """The path prefix that addresses a logical index (or pattern) and some of its types."""
+        if self.layout is Layout.TYPED:
+            prefix = "/" + _quote_pattern(index)
+            return prefix + ("/" + ",".join(map(_quote, doc_types)) if doc_types else "")
+        if doc_types:
+            return "/" + ",".join(_quote_pattern(self.physical_index(index, t)) for t in doc_types)
+        return "/" + _quote_pattern(f"{index}-*")
+
+    def _doc_path(self, index: str, doc_type: str, doc_id: str) -> str:
+        if self.layout is Layout.TYPED:
+            return f"/{_quote(index)}/{_quote(doc_type)}/{_quote(doc_id)}"
+        return f"/{_quote(self.physical_index(index, doc_type))}/_doc/{_quote(doc_id)}"
+
+    def _physical_mappings(self, pattern: str) -> dict[str, Any]:
+        """Physical indices (not starting with ".") of a logical pattern, with their mappings."""
+        target = _quote_pattern(pattern if self.layout is Layout.TYPED else f"{pattern}-*")
+        status, body = self.request("GET", f"/{target}/_mapping", params=_LENIENT, ok=(404,))
+        if status == 404 or not isinstance(body, dict):
+            return {}
+        found = {}
+        for physical, mapping in body.items():
+            if physical.startswith("."):
+                continue
+            if self.layout is Layout.TYPELESS and "-" not in physical:
+                continue
+            if fnmatch.fnmatchcase(self.logical(physical, None)[0], pattern):
+                found[physical] = mapping
+        return found
+
+    # ---- reads -----------------------------------------------------------------------------
+
+    def logical_indices(self, pattern: str) -> dict[tuple[str, str], int]:
+        """Existing (index, type) pairs of a logical index pattern, with document counts.
+
+        Pairs whose physical index (typeless) or mapping type (typed) exists but holds no
+        documents are included with 0. Counts are those of the last refresh.
+        """
+        mappings = self._physical_mappings(pattern)
+        if not mappings:
+            return {}
+        pairs: dict[tuple[str, str], int] = {}
+        typed = self.layout is Layout.TYPED
+        for physical, mapping in mappings.items():
+            if typed:
+                for doc_type in mapping.get("mappings") or {}:
+                    if doc_type != "_default_":
+                        pairs[(physical, doc_type)] = 0
+            else:
+                pairs[self.logical(physical, None)] = 0
+        aggs: dict[str, Any] = {"by_index": {"terms": {"field": "_index", "size": 10000}}}
+        if typed:
+            aggs["by_index"]["aggs"] = {"by_type": {"terms": {"field": "_type", "size": 1000}}}
+        names = ",".join(_quote(p) for p in sorted(mappings))
+        _, body = self.request(
+            "POST", f"/{names}/_search", {"size": 0, "aggs": aggs}, params=_LENIENT
+        )
+        for bucket in body["aggregations"]["by_index"]["buckets"]:
+            if typed:
+                for sub in bucket["by_type"]["buckets"]:
+                    pairs[(bucket["key"], sub["key"])] = sub["doc_count"]
+            else:
+                pairs[self.logical(bucket["key"], None)] = bucket["doc_count"]
+        return pairs
+
+    def index_exists(self, index: str) -> bool:
+        """Whether any physical index of the logical index (or pattern) exists."""
+        return bool(self._physical_mappings(index))
+
+    def scan(
+        self,
+        index: str,
+        doc_types: Sequence[str] | None = None,
+        *,
+        query: dict | None = None,
+        slice_id: int | None = None,
+        max_slices: int | None = None,
+        page_size: int = 1000,
+        keep_alive: str = "5m",
+    ) -> Iterator[Hit]:
+        """Yield every matching document of a logical index (or pattern) as a logical hit
+        `{"_index", "_type", "_id", "_source"}`, in `_doc` order, one page in memory at a time.
+
+        With `slice_id`/`max_slices` only that slice of a sliced scroll is read; the slices of
+        one `max_slices` cover every document exactly once. Missing indices yield nothing. The
+        scroll is cleared when the iterator finishes, fails or is closed. Scroll continuations
+        are never retried (a repeated request would skip a page): a failure raises
+        `SearchServerError`.
+        """
+        if (slice_id is None) != (max_slices is None):
+            raise ValueError("scan: give both slice_id and max_slices, or neither")
+        body: dict[str, Any] = {"size": page_size, "sort": ["_doc"], "query": query or _MATCH_ALL}
+        if max_slices is not None and max_slices > 1:
+            assert slice_id is not None
+            if not 0 <= slice_id < max_slices:
+                raise ValueError(f"scan: slice_id {slice_id} not in [0, {max_slices})")
+            body["slice"] = {"id": slice_id, "max": max_slices}
+        for hit in self._scroll(self._target(index, doc_types), body, keep_alive):
+            logical_index, doc_type = self.logical(hit["_index"], hit.get("_type"))
+            if self.layout is Layout.TYPELESS and not fnmatch.fnmatchcase(logical_index, index):
+                continue  # a prefix match of another logical index ("cloudify_storage-x-node")
+            yield {
+                "_index": logical_index,
+                "_type": doc_type,
+                "_id": hit["_id"],
+                "_source": hit.get("_source", {}),
+            }
+
+    def _scroll(self, target: str, body: dict[str, Any], keep_alive: str) -> Iterator[Hit]:
+        """Raw (physical) hits of a scroll over `target`; the scroll is always cleared."""
+        _, page = self.request(
+            "POST", target + "/_search", body, params={"scroll": keep_alive, **_LENIENT}
+        )
+        scroll_id = page.get("_scroll_id")
+        try:
+            while True:
+                hits = page.get("hits", {}).get("hits", [])
+                if not hits:
+                    return
+                yield from hits
+                if not scroll_id:
+                    return
+                _, page = self.request(
+                    "POST",
+                    "/_search/scroll",
+                    {"scroll": keep_alive, "scroll_id": scroll_id},
+                    retries=0,
+                )
+                scroll_id = page.get("_scroll_id", scroll_id)
+        finally:
+            if scroll_id:
+                self._clear_scroll(scroll_id)
+
+    def _clear_scroll(self, scroll_id: str) -> None:
+        try:
+            self._send("DELETE", "/_search/scroll", {"scroll_id": [scroll_id]}, retries=0)
+        except SearchServerError:
+            pass  # the scroll expires after keep_alive anyway; never mask the real outcome
+
+    def count(self, index: str, doc_type: str | None = None, query: dict | None = None) -> int:
+        path = self._target(index, [doc_type] if doc_type else None) + "/_count"
+        body = {"query": query} if query else None
+        _, response = self.request("POST", path, body, params=_LENIENT)
+        return int(response["count"])
+
+    def get(self, index: str, doc_type: str, doc_id: str) -> Doc | None:
+        """The `_source` of one document, or None if it (or its index) does not exist."""
+        status, body = self.request("GET", self._doc_path(index, doc_type, doc_id), ok=(404,))
+        if status == 404 or not body.get("found", False):
+            return None
+        return body.get("_source", {})
+
+    # ---- writes ----------------------------------------------------------------------------
+
+    def ensure_index(self, index: str, doc_type: str) -> None:
+        """Create the physical index for (index, type) if it is missing; safe under races.
+
+        Typeless: 1 shard, 0 replicas, `SAFE_MAPPING`. Typed: the index with default settings;
+        mappings are never changed (the target manager owns them).
+        """
+        physical = self.physical_index(index, doc_type)
+        status, _ = self._send("HEAD", f"/{_quote(physical)}")
+        if status == 200:
+            self._ensured.add((index, doc_type))
+            return
+        body = None
+        if self.layout is Layout.TYPELESS:
+            body = {"settings": {"index": _INDEX_SETTINGS}, "mappings": SAFE_MAPPING}
+        status, response = self._send("PUT", f"/{_quote(physical)}", body)
+        already = "already_exists" in _error_reason(response)
+        if status >= 300 and not already:
+            raise SearchServerError(
+                self.url, f"create index {physical}: HTTP {status} {_error_reason(response)}"
+            )
+        self._ensured.add((index, doc_type))
+
+    def bulk(
+        self, hits: Sequence[Hit], *, op_type: str = "index", refresh: bool | str = False
+    ) -> BulkResult:
+        """Write `hits` (logical hits with `_index`, `_type`, `_id`, `_source`) in one `_bulk`
+        request; the caller bounds its size. Every document keeps its `_id`.
+
+        Items failing with 429 or 5xx (and the whole request, on connection errors or 429/5xx)
+        are resent, only those, with exponential backoff, up to `max_retries` times. Other item
+        failures are permanent and returned in `BulkResult.failed`. Indices are created first
+        (`ensure_index`) for pairs this client has not seen yet.
+        """
+        if op_type not in ("index", "create"):
+            raise ValueError(f"bulk: op_type must be 'index' or 'create', not {op_type!r}")
+        if not hits:
+            return BulkResult()
+        return self._bulk_entries([self._entry(hit, op_type) for hit in hits], refresh)
+
+    def bulk_all(
+        self,
+        hits: Iterable[Hit],
+        *,
+        max_docs: int = 1000,
+        max_bytes: int = 5_000_000,
+        op_type: str = "index",
+        refresh: bool | str = False,
+    ) -> BulkResult:
+        """`bulk` over chunks bounded by `max_docs` documents and `max_bytes` of request body
+        (a single larger document is sent alone). Memory: one chunk."""
+        if op_type not in ("index", "create"):
+            raise ValueError(f"bulk_all: op_type must be 'index' or 'create', not {op_type!r}")
+        result = BulkResult()
+        chunk: list[_Entry] = []
+        size = 0
+        for hit in hits:
+            entry = self._entry(hit, op_type)
+            if chunk and (len(chunk) >= max_docs or size + entry.size > max_bytes):
+                result.merge(self._bulk_entries(chunk, refresh))
+                chunk, size = [], 0
+            chunk.append(entry)
+            size += entry.size
+        if chunk:
+            result.merge(self._bulk_entries(chunk, refresh))
+        return result
+
+    def _entry(self, hit: Hit, op_type: str) -> _Entry:
+        try:
+            index, doc_type, doc_id, source = (
+                hit["_index"],
+                hit["_type"],
+                hit["_id"],
+                hit["_source"],
+            )
+        except KeyError as e:
+            raise ValueError(f"bulk: hit without {e.args[0]}: {str(hit)[:200]}") from None
+        meta: dict[str, Any] = {"_index": self.physical_index(index, doc_type), "_id": str(doc_id)}
+        if self.layout is Layout.TYPED:
+            meta["_type"] = doc_type
+        lines = (json.dumps({op_type: meta}) + "\n" + json.dumps(source) + "\n").encode("utf-8")
+        return _Entry(index, doc_type, str(doc_id), lines)
+
+    def _bulk_entries(
+        self, entries: list[_Entry], refresh: bool | str, *, ensure: bool = True
+    ) -> BulkResult:
+        for entry in entries if ensure else ():
+            if (entry.index, entry.doc_type) not in self._ensured:
+                self.ensure_index(entry.index, entry.doc_type)
+        result = BulkResult()
+        pending = entries
+        last_errors: dict[int, tuple[int, str]] = {}
+        for attempt in range(self.max_retries + 1):
+            if attempt:
+                self._sleep(attempt)
+            retry: list[_Entry] = []
+            try:
+                status, body = self._send(
+                    "POST",
+                    "/_bulk",
+                    b"".join(e.lines for e in pending),
+                    params={"refresh": refresh},
+                    ndjson=True,
+                    retries=0,
+                )
+            except SearchServerError:
+                if attempt == self.max_retries:
+                    raise
+                continue  # connection failure: resend everything pending
+            if _retryable(status):
+                if attempt == self.max_retries:
+                    raise SearchServerError(
+                        self.url,
+                        f"POST /_bulk: HTTP {status} {_error_reason(body)} after {attempt} retries",
+                    )
+                continue
+            if (
+                status >= 300
+                or not isinstance(body, dict)
+                or len(body.get("items", ())) != len(pending)
+            ):
+                raise SearchServerError(
+                    self.url, f"POST /_bulk: HTTP {status} {_error_reason(body)}"
+                )
+            for entry, item in zip(pending, body["items"], strict=True):
+                outcome = next(iter(item.values()))
+                item_status = int(outcome.get("status", 500))
+                if item_status < 300:
+                    result.succeeded += 1
+                elif _retryable(item_status):
+                    retry.append(entry)
+                    last_errors[id(entry)] = (item_status, _error_reason(outcome))
+                else:
+                    result.failed.append(entry.error(item_status, _error_reason(outcome)))
+            pending = retry
+            if not pending:
+                return result
+        for entry in pending:
+            status, reason = last_errors.get(id(entry), (503, "not written"))
+            result.failed.append(
+                entry.error(status, f"{reason} (after {self.max_retries} retries)")
+            )
+        return result
+
+    def _sleep(self, attempt: int) -> None:
+        delay = min(30.0, self.retry_backoff * 2 ** (attempt - 1))
+        time.sleep(delay / 2 + random.uniform(0, delay / 2))
+
+    def delete_by_query(
+        self, index: str, doc_type: str | None, query: dict | None = None, *, refresh: bool = True
+    ) -> int:
+        """Delete the matching documents of a logical index (or pattern); return how many.
+
+        Uses `_delete_by_query` where the server has it; otherwise (the integ-test
+        distributions lack the reindex module) a scroll over the matching ids and bulk deletes.
+        """
+        target = self._target(index, [doc_type] if doc_type else None)
+        if self._native_delete_by_query:
+            params = {"refresh": refresh, "conflicts": "proceed", **_LENIENT}
+            status, body = self._send(
+                "POST", target + "/_delete_by_query", {"query": query or _MATCH_ALL}, params=params
+            )
+            if status < 300:
+                if body.get("failures"):
+                    reason = str(body["failures"][0])[:300]
+                    raise SearchServerError(self.url, f"delete_by_query {index}: {reason}")
+                return int(body.get("deleted", 0))
+            if status not in (400, 404, 405) or "no handler" not in _error_reason(body):
+                raise SearchServerError(
+                    self.url, f"delete_by_query {index}: HTTP {status} {_error_reason(body)}"
+                )
+            self._native_delete_by_query = False
+        deleted = 0
+        chunk: list[_Entry] = []
+        body = {"size": 1000, "sort": ["_doc"], "query": query or _MATCH_ALL, "_source": False}
+        for hit in self._scroll(target, body, "5m"):
+            logical_index, logical_type = self.logical(hit["_index"], hit.get("_type"))
+            if self.layout is Layout.TYPELESS and not fnmatch.fnmatchcase(logical_index, index):
+                continue
+            meta = {"_index": hit["_index"], "_id": hit["_id"]}
+            if self.layout is Layout.TYPED:
+                meta["_type"] = hit["_type"]
+            line = (json.dumps({"delete": meta}) + "\n").encode("utf-8")
+            chunk.append(_Entry(logical_index, logical_type, hit["_id"], line))
+            if len(chunk) >= 1000:
+                deleted += self._bulk_delete(chunk)
+                chunk = []
+        if chunk:
+            deleted += self._bulk_delete(chunk)
+        if refresh:
+            self.refresh(index)
+        return deleted
+
+    def _bulk_delete(self, entries: list[_Entry]) -> int:
+        result = self._bulk_entries(entries, False, ensure=False)
+        failed = [e for e in result.failed if e.status != 404]
+        if failed:
+            raise BulkLoadError([e.as_tuple() for e in failed])
+        return result.succeeded
+
+    def delete(self, index: str, doc_type: str, doc_id: str, *, refresh: bool = False) -> bool:
+        """Delete one document; False if it (or its index) did not exist."""
+        status, _ = self.request(
+            "DELETE",
+            self._doc_path(index, doc_type, doc_id),
+            params={"refresh": refresh},
+            ok=(404,),
+        )
+        return status != 404
+
+    def update_fields(
+        self, index: str, doc_type: str, doc_id: str, partial: Doc, *, refresh: bool = False
+    ) -> None:
+        """Merge `partial` into the document's `_source` (`_update` with `doc`)."""
+        if self.layout is Layout.TYPED:
+            path = self._doc_path(index, doc_type, doc_id) + "/_update"
+        else:
+            path = f"/{_quote(self.physical_index(index, doc_type))}/_update/{_quote(doc_id)}"
+        params = {"refresh": refresh, "retry_on_conflict": 3}
+        self.request("POST", path, {"doc": partial}, params=params)
+
+    def refresh(self, index: str | None = None) -> None:
+        path = "/_refresh" if index is None else self._target(index, None) + "/_refresh"
+        self.request("POST", path, params=_LENIENT)
+
+    def delete_indices(self, pattern: str) -> None:
+        """Delete every physical index of a logical pattern (by name: works where wildcard
+        deletes are forbidden). Indices starting with "." are never touched."""
+        names = sorted(self._physical_mappings(pattern))
+        for start in range(0, len(names), 50):
+            chunk = ",".join(_quote(n) for n in names[start : start + 50])
+            self.request("DELETE", f"/{chunk}", params={"ignore_unavailable": "true"}, ok=(404,))
+
+
+@dataclass(frozen=True)
+class _Entry:
+    """One prepared bulk item: logical names and its two NDJSON lines."""
+
+    index: str
+    doc_type: str
+    doc_id: str
+    lines: bytes
+
+    @property
+    def size(self) -> int:
+        return len(self.lines)
+
+    def error(self, status: int, reason: str) -> BulkItemError:
+        return BulkItemError(self.index, self.doc_type, self.doc_id, status, reason)
+
+
+def _param(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _quote_pattern(pattern: str) -> str:
+    """Percent-encode an index name or pattern, keeping `*` and `,`."""
+    return urllib.parse.quote(pattern, safe="*,")

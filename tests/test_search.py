@@ -1,0 +1,439 @@
+"""pipelines.io.search: names (pure), the real server (marked `server`), and fault injection with a
+tiny fake server for what a real one will not do on demand (429 items)."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import pickle
+import socket
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from pipelines.errors import BulkLoadError, SearchServerError
+from pipelines.io.search import BulkItemError, BulkResult, Layout, SearchClient
+from pipelines.model import Hit, hit_key
+
+# ---- pure: names ----------------------------------------------------------------------------
+
+
+def offline(layout: Layout) -> SearchClient:
+    return SearchClient("http://127.0.0.1:9", layout=layout)
+
+
+@pytest.mark.parametrize(
+    ("index", "doc_type", "physical"),
+    [
+        ("cloudify_storage", "node_instance", "cloudify_storage-node_instance"),
+        ("cloudify_events", "cloudify_event", "cloudify_events-cloudify_event"),
+        ("logstash-2016.03.14", "cloudify_log", "logstash-2016.03.14-cloudify_log"),
+    ],
+)
+def test_typeless_names_round_trip(index: str, doc_type: str, physical: str) -> None:
+    client = offline(Layout.TYPELESS)
+    assert client.physical_index(index, doc_type) == physical
+    assert client.logical(physical, None) == (index, doc_type)
+    assert client.logical(physical, "_doc") == (index, doc_type)
+
+
+def test_typed_names_are_the_logical_ones() -> None:
+    client = offline(Layout.TYPED)
+    assert client.physical_index("logstash-2016.03.14", "cloudify_event") == "logstash-2016.03.14"
+    assert client.logical("logstash-2016.03.14", "cloudify_event") == (
+        "logstash-2016.03.14",
+        "cloudify_event",
+    )
+
+
+def test_url_never_carries_credentials() -> None:
+    client = SearchClient("http://admin:s3cret@127.0.0.1:9200/", layout=Layout.TYPELESS)
+    assert client.url == "http://127.0.0.1:9200"
+    assert "s3cret" not in repr(client)
+
+
+def test_client_pickles_without_its_transport() -> None:
+    client = offline(Layout.TYPELESS)
+    _ = client.transport
+    copy = pickle.loads(pickle.dumps(client))
+    assert copy._transport is None
+    assert copy.url == client.url and copy.layout is Layout.TYPELESS
+
+
+def test_bulk_result_raises_bulk_load_error() -> None:
+    result = BulkResult(1, [BulkItemError("cloudify_storage", "node", "n1", 400, "bad")])
+    with pytest.raises(BulkLoadError) as e:
+        result.raise_on_failure()
+    assert e.value.items == [("cloudify_storage", "node", "n1", 400, "bad")]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_server_down_is_a_search_server_error() -> None:
+    client = SearchClient(
+        f"http://user:s3cret@127.0.0.1:{free_port()}", max_retries=1, retry_backoff=0.01
+    )
+    with pytest.raises(SearchServerError) as e:
+        client.info()
+    assert "cannot connect" in e.value.reason
+    assert "s3cret" not in str(e.value)
+    with pytest.raises(SearchServerError):
+        list(client.scan("cloudify_storage"))
+
+
+# ---- real server ----------------------------------------------------------------------------
+
+
+def storage_hits() -> list[Hit]:
+    """Documents whose field types clash between documents (as runtime_properties do)."""
+    return [
+        {
+            "_index": "cloudify_storage",
+            "_type": "node_instance",
+            "_id": "vm_a1b2c",
+            "_source": {"id": "vm_a1b2c", "runtime_properties": {"ip": "10.0.0.1", "port": 22}},
+        },
+        {
+            "_index": "cloudify_storage",
+            "_type": "node_instance",
+            "_id": "vm_d3e4f",
+            "_source": {"id": "vm_d3e4f", "runtime_properties": {"ip": {"v4": 1}, "port": "x"}},
+        },
+        {
+            "_index": "cloudify_storage",
+            "_type": "node",
+            "_id": "dep1_vm",
+            "_source": {"id": "vm", "deployment_id": "dep1", "type_hierarchy": ["a", "b"]},
+        },
+        {
+            "_index": "cloudify_storage",
+            "_type": "execution",
+            "_id": "7ac5-uuid",
+            "_source": {"id": "7ac5-uuid", "status": "terminated", "parameters": {"n": None}},
+        },
+    ]
+
+
+def event_hits() -> list[Hit]:
+    hits = []
+    for day in ("2016.03.14", "2016.03.15"):
+        for n, doc_type in enumerate(("cloudify_event", "cloudify_event", "cloudify_log")):
+            hits.append(
+                {
+                    "_index": f"logstash-{day}",
+                    "_type": doc_type,
+                    "_id": f"{day}-{n}",
+                    "_source": {
+                        "type": doc_type,
+                        "@timestamp": f"{day.replace('.', '-')}T10:11:12.345Z",
+                        "message": {"text": f"message {n}", "arguments": None},
+                        "context": {"deployment_id": "dep1"},
+                    },
+                }
+            )
+    return hits
+
+
+def by_key(hits: list[Hit]) -> list[Hit]:
+    return sorted(hits, key=hit_key)
+
+
+def open_scroll_contexts(client: SearchClient) -> int:
+    _, stats = client.request("GET", "/_nodes/stats/indices/search")
+    return sum(n["indices"]["search"]["open_contexts"] for n in stats["nodes"].values())
+
+
+@pytest.mark.server
+def test_server_info_and_layout(search: SearchClient) -> None:
+    info = search.info()
+    assert info.distribution in ("elasticsearch", "opensearch")
+    assert info.version[0] >= 7
+    assert search.layout is Layout.TYPELESS
+
+
+@pytest.mark.server
+def test_bulk_then_scan_round_trips_exact_hits(search: SearchClient) -> None:
+    hits = storage_hits() + event_hits()
+    result = search.bulk(hits, refresh=True)
+    assert result == BulkResult(len(hits), [])
+
+    assert by_key(list(search.scan("*", page_size=2))) == by_key(hits)
+    assert by_key(list(search.scan("cloudify_storage"))) == by_key(storage_hits())
+    assert by_key(list(search.scan("cloudify_storage", ["node_instance"]))) == by_key(
+        storage_hits()[:2]
+    )
+    assert by_key(list(search.scan("logstash-*", ["cloudify_log"]))) == by_key(
+        [h for h in event_hits() if h["_type"] == "cloudify_log"]
+    )
+    assert list(search.scan("cloudify_events")) == []
+    assert open_scroll_contexts(search) == 0
+
+
+@pytest.mark.server
+def test_scan_clears_its_scroll_when_abandoned(search: SearchClient) -> None:
+    search.bulk(event_hits(), refresh=True)
+    scan = search.scan("logstash-*", page_size=2)
+    next(scan)
+    assert open_scroll_contexts(search) > 0  # one per shard
+    scan.close()
+    assert open_scroll_contexts(search) == 0
+
+
+@pytest.mark.server
+def test_sliced_scan_covers_every_doc_exactly_once(search: SearchClient) -> None:
+    hits = [
+        {"_index": "cloudify_storage", "_type": "node", "_id": f"dep_{n}", "_source": {"n": n}}
+        for n in range(500)
+    ]
+    assert search.bulk_all(hits, max_docs=120, refresh=True) == BulkResult(500, [])
+    slices = [
+        [
+            hit_key(h)
+            for h in search.scan("cloudify_storage", slice_id=i, max_slices=2, page_size=50)
+        ]
+        for i in range(2)
+    ]
+    assert all(slices), "each slice should hold some documents"
+    assert Counter(slices[0] + slices[1]) == Counter(hit_key(h) for h in hits)
+
+
+@pytest.mark.server
+def test_logical_indices_counts(search: SearchClient) -> None:
+    search.bulk(storage_hits() + event_hits(), refresh=True)
+    search.ensure_index("cloudify_storage", "blueprint")  # exists, empty
+    storage = {
+        ("cloudify_storage", "node_instance"): 2,
+        ("cloudify_storage", "node"): 1,
+        ("cloudify_storage", "execution"): 1,
+        ("cloudify_storage", "blueprint"): 0,
+    }
+    events = {
+        ("logstash-2016.03.14", "cloudify_event"): 2,
+        ("logstash-2016.03.14", "cloudify_log"): 1,
+        ("logstash-2016.03.15", "cloudify_event"): 2,
+        ("logstash-2016.03.15", "cloudify_log"): 1,
+    }
+    assert search.logical_indices("cloudify_storage") == storage
+    assert search.logical_indices("logstash-*") == events
+    assert search.logical_indices("*") == storage | events
+    assert search.logical_indices("cloudify_events") == {}
+    assert search.index_exists("cloudify_storage")
+    assert search.index_exists("logstash-2016.03.14")
+    assert not search.index_exists("cloudify_events")
+    assert search.count("logstash-*") == 6
+    assert search.count("cloudify_storage", "node_instance") == 2
+    assert search.count("cloudify_events") == 0
+
+
+@pytest.mark.server
+def test_bulk_reports_each_failed_item(search: SearchClient) -> None:
+    search.request(
+        "PUT",
+        "/cloudify_storage-node",
+        {"mappings": {"properties": {"id": {"type": "integer"}}}},
+    )
+    hits = [
+        {"_index": "cloudify_storage", "_type": "node", "_id": "a", "_source": {"id": 1}},
+        {"_index": "cloudify_storage", "_type": "node", "_id": "b", "_source": {"id": "abc"}},
+        {"_index": "cloudify_storage", "_type": "node", "_id": "c", "_source": {"id": 3}},
+    ]
+    result = search.bulk(hits, refresh=True)
+    assert result.succeeded == 2
+    [failure] = result.failed
+    assert (failure.index, failure.doc_type, failure.doc_id, failure.status) == (
+        "cloudify_storage",
+        "node",
+        "b",
+        400,
+    )
+    assert "pars" in failure.reason  # mapper_parsing_exception / document_parsing_exception
+    assert sorted(h["_id"] for h in search.scan("cloudify_storage")) == ["a", "c"]
+
+
+@pytest.mark.server
+def test_create_conflict_is_a_409_item(search: SearchClient) -> None:
+    [first, *rest] = storage_hits()
+    search.bulk([first], refresh=True)
+    changed = {**first, "_source": {"id": "changed"}}
+    result = search.bulk([changed, *rest], op_type="create", refresh=True)
+    assert result.succeeded == len(rest)
+    assert [(f.doc_id, f.status) for f in result.failed] == [(first["_id"], 409)]
+    assert search.get("cloudify_storage", "node_instance", first["_id"]) == first["_source"]
+
+
+@pytest.mark.server
+def test_index_op_overwrites_by_id(search: SearchClient) -> None:
+    hits = storage_hits()
+    search.bulk(hits, refresh=True)
+    search.bulk(hits, refresh=True)
+    assert search.count("cloudify_storage") == len(hits)
+
+
+@pytest.mark.server
+def test_document_operations(search: SearchClient) -> None:
+    search.bulk(storage_hits(), refresh=True)
+    assert search.get("cloudify_storage", "node", "dep1_vm") == storage_hits()[2]["_source"]
+    assert search.get("cloudify_storage", "node", "missing") is None
+    assert search.get("cloudify_events", "cloudify_event", "x") is None
+
+    search.update_fields("cloudify_storage", "node", "dep1_vm", {"host_id": "h1"}, refresh=True)
+    assert search.get("cloudify_storage", "node", "dep1_vm") == {
+        **storage_hits()[2]["_source"],
+        "host_id": "h1",
+    }
+    with pytest.raises(SearchServerError):
+        search.update_fields("cloudify_storage", "node", "missing", {"x": 1})
+
+    assert search.delete("cloudify_storage", "node", "dep1_vm", refresh=True)
+    assert not search.delete("cloudify_storage", "node", "dep1_vm")
+    assert not search.delete("cloudify_events", "cloudify_event", "x")
+
+    deleted = search.delete_by_query(
+        "cloudify_storage", "node_instance", {"term": {"id": "vm_a1b2c"}}
+    )
+    assert deleted == 1
+    assert [h["_id"] for h in search.scan("cloudify_storage", ["node_instance"])] == ["vm_d3e4f"]
+    assert search.delete_by_query("cloudify_storage", None) == 2
+    assert search.count("cloudify_storage") == 0
+
+
+@pytest.mark.server
+def test_ensure_index_is_safe_and_idempotent(search: SearchClient) -> None:
+    threads = [
+        threading.Thread(target=search.ensure_index, args=("cloudify_storage", "node"))
+        for _ in range(4)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    search.ensure_index("cloudify_storage", "node")
+    _, mapping = search.request("GET", "/cloudify_storage-node/_mapping")
+    assert mapping["cloudify_storage-node"]["mappings"]["dynamic"] in (False, "false")
+    _, settings = search.request("GET", "/cloudify_storage-node/_settings")
+    index_settings = settings["cloudify_storage-node"]["settings"]["index"]
+    assert (index_settings["number_of_shards"], index_settings["number_of_replicas"]) == ("1", "0")
+
+
+@pytest.mark.server
+def test_delete_indices_by_logical_pattern(search: SearchClient) -> None:
+    search.bulk(storage_hits() + event_hits(), refresh=True)
+    search.delete_indices("logstash-*")
+    assert set(search.logical_indices("*")) == {
+        ("cloudify_storage", t) for t in ("node_instance", "node", "execution")
+    }
+    search.delete_indices("*")
+    assert search.logical_indices("*") == {}
+
+
+@pytest.mark.server
+def test_a_pickled_client_reconnects(search: SearchClient) -> None:
+    search.bulk(storage_hits(), refresh=True)
+    copy = pickle.loads(pickle.dumps(search))
+    try:
+        assert copy.count("cloudify_storage") == len(storage_hits())
+    finally:
+        copy.close()
+
+
+# ---- fault injection: a fake server answering 429 for some bulk items ------------------------
+
+
+class FakeBulkServer(http.server.ThreadingHTTPServer):
+    """Answers `HEAD /<index>` with 200 and `POST /_bulk` from a script of per-item statuses:
+    `script[n](doc_id)` is the status of that item in the n-th bulk request (last one repeats)."""
+
+    def __init__(self, script: list[Any]) -> None:
+        super().__init__(("127.0.0.1", 0), _FakeHandler)
+        self.script = script
+        self.requests: list[list[str]] = []
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class _FakeHandler(http.server.BaseHTTPRequestHandler):
+    server: FakeBulkServer
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def do_HEAD(self) -> None:
+        self.send_response(200)
+        self.send_header("content-length", "0")
+        self.end_headers()
+
+    def do_POST(self) -> None:
+        lines = self.rfile.read(int(self.headers["content-length"])).splitlines()
+        actions = [json.loads(line) for line in lines[::2]]
+        ids = [next(iter(a.values()))["_id"] for a in actions]
+        step = self.server.script[min(len(self.server.requests), len(self.server.script) - 1)]
+        self.server.requests.append(ids)
+        items = []
+        for action, doc_id in zip(actions, ids, strict=True):
+            op, meta = next(iter(action.items()))
+            status = step(doc_id)
+            outcome = {"_index": meta["_index"], "_id": doc_id, "status": status}
+            if status >= 300:
+                outcome["error"] = {"type": "es_rejected_execution_exception", "reason": "full"}
+            items.append({op: outcome})
+        body = json.dumps({"errors": True, "items": items}).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+@pytest.fixture
+def fake_bulk(request: pytest.FixtureRequest) -> Iterator[FakeBulkServer]:
+    server = FakeBulkServer(request.param)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def three_hits() -> list[Hit]:
+    return [
+        {"_index": "cloudify_storage", "_type": "node", "_id": i, "_source": {"id": i}}
+        for i in ("a", "b", "c")
+    ]
+
+
+@pytest.mark.parametrize(
+    "fake_bulk", [[lambda i: 429 if i == "b" else 201, lambda i: 201]], indirect=True
+)
+def test_only_the_429_item_is_resent(fake_bulk: FakeBulkServer) -> None:
+    client = SearchClient(fake_bulk.url, layout=Layout.TYPELESS, retry_backoff=0.01)
+    assert client.bulk(three_hits()) == BulkResult(3, [])
+    assert fake_bulk.requests == [["a", "b", "c"], ["b"]]
+
+
+@pytest.mark.parametrize("fake_bulk", [[lambda i: 429 if i == "c" else 201]], indirect=True)
+def test_an_item_still_failing_after_retries_is_reported(fake_bulk: FakeBulkServer) -> None:
+    client = SearchClient(fake_bulk.url, layout=Layout.TYPELESS, max_retries=2, retry_backoff=0.01)
+    result = client.bulk(three_hits())
+    assert result.succeeded == 2
+    assert [(f.doc_id, f.status) for f in result.failed] == [("c", 429)]
+    assert fake_bulk.requests == [["a", "b", "c"], ["c"], ["c"]]
+
+
+@pytest.mark.parametrize(
+    "fake_bulk", [[lambda i: 503 if i != "a" else 400, lambda i: 201]], indirect=True
+)
+def test_a_4xx_item_is_not_resent(fake_bulk: FakeBulkServer) -> None:
+    client = SearchClient(fake_bulk.url, layout=Layout.TYPELESS, retry_backoff=0.01)
+    result = client.bulk(three_hits())
+    assert result.succeeded == 2
+    assert [(f.doc_id, f.status) for f in result.failed] == [("a", 400)]
+    assert fake_bulk.requests == [["a", "b", "c"], ["b", "c"]]
