@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
-import click
 import pytest
 import typer
 from typer.testing import CliRunner
@@ -17,11 +17,11 @@ README = (ROOT / "README.md").read_text()
 runner = CliRunner()
 
 
-def _commands(group: click.Group, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+def _commands(group: Any, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
     found = []
     for name, command in group.commands.items():
         path = (*prefix, name)
-        if isinstance(command, click.Group):
+        if hasattr(command, "commands"):  # a group (typer vendors click: duck-type it)
             found.extend(_commands(command, path))
         else:
             found.append(path)
@@ -44,7 +44,7 @@ def test_command_help_has_an_example_and_describes_each_option(path: tuple[str, 
     for part in path:
         command = command.commands[part]  # type: ignore[attr-defined]
     for param in command.params:
-        if isinstance(param, click.Option) and param.name not in ("help",):
+        if param.param_type_name == "option" and param.name not in ("help",):
             assert param.help, f"cfysnap {' '.join(path)} {param.opts[0]} has no help text"
 
 
