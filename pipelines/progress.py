@@ -62,9 +62,11 @@ class Progress:
                 BarColumn,
                 DownloadColumn,
                 MofNCompleteColumn,
-                Progress as Bar,
                 TextColumn,
                 TimeElapsedColumn,
+            )
+            from rich.progress import (
+                Progress as Bar,
             )
 
             self._bar = Bar(
