@@ -14,6 +14,7 @@ shards, in path order, into the single `es_data` member. No step holds all docum
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -71,11 +72,14 @@ class ShardInfo:
 
 @dataclass(frozen=True)
 class ArchiveMember:
-    """A non-es_data member to put in the archive: from a file path, or literal bytes."""
+    """A non-es_data member to put in the archive: from a file path, or literal bytes, or the
+    member of the same name in another zip archive (`archive`, streamed: carried over byte for
+    byte). A name ending in "/" with no content source is a directory entry."""
 
     name: str
     source: str | None = None
     data: bytes | None = None
+    archive: str | None = None
 
 
 # ------------------------------------------------------------------------------- split (archive)
@@ -220,13 +224,21 @@ def assemble_archive(
     ordered = sorted(shards, key=lambda s: s.path)
     counts = total_counts(ordered)
     files = 0
-    with SnapshotWriter(output) as writer:
+    readers: dict[str, SnapshotReader] = {}
+    with contextlib.ExitStack() as opened, SnapshotWriter(output) as writer:
         for member in members:
             if member.data is not None:
                 writer.write_bytes(member.name, member.data)
             elif member.source is not None:
                 with FileSystems.open(member.source) as src:
                     writer.write_stream(member.name, src)
+            elif member.archive is not None:
+                if member.archive not in readers:
+                    readers[member.archive] = opened.enter_context(SnapshotReader(member.archive))
+                with readers[member.archive].open(member.name) as src:
+                    writer.write_stream(member.name, src)
+            elif member.name.endswith("/"):
+                writer.write_directory(member.name)
             files += 1
         with writer.open_member(ES_DATA) as es_data:
             for shard in ordered:

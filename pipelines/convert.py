@@ -1,0 +1,505 @@
+"""`convert`: upgrade a snapshot archive to a newer format version, archive to archive (§2, §3, §6).
+
+    validate ─▶ plan(source version, target) ─▶ Beam pipeline ─▶ reconcile counts ─▶ rename into place
+
+    archive ─SplitEsDataIntoShards─▶ Shard ─ReadShards─▶ hits ─UpgradeDocuments(steps)─▶ hits
+            ─WriteShards─▶ ShardInfo ─DeduplicateByKey─▶ ShardInfo ─┐
+    other members (metadata.json and agents.json upgraded, the rest  ├─WriteSnapshotArchive─▶ archive
+    carried over byte for byte, manifest.json rebuilt) ──────────────┘
+
+Contracts:
+- Nothing is written before the source validates (`pipelines.validate`) and the plan exists
+  (a downgrade raises `DowngradeRefused`).
+- Every step only adds what is missing: converting an archive already at the target leaves its
+  documents identical, and 3.2 → 3.4 equals 3.2 → 3.3 → 3.4. Unknown types, fields and members
+  pass through untouched.
+- Memory does not grow with the number of documents, apart from the duplicate search's 8 bytes
+  per document of key digests (see `transforms.upgrade`).
+- Counts are reconciled (read = written + duplicates dropped, and the source manifest's total
+  when there is one) before the archive appears at `output`; a failed job leaves no archive and
+  removes its staging folder.
+
+`dry_run` is a plain single-process streaming pass, not a Beam job: it writes nothing, needs no
+staging space and its per-type, per-step counts are exact without collecting Beam counters by
+name; it is as fast as validating the archive once more.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import time
+import uuid
+from array import array
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import apache_beam as beam
+import numpy as np
+
+from pipelines import progress as progress_mod
+from pipelines.errors import CfysnapError, CorruptArchive, JobFailed
+from pipelines.io.archive import AGENTS, ES_DATA, MANIFEST, METADATA, SnapshotReader, parse_hit
+from pipelines.model import Version, hit_key, parse_version
+from pipelines.options import beam_options
+from pipelines.validate import validate_archive
+from transforms.shards import (
+    LINES_PER_SHARD,
+    ArchiveMember,
+    ReadShards,
+    ShardInfo,
+    SplitEsDataIntoShards,
+    WriteShards,
+    WriteSnapshotArchive,
+)
+from transforms.upgrade import (
+    COUNTER_NAMESPACE,
+    DeduplicateByKey,
+    UpgradeDocuments,
+    key_digest,
+)
+from transforms.versions import Step, describe, plan, step_changes, upgrade_agents, upgrade_metadata
+
+__all__ = [
+    "ConvertConfig",
+    "ConvertSummary",
+    "DryRunReport",
+    "ConvertEsData",
+    "run",
+    "dry_run",
+    "converted_members",
+]
+
+
+@dataclass(frozen=True)
+class ConvertConfig:
+    """One conversion: `source` archive → `output` archive at format version `target`."""
+
+    source: Path
+    output: Path
+    target: Version
+    dry_run: bool = False
+    force: bool = False
+    """Replace `output` when it exists (it is only replaced once the new archive is complete)."""
+    lines_per_shard: int = LINES_PER_SHARD
+    """es_data lines per staged shard: the unit of parallel work."""
+    staging: Path | None = None
+    """Where shards are staged; default: a hidden folder beside `output`, removed at the end."""
+    show_progress: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "source", Path(self.source))
+        object.__setattr__(self, "output", Path(self.output))
+        object.__setattr__(self, "target", parse_version(self.target, "target version"))
+        if self.lines_per_shard < 1:
+            raise ValueError("lines_per_shard must be positive")
+
+
+@dataclass(frozen=True)
+class ConvertSummary:
+    """What a conversion did. `documents` are per (index, type) in the output archive."""
+
+    source: str
+    output: str
+    source_version: str
+    target_version: str
+    steps: tuple[str, ...]
+    documents_read: int
+    documents_written: int
+    documents_changed: int
+    duplicates_dropped: int
+    duplicates_differing: int
+    members_carried: int
+    documents: dict[tuple[str, str], int] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def docs_per_second(self) -> float:
+        return self.documents_read / self.seconds if self.seconds > 0 else 0.0
+
+    def by_type(self) -> dict[str, tuple[int, int]]:
+        """`_type` → (documents, indices holding them): daily event indices are many."""
+        docs: Counter[str] = Counter()
+        indices: Counter[str] = Counter()
+        for (_index, doc_type), n in self.documents.items():
+            docs[doc_type] += n
+            indices[doc_type] += 1
+        return {t: (docs[t], indices[t]) for t in sorted(docs)}
+
+    def render(self) -> str:
+        path = " -> ".join([self.source_version, *(s.split(" -> ")[1] for s in self.steps)])
+        lines = [
+            f"converted {self.source} ({self.source_version}) -> {self.output} ({self.target_version})",
+            f"steps                {path if self.steps else 'none (already at the target)'}",
+            f"documents read       {self.documents_read:,}",
+            f"documents changed    {self.documents_changed:,}",
+            f"duplicates dropped   {self.duplicates_dropped:,}"
+            + (f" ({self.duplicates_differing:,} differed in content)" if self.duplicates_differing else ""),
+            f"documents written    {self.documents_written:,}",
+            f"members carried over {self.members_carried:,}",
+            f"time                 {self.seconds:.1f} s ({self.docs_per_second:,.0f} docs/s)",
+            "documents per type:",
+        ]
+        for doc_type, (n, indices) in self.by_type().items():
+            where = f" in {indices} indices" if indices > 1 else ""
+            lines.append(f"  {doc_type:<24} {n:>10,}{where}")
+        return "\n".join(lines)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "output": self.output,
+            "source_version": self.source_version,
+            "target_version": self.target_version,
+            "steps": list(self.steps),
+            "documents_read": self.documents_read,
+            "documents_changed": self.documents_changed,
+            "duplicates_dropped": self.duplicates_dropped,
+            "duplicates_differing": self.duplicates_differing,
+            "documents_written": self.documents_written,
+            "members_carried": self.members_carried,
+            "documents": {f"{i}/{t}": n for (i, t), n in sorted(self.documents.items())},
+            "seconds": round(self.seconds, 3),
+            "docs_per_second": round(self.docs_per_second, 1),
+        }
+
+
+@dataclass(frozen=True)
+class DryRunReport:
+    """The plan, and per `_type` how many documents there are and how many each step changes."""
+
+    source: str
+    source_version: str
+    target_version: str
+    steps: tuple[Step, ...]
+    documents: dict[str, int]
+    changes: dict[str, tuple[int, ...]]
+    """`_type` → per step (in plan order), the documents that step changes."""
+    duplicates_to_drop: int
+    metadata_changes: bool
+    agents_changes: bool
+    seconds: float = 0.0
+
+    def render(self) -> str:
+        lines = [
+            f"dry run: {self.source} ({self.source_version}) -> {self.target_version}; nothing written",
+            "",
+            describe(self.steps),
+            "",
+        ]
+        if self.steps:
+            names = [s.name for s in self.steps]
+            width = max(len(n) for n in names)
+            lines.append(f"{'documents per type':<24} {'total':>10}  " + "  ".join(f"{n:>{width}}" for n in names))
+            for doc_type in sorted(self.documents):
+                per_step = self.changes.get(doc_type, (0,) * len(names))
+                lines.append(
+                    f"  {doc_type:<22} {self.documents[doc_type]:>10,}  "
+                    + "  ".join(f"{c:>{width},}" for c in per_step)
+                )
+            lines.append("")
+        lines.append(f"metadata.json        {'changes' if self.metadata_changes else 'unchanged'}")
+        lines.append(f"agents.json          {'changes' if self.agents_changes else 'unchanged'}")
+        lines.append(f"duplicates to drop   {self.duplicates_to_drop:,}")
+        return "\n".join(lines)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "source_version": self.source_version,
+            "target_version": self.target_version,
+            "steps": [{"name": s.name, "summary": s.summary} for s in self.steps],
+            "documents": dict(sorted(self.documents.items())),
+            "changes": {
+                t: {s.name: c for s, c in zip(self.steps, per_step, strict=True)}
+                for t, per_step in sorted(self.changes.items())
+            },
+            "duplicates_to_drop": self.duplicates_to_drop,
+            "metadata_changes": self.metadata_changes,
+            "agents_changes": self.agents_changes,
+        }
+
+
+# ----------------------------------------------------------------------------------- graph
+class ConvertEsData(beam.PTransform):
+    """archive path → `ShardInfo`s of its upgraded es_data, each (index, type, id) once.
+
+    Only shard paths, small `ShardInfo`s and key digests cross a shuffle; documents stay within
+    one fused stage from reading to their staged output file.
+    """
+
+    def __init__(self, staging: str, steps: Sequence[Step], lines_per_shard: int = LINES_PER_SHARD) -> None:
+        super().__init__()
+        self._staging, self._steps, self._lines = staging, tuple(steps), lines_per_shard
+
+    def expand(self, archive_paths: beam.PCollection[str]) -> beam.PCollection[ShardInfo]:
+        shards = archive_paths | "SplitEsDataIntoShards" >> SplitEsDataIntoShards(self._staging, self._lines)
+        hits = shards | "ReadShards" >> ReadShards()
+        upgraded_hits = hits | "UpgradeDocuments" >> UpgradeDocuments(self._steps)
+        upgraded_shards = upgraded_hits | "WriteShards" >> WriteShards(self._staging, "upgraded")
+        return (upgraded_hits, upgraded_shards) | "DeduplicateByKey" >> DeduplicateByKey(self._staging)
+
+
+# ---------------------------------------------------------------------------------- members
+def converted_members(snap: SnapshotReader, steps: Sequence[Step]) -> list[ArchiveMember]:
+    """Every member of the output but es_data and manifest.json, in the source's order.
+
+    metadata.json and agents.json go through the steps (kept byte for byte when no step changes
+    them); directory entries stay directory entries; everything else is streamed from the source
+    archive byte for byte when the archive is written.
+    """
+    members: list[ArchiveMember] = []
+    source = str(snap.path)
+    for info in snap.infos():
+        name = info.filename
+        if name in (ES_DATA, MANIFEST):
+            continue
+        if info.is_dir():
+            members.append(ArchiveMember(name))
+        elif name == METADATA:
+            meta = snap.metadata()
+            new_meta = upgrade_metadata(meta, steps)
+            members.append(_json_member(name, meta, new_meta, source))
+        elif name == AGENTS:
+            agents = snap.agents()
+            new_agents = upgrade_agents(agents, steps)
+            members.append(_json_member(name, agents, new_agents, source))
+        else:
+            members.append(ArchiveMember(name, archive=source))
+    return members
+
+
+def _json_member(name: str, before: Any, after: Any, source: str) -> ArchiveMember:
+    if after is before or after == before:
+        return ArchiveMember(name, archive=source)
+    return ArchiveMember(name, data=json.dumps(after).encode())
+
+
+# --------------------------------------------------------------------------------------- run
+def _check_paths(config: ConvertConfig) -> None:
+    if config.output.resolve() == config.source.resolve():
+        raise JobFailed("convert", "the output path is the source archive; choose another path")
+    if not config.dry_run and config.output.exists() and not config.force:
+        raise JobFailed("convert", f"{config.output} exists (use --force to replace it)")
+
+
+def _validated_plan(config: ConvertConfig) -> tuple[Version, list[Step]]:
+    """Refuse an invalid source (first problem, and how many) or a downgrade; return the plan."""
+    problems = validate_archive(config.source)
+    if problems:
+        first = problems[0]
+        more = f" (and {len(problems) - 1} more problem(s); see `cfysnap validate`)" if len(problems) > 1 else ""
+        raise CorruptArchive(first.member, first.line, first.reason + more, str(config.source))
+    with SnapshotReader(config.source) as snap:
+        version = snap.version
+    return version, plan(version, config.target)
+
+
+def run(config: ConvertConfig, beam_args: Sequence[str] = ()) -> ConvertSummary | DryRunReport:
+    """Convert `config.source` to `config.target` into `config.output` (see the module docstring).
+
+    With `config.dry_run` this is `dry_run(config)`. Raises `CorruptArchive` (invalid source),
+    `DowngradeRefused`, `UnsupportedVersion`, or `JobFailed` (nothing is left at `output`).
+    """
+    if config.dry_run:
+        return dry_run(config)
+    started = time.monotonic()
+    _check_paths(config)
+    version, steps = _validated_plan(config)
+
+    output = config.output
+    output.parent.mkdir(parents=True, exist_ok=True)
+    token = uuid.uuid4().hex[:8]
+    staging = config.staging or output.parent / f".{output.name}.{token}.staging"
+    partial = output.parent / f".{output.name}.{token}.converted"
+    staging.mkdir(parents=True, exist_ok=False)
+    done: dict[str, Any] = {"validated": config.source.name, "archive written": "no"}
+    try:
+        with SnapshotReader(config.source) as snap:
+            members = converted_members(snap, steps)
+            source_manifest = snap.manifest()
+        expected_total = _manifest_total(source_manifest)
+        with progress_mod.Progress("convert", total=expected_total, enabled=config.show_progress):
+            counters = _run_pipeline(config, steps, members, str(staging), str(partial), beam_args, done)
+        with SnapshotReader(partial) as produced:
+            written = _manifest_documents(produced.manifest())
+        summary = ConvertSummary(
+            source=str(config.source),
+            output=str(output),
+            source_version=version.value,
+            target_version=config.target.value,
+            steps=tuple(s.name for s in steps),
+            documents_read=counters.get("documents_read", 0),
+            documents_written=sum(written.values()),
+            documents_changed=counters.get("documents_changed", 0),
+            duplicates_dropped=counters.get("duplicates_dropped", 0),
+            duplicates_differing=counters.get("duplicates_differing", 0),
+            members_carried=len(members),
+            documents=written,
+        )
+        _reconcile(summary, counters, expected_total, done)
+        os.replace(partial, output)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return _with_seconds(summary, time.monotonic() - started)
+
+
+def _with_seconds(summary: ConvertSummary, seconds: float) -> ConvertSummary:
+    from dataclasses import replace
+
+    return replace(summary, seconds=seconds)
+
+
+def _run_pipeline(
+    config: ConvertConfig,
+    steps: Sequence[Step],
+    members: list[ArchiveMember],
+    staging: str,
+    partial: str,
+    beam_args: Sequence[str],
+    done: dict[str, Any],
+) -> dict[str, int]:
+    pipeline = beam.Pipeline(options=beam_options(beam_args))
+    unique_shards = (
+        pipeline
+        | "Source" >> beam.Create([str(config.source)])
+        | "ConvertEsData" >> ConvertEsData(staging, steps, config.lines_per_shard)
+    )
+    carried = pipeline | "OtherMembers" >> beam.Create(members)
+    _ = (unique_shards, carried) | "WriteSnapshotArchive" >> WriteSnapshotArchive(partial)
+    try:
+        result = pipeline.run()
+        result.wait_until_finish()
+    except Exception as exc:  # noqa: BLE001 - turned into a typed error right here
+        raise _job_error(exc, done) from None
+    return _counters(result)
+
+
+def _counters(result: Any) -> dict[str, int]:
+    query = result.metrics().query(beam.metrics.MetricsFilter().with_namespace(COUNTER_NAMESPACE))
+    totals: Counter[str] = Counter()
+    for counter in query["counters"]:
+        totals[counter.key.metric.name] += counter.committed or 0
+    return dict(totals)
+
+
+def _reconcile(
+    summary: ConvertSummary, counters: dict[str, int], expected_total: int | None, done: dict[str, Any]
+) -> None:
+    read, written = summary.documents_read, summary.documents_written
+    problems = []
+    if read != written + summary.duplicates_dropped:
+        problems.append(
+            f"read {read} != written {written} + duplicates dropped {summary.duplicates_dropped}"
+        )
+    staged = counters.get("documents_written", 0)
+    if staged != read:
+        problems.append(f"upgraded {staged} documents but read {read}")
+    if expected_total is not None and expected_total != read:
+        problems.append(f"the source manifest lists {expected_total} documents but {read} were read")
+    if problems:
+        raise JobFailed("convert", "counts do not reconcile: " + "; ".join(problems), done)
+
+
+def _manifest_total(manifest: dict[str, Any] | None) -> int | None:
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("documents"), dict):
+        return None
+    try:
+        return sum(int(n) for n in manifest["documents"].values())
+    except (TypeError, ValueError):
+        return None
+
+
+def _manifest_documents(manifest: dict[str, Any] | None) -> dict[tuple[str, str], int]:
+    documents: dict[tuple[str, str], int] = {}
+    for key, n in ((manifest or {}).get("documents") or {}).items():
+        index, _, doc_type = key.rpartition("/")
+        documents[(index, doc_type)] = int(n)
+    return documents
+
+
+_BEAM_CONTEXT = re.compile(r" \[while running '[^']*'\]")
+
+
+def _job_error(exc: BaseException, done: dict[str, Any]) -> CfysnapError:
+    """A typed error for a failed pipeline. In-process runners re-raise the DoFn's own error with
+    Beam's step name inserted into its first argument (removed here); multi-process runners raise
+    a RuntimeError holding the worker's traceback as text, of which only the last line is kept."""
+    if isinstance(exc, CfysnapError):
+        args = [_BEAM_CONTEXT.sub("", a) if isinstance(a, str) else a for a in exc.args]
+        try:
+            return type(exc)(*args)
+        except TypeError:
+            return exc
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    last = _BEAM_CONTEXT.sub("", lines[-1]) if lines else type(exc).__name__
+    match = re.match(r"^(?:[\w]+\.)*(\w+): (.*)$", last)
+    reason = f"{match.group(2)} ({match.group(1)})" if match else last
+    return JobFailed("convert", reason, done)
+
+
+# ----------------------------------------------------------------------------------- dry run
+def dry_run(config: ConvertConfig) -> DryRunReport:
+    """Plan `config`'s conversion and count what each step would change, writing nothing.
+
+    Validates the source first (an invalid archive or a downgrade is refused exactly as `run`
+    refuses it). One streaming pass over es_data; memory: 8 bytes per document for the duplicate
+    count. Raises what the steps raise (e.g. an event that cannot be placed in a daily index).
+    """
+    started = time.monotonic()
+    _check_paths(config)
+    version, steps = _validated_plan(config)
+    documents: Counter[str] = Counter()
+    changes: dict[str, list[int]] = {}
+    digests = array("Q")
+    with SnapshotReader(config.source) as snap, progress_mod.Progress(
+        "dry run", total=_manifest_total(snap.manifest()), enabled=config.show_progress
+    ) as bar:
+        meta, agents = snap.metadata(), snap.agents()
+        for n, (lineno, line) in enumerate(snap.iter_lines(), 1):
+            hit = parse_hit(line, lineno)
+            doc_type = hit["_type"]
+            documents[doc_type] += 1
+            per_step = changes.setdefault(doc_type, [0] * len(steps))
+            upgraded = hit
+            try:
+                for i, changed in enumerate(step_changes(hit, steps)):
+                    per_step[i] += changed
+                for step in steps:
+                    upgraded = step.upgrade_hit(upgraded)
+            except CorruptArchive as exc:
+                raise CorruptArchive(ES_DATA, lineno, exc.reason, str(config.source)) from None
+            digests.append(key_digest(hit_key(upgraded)))
+            if n % 10_000 == 0:
+                bar.advance(10_000)
+        new_meta, new_agents = upgrade_metadata(meta, steps), upgrade_agents(agents, steps)
+    duplicates = _duplicates_to_drop(digests)
+    return DryRunReport(
+        source=str(config.source),
+        source_version=version.value,
+        target_version=config.target.value,
+        steps=tuple(steps),
+        documents=dict(documents),
+        changes={t: tuple(c) for t, c in changes.items()},
+        duplicates_to_drop=duplicates,
+        metadata_changes=new_meta != meta,
+        agents_changes=new_agents != agents,
+        seconds=time.monotonic() - started,
+    )
+
+
+def _duplicates_to_drop(digests: array) -> int:
+    """How many documents share a key digest with an earlier one (an upper bound on the drops:
+    a 64-bit digest collision would count too, and the real run keeps both)."""
+    if not digests:
+        return 0
+    values = np.frombuffer(digests.tobytes(), dtype=np.uint64)
+    return int(len(values) - len(np.unique(values)))

@@ -1,0 +1,285 @@
+"""Upgrade es_data documents through version steps and drop the duplicates that may create.
+
+    shards ─ReadShards─▶ hits ─UpgradeDocuments(steps)─▶ upgraded hits ─WriteShards─▶ ShardInfo
+                                        │                                               │
+                                        └──────────── DeduplicateByKey ◀────────────────┘
+                                                           │
+                                                           ▼
+                                          ShardInfo (each (index, type, id) once)
+
+`UpgradeDocuments` applies the pure step functions of `transforms.versions` to every hit.
+
+`DeduplicateByKey` never moves whole documents through a shuffle (STYLE principle 12). Upgrading
+can make two hits share a key: 3.2's `cloudify_events` hits move to `logstash-<day>`, where a hit
+with the same `_type` and `_id` may already live. So:
+
+1. `FindDuplicatedKeys`: every upgraded hit gives an 8-byte digest of its (index, type, id);
+   digests are packed per bundle into byte blobs per bucket, grouped by bucket, sorted (numpy) and
+   the digests seen twice come out: the (usually empty) duplicated set. Shuffle cost: 8 bytes a
+   document.
+2. `DropDuplicatedLines`: the set is a side input of a pass over the staged `ShardInfo`s (file
+   paths, not documents). When it is empty every shard goes straight through, untouched. Otherwise
+   each shard is re-read once: lines whose key digest is not duplicated are copied byte for byte
+   to a new shard; the others go out as `(key, line)`.
+3. `KeepOnePerKey`: only those duplicates are grouped by key. The kept line is the one whose
+   canonical form (`json.dumps(sort_keys=True)`) sorts first, so the choice does not depend on
+   bundle or worker order. Every line dropped is counted (`duplicates_dropped`); dropped lines
+   whose content differs from the kept one are also counted as `duplicates_differing`.
+
+A digest collision between two different keys only costs a re-read: the group is keyed by the
+real key, so both documents are kept.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from array import array
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.transforms.window import GlobalWindow
+from apache_beam.utils.timestamp import MIN_TIMESTAMP
+from apache_beam.utils.windowed_value import WindowedValue
+
+from pipelines.io.archive import parse_hit
+from pipelines.model import Hit, HitKey, hit_key
+from transforms.shards import ShardInfo
+from transforms.versions import Step, upgrade_hit
+
+__all__ = [
+    "UpgradeDocuments",
+    "DeduplicateByKey",
+    "FindDuplicatedKeys",
+    "key_digest",
+    "repeated_digests",
+    "keep_one",
+    "COUNTER_NAMESPACE",
+]
+
+COUNTER_NAMESPACE = "cfysnap"
+DIGEST_BUCKETS = 16
+_DIGEST_FLUSH = 1 << 16
+"""Digests buffered per bundle before they are sent on (8 bytes each: 512 KiB)."""
+
+DuplicateLine = tuple[HitKey, bytes]
+"""A staged es_data line (with its newline) whose key is duplicated, keyed by that key."""
+
+
+def key_digest(key: HitKey) -> int:
+    """An unsigned 64-bit digest of (index, type, id); equal keys, equal digests."""
+    raw = "\x00".join(key).encode()
+    return int.from_bytes(hashlib.blake2b(raw, digest_size=8).digest(), "little")
+
+
+def repeated_digests(blobs: Iterable[bytes]) -> list[int]:
+    """The digests that occur more than once in `blobs` (packed little-endian uint64s)."""
+    arrays = [np.frombuffer(b, dtype="<u8") for b in blobs if b]
+    if not arrays:
+        return []
+    digests = np.sort(np.concatenate(arrays))
+    repeated = digests[1:][digests[1:] == digests[:-1]]
+    return [int(d) for d in np.unique(repeated)]
+
+
+def _canonical(line: bytes) -> str:
+    return json.dumps(json.loads(line), sort_keys=True, separators=(",", ":"))
+
+
+def keep_one(lines: Iterable[bytes]) -> tuple[bytes, int, int]:
+    """Of staged lines sharing one key: (the line kept, lines dropped, dropped lines that differ).
+
+    Deterministic: the line whose canonical form sorts first is kept, whatever the input order.
+    """
+    forms = sorted((_canonical(line), line) for line in lines)
+    kept_form, kept = forms[0]
+    differing = sum(1 for form, _ in forms[1:] if form != kept_form)
+    return kept, len(forms) - 1, differing
+
+
+# ------------------------------------------------------------------------------ upgrade
+class _UpgradeFn(beam.DoFn):
+    def __init__(self, steps: Sequence[Step]) -> None:
+        self._steps = tuple(steps)
+        self._changed = beam.metrics.Metrics.counter(COUNTER_NAMESPACE, "documents_changed")
+
+    def process(self, hit: Hit) -> Iterator[Hit]:
+        upgraded = upgrade_hit(hit, self._steps)
+        if upgraded is not hit:
+            self._changed.inc()
+        yield upgraded
+
+
+class UpgradeDocuments(beam.PTransform):
+    """hits → hits with `steps` applied, one for one, in order (see `transforms.versions`).
+
+    Pure and idempotent: a hit no step changes comes out as the same object; unknown types and
+    fields pass through. Counts `documents_changed`. An event that cannot be placed in a daily
+    index fails the job with `CorruptArchive` (naming the document).
+    """
+
+    def __init__(self, steps: Sequence[Step]) -> None:
+        super().__init__()
+        self._steps = tuple(steps)
+        for earlier, later in zip(self._steps, self._steps[1:], strict=False):
+            if earlier.target is not later.source:
+                raise ValueError(f"steps do not chain: {earlier.name} then {later.name}")
+
+    def expand(self, hits: beam.PCollection[Hit]) -> beam.PCollection[Hit]:
+        if not self._steps:
+            return hits
+        return hits | "ApplySteps" >> beam.ParDo(_UpgradeFn(self._steps))
+
+
+# ---------------------------------------------------------------------------- duplicates
+def _windowed(value: Any) -> WindowedValue:
+    return WindowedValue(value, MIN_TIMESTAMP, [GlobalWindow()])
+
+
+class _DigestKeysFn(beam.DoFn):
+    """hit → nothing per element; (bucket, packed digests) blobs every `_DIGEST_FLUSH` hits."""
+
+    def start_bundle(self) -> None:
+        self._buckets = [array("Q") for _ in range(DIGEST_BUCKETS)]
+        self._pending = 0
+
+    def process(self, hit: Hit) -> Iterator[tuple[int, bytes]]:
+        digest = key_digest(hit_key(hit))
+        self._buckets[digest % DIGEST_BUCKETS].append(digest)
+        self._pending += 1
+        if self._pending >= _DIGEST_FLUSH:
+            yield from self._drain()
+
+    def _drain(self) -> Iterator[tuple[int, bytes]]:
+        for bucket, digests in enumerate(self._buckets):
+            if digests:
+                if digests.itemsize != 8:  # pragma: no cover - 'Q' is 8 bytes on every 64-bit platform
+                    raise RuntimeError("array('Q') is not 64-bit here")
+                yield bucket, np.asarray(digests, dtype="<u8").tobytes()
+        self._buckets = [array("Q") for _ in range(DIGEST_BUCKETS)]
+        self._pending = 0
+
+    def finish_bundle(self) -> Iterator[WindowedValue]:
+        for blob in self._drain():
+            yield _windowed(blob)
+
+
+class FindDuplicatedKeys(beam.PTransform):
+    """hits → the digests (`key_digest`) of keys that occur more than once. Only digests are
+    shuffled (8 bytes a hit, packed); the output is usually empty."""
+
+    def expand(self, hits: beam.PCollection[Hit]) -> beam.PCollection[int]:
+        return (
+            hits
+            | "DigestKeys" >> beam.ParDo(_DigestKeysFn())
+            | "GroupDigestsByBucket" >> beam.GroupByKey()
+            | "FindRepeatedDigests" >> beam.FlatMap(lambda bucket_blobs: repeated_digests(bucket_blobs[1]))
+        )
+
+
+class _DropDuplicatedLinesFn(beam.DoFn):
+    """ShardInfo → the same ShardInfo when no line in it is duplicated, else a rewritten shard
+    without the duplicated lines (main output) and those lines as (key, line) ("duplicates")."""
+
+    DUPLICATES = "duplicates"
+
+    def __init__(self, staging: str) -> None:
+        self._staging = staging
+
+    def process(self, shard: ShardInfo, repeated: list[int]) -> Iterator[Any]:
+        if not repeated:
+            yield shard
+            return
+        wanted = set(repeated)
+        path = FileSystems.join(self._staging, f"unique-{uuid.uuid4().hex}.jsonl")
+        counts: Counter[tuple[str, str]] = Counter()
+        nbytes = 0
+        with FileSystems.open(shard.path) as src, FileSystems.create(path) as out:
+            for line in src:
+                if not line.strip():
+                    continue
+                hit = parse_hit(line)
+                key = hit_key(hit)
+                if key_digest(key) in wanted:
+                    yield beam.pvalue.TaggedOutput(self.DUPLICATES, (key, line))
+                    continue
+                out.write(line)
+                counts[key[:2]] += 1
+                nbytes += len(line)
+        yield ShardInfo(path, tuple(sorted(counts.items())), nbytes)
+
+
+class _KeepOneFn(beam.DoFn):
+    """(key, [lines]) → one (key, line): the kept duplicate (see `keep_one`)."""
+
+    def __init__(self) -> None:
+        self._dropped = beam.metrics.Metrics.counter(COUNTER_NAMESPACE, "duplicates_dropped")
+        self._differing = beam.metrics.Metrics.counter(COUNTER_NAMESPACE, "duplicates_differing")
+
+    def process(self, key_lines: tuple[HitKey, Iterable[bytes]]) -> Iterator[DuplicateLine]:
+        key, lines = key_lines
+        kept, dropped, differing = keep_one(lines)
+        self._dropped.inc(dropped)
+        self._differing.inc(differing)
+        yield tuple(key), kept  # type: ignore[misc]
+
+
+class _WriteLinesFn(beam.DoFn):
+    """(key, line) → one staged shard per bundle, emitted as its ShardInfo."""
+
+    def __init__(self, staging: str) -> None:
+        self._staging = staging
+
+    def start_bundle(self) -> None:
+        self._out: Any = None
+        self._counts: Counter[tuple[str, str]] = Counter()
+        self._nbytes = 0
+
+    def process(self, key_line: DuplicateLine) -> None:
+        key, line = key_line
+        if self._out is None:
+            self._path = FileSystems.join(self._staging, f"kept-{uuid.uuid4().hex}.jsonl")
+            self._out = FileSystems.create(self._path)
+        self._out.write(line)
+        self._counts[(key[0], key[1])] += 1
+        self._nbytes += len(line)
+
+    def finish_bundle(self) -> Iterator[WindowedValue]:
+        if self._out is not None:
+            self._out.close()
+            yield _windowed(ShardInfo(self._path, tuple(sorted(self._counts.items())), self._nbytes))
+
+
+class DeduplicateByKey(beam.PTransform):
+    """(hits, their staged `ShardInfo`s) → `ShardInfo`s in which each (index, type, id) occurs once.
+
+    `hits` are exactly the documents `shard_infos` hold (both from the same `WriteShards` input).
+    Documents never go through a shuffle unless their key is duplicated; see the module docstring.
+    Counters: `duplicates_dropped`, `duplicates_differing`. Idempotent: rewritten shards get new
+    file names, so a retried bundle cannot clobber another one's output.
+    """
+
+    def __init__(self, staging: str) -> None:
+        super().__init__()
+        self._staging = staging
+
+    def expand(
+        self, inputs: tuple[beam.PCollection[Hit], beam.PCollection[ShardInfo]]
+    ) -> beam.PCollection[ShardInfo]:
+        hits, shard_infos = inputs
+        duplicated_digests = hits | "FindDuplicatedKeys" >> FindDuplicatedKeys()
+        split = shard_infos | "DropDuplicatedLines" >> beam.ParDo(
+            _DropDuplicatedLinesFn(self._staging), beam.pvalue.AsList(duplicated_digests)
+        ).with_outputs(_DropDuplicatedLinesFn.DUPLICATES, main="unique")
+        kept_duplicates = (
+            split[_DropDuplicatedLinesFn.DUPLICATES]
+            | "GroupDuplicatesByKey" >> beam.GroupByKey()
+            | "KeepOnePerKey" >> beam.ParDo(_KeepOneFn())
+            | "WriteKeptDuplicates" >> beam.ParDo(_WriteLinesFn(self._staging))
+        )
+        return (split["unique"], kept_duplicates) | "AllUniqueShards" >> beam.Flatten()
