@@ -236,6 +236,67 @@ def sample_manager(
 
 
 # [commands: versions/convert]
+@app.command()
+def versions() -> None:
+    """Print the chain of snapshot-format upgrade steps, each with its changelog.
+
+    Example: cfysnap versions
+    """
+    from pipelines.model import Version
+    from transforms.versions import STEPS, describe
+
+    def body() -> None:
+        typer.echo("Known snapshot versions: " + ", ".join(v.value for v in Version))
+        typer.echo(describe(list(STEPS)))
+
+    _run(body)
+
+
+@app.command(context_settings=BEAM_ARGS)
+def convert(
+    ctx: typer.Context,
+    source: ArchiveArg,
+    output: Annotated[Path, typer.Argument(help="Where to write the converted archive (.zip).", dir_okay=False)],
+    to: Annotated[TargetVersion, typer.Option("--to", help="Snapshot version to convert to.")],
+    dry_run: Annotated[
+        bool,
+        typer.Option("--dry-run", help="Print the plan and per type how many documents each step changes; write nothing."),
+    ] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace OUTPUT if it exists.")] = False,
+    lines_per_shard: Annotated[
+        int, typer.Option("--lines-per-shard", min=1, help="es_data lines per parallel work unit.")
+    ] = 50_000,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary (or dry-run report) as JSON.")] = False,
+) -> None:
+    """Upgrade a snapshot archive to a newer format (3.2 -> 3.3 -> 3.4), archive to archive.
+
+    Validates SOURCE first, then applies every version step in one Beam pass: documents get what
+    the newer manager adds, 3.2 events move from cloudify_events to logstash-YYYY.MM.DD of their own
+    timestamp, duplicates created by that move are dropped (counted), metadata.json and agents.json
+    are upgraded, every other member is carried over byte for byte. OUTPUT appears only when
+    complete and its counts reconcile. Arguments after `--` go to Beam.
+
+    Example: cfysnap convert snap-3.2.zip snap-3.4.zip --to 3.4 -- --direct_num_workers=2 --direct_running_mode=multi_processing
+    """
+    from pipelines.convert import ConvertConfig, run
+    from pipelines.model import Version
+
+    def body() -> None:
+        config = ConvertConfig(
+            source=source,
+            output=output,
+            target=Version(to.value),
+            dry_run=dry_run,
+            force=force,
+            lines_per_shard=lines_per_shard,
+            show_progress=not as_json,
+        )
+        result = run(config, ctx.args)
+        typer.echo(json.dumps(result.to_json(), indent=2) if as_json else result.render())
+
+    _run(body)
+
+
 # [commands: create]
 # [commands: restore/verify]
 # [commands: snapshots/clear]
