@@ -299,6 +299,126 @@ def convert(
 
 # [commands: create]
 # [commands: restore/verify]
+CredentialsDirOption = Annotated[
+    Path,
+    typer.Option(
+        "--credentials-dir",
+        help="Where agent keys go: <DIR>/<deployment>_<node>/agent_key, mode 0600 "
+        "(Cloudify: /opt/manager/snapshot-credentials).",
+    ),
+]
+TargetVersionOption = Annotated[
+    TargetVersion,
+    typer.Option("--target-version", help="Version of the target manager; older archives are upgraded."),
+]
+
+
+@app.command(context_settings=BEAM_ARGS)
+def restore(
+    ctx: typer.Context,
+    archive: ArchiveArg,
+    es: EsOption,
+    fs_root: FsRootOption,
+    credentials_dir: CredentialsDirOption,
+    target_version: TargetVersionOption = TargetVersion.v3_4,
+    force: Annotated[
+        bool, typer.Option("--force", help="Restore into a target that has blueprints (clashing ids are still refused).")
+    ] = False,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Finish an interrupted restore from its journal, doing only what is missing.")
+    ] = False,
+    journal: Annotated[
+        Path | None,
+        typer.Option("--journal", help="Journal file (default <fs-root>/.cfysnap/restore-<archive sha256>.jsonl)."),
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Check and print what would be written; write nothing.")
+    ] = False,
+    batch_docs: Annotated[int, typer.Option("--batch-docs", min=1, help="Documents per bulk request, at most.")] = 1000,
+    batch_bytes: Annotated[
+        int, typer.Option("--batch-bytes", min=1, help="Bytes of documents per bulk request, at most.")
+    ] = 5_000_000,
+    shard_lines: Annotated[
+        int, typer.Option("--shard-lines", min=1, help="es_data lines per parallel shard.")
+    ] = 50_000,
+    layout: LayoutOption = LayoutChoice.auto,
+) -> None:
+    """Restore a snapshot into a target manager: check first (archive valid, not newer than the
+    target, target clean unless --force, no clashing blueprint/deployment ids), then copy files,
+    write agent keys, and bulk-load every document with its own id (events into the daily index of
+    their own timestamp, so a second restore never duplicates them), merging agents.json into node
+    instances. Every step is journaled; --resume finishes an interrupted restore. Beam options
+    go after `--`.
+
+    Example: cfysnap restore snap.zip --es http://127.0.0.1:9200 --fs-root /opt/manager/resources --credentials-dir /opt/manager/snapshot-credentials -- --direct_num_workers=2 --direct_running_mode=multi_processing
+    """
+    from pipelines.model import Version
+    from pipelines.restore import RestoreConfig, run
+
+    def body() -> None:
+        config = RestoreConfig(
+            archive=archive,
+            es_url=es,
+            fs_root=fs_root,
+            credentials_dir=credentials_dir,
+            target_version=Version(target_version.value),
+            force=force,
+            resume=resume,
+            journal=journal,
+            dry_run=dry_run,
+            layout=None if layout is LayoutChoice.auto else layout.value,
+            batch_docs=batch_docs,
+            batch_bytes=batch_bytes,
+            lines_per_shard=shard_lines,
+        )
+        summary = run(config, tuple(ctx.args))
+        typer.echo(summary.render())
+
+    _run(body)
+
+
+@app.command()
+def verify(
+    archive: ArchiveArg,
+    es: EsOption,
+    fs_root: FsRootOption,
+    credentials_dir: Annotated[
+        Path | None,
+        typer.Option("--credentials-dir", help="Where the restore wrote agent keys (checked when given)."),
+    ] = None,
+    target_version: TargetVersionOption = TargetVersion.v3_4,
+    max_differences: Annotated[
+        int, typer.Option("--max-differences", min=1, help="How many differences to list.")
+    ] = 20,
+    layout: LayoutOption = LayoutChoice.auto,
+) -> None:
+    """Compare a target manager with an archive: documents per (index, type) by count and by
+    digest of each document as the restore writes it, files by sha256, agent keys and their mode.
+    Exit 0 when everything matches, else list the differences (first N, with counts) and exit 1.
+
+    Example: cfysnap verify snap.zip --es http://127.0.0.1:9200 --fs-root /opt/manager/resources --credentials-dir /opt/manager/snapshot-credentials
+    """
+    from pipelines.model import Version
+    from pipelines.verify import VerifyConfig, run
+
+    def body() -> None:
+        config = VerifyConfig(
+            archive=archive,
+            es_url=es,
+            fs_root=fs_root,
+            credentials_dir=credentials_dir,
+            target_version=Version(target_version.value),
+            layout=None if layout is LayoutChoice.auto else layout.value,
+            max_differences=max_differences,
+        )
+        report = run(config)
+        typer.echo(report.render())
+        if not report.ok:
+            raise typer.Exit(1)
+
+    _run(body)
+
+
 # [commands: snapshots/clear]
 # [commands: export]
 
