@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import apache_beam as beam
+from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.timestamp import MIN_TIMESTAMP
@@ -230,7 +231,10 @@ def assemble_archive(
             if member.data is not None:
                 writer.write_bytes(member.name, member.data)
             elif member.source is not None:
-                with FileSystems.open(member.source) as src:
+                # byte for byte: FileSystems would otherwise gunzip a `.tar.gz` blueprint
+                with FileSystems.open(
+                    member.source, compression_type=CompressionTypes.UNCOMPRESSED
+                ) as src:
                     writer.write_stream(member.name, src)
             elif member.archive is not None:
                 if member.archive not in readers:

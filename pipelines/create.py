@@ -1,0 +1,617 @@
+"""`create`: a Beam pipeline from a live manager to a snapshot archive (spec §1–§4, §7.1).
+
+A manager is its search server (either layout) plus its file-server root plus the agent keys its
+Compute nodes name. The archive is written in the source's own version: nothing is changed while
+copying (that is `convert`).
+
+    ReadManagerDocuments (sliced scroll: cloudify_storage, then cloudify_events or logstash-*)
+      ├─ DropExcluded (provider_context, snapshot, the running create's execution)
+      │    └─ WriteShards ──────────────▶ shard files in a staging folder beside the output
+      ├─ BuildAgentsJson (small facts grouped by deployment) ──▶ staged agents.json
+      └─ CollectAgentKeys ──▶ snapshot-credentials/<dep>_<node>/agent_key
+    ListFileTree (blueprints, uploaded-blueprints, plugins 3.3+, deployments 3.4)
+    metadata.json (+ manager.json for 3.2)
+      ──WriteSnapshotArchive──▶ staged archive ──(counts reconciled)──▶ output (atomic rename)
+
+Only slice numbers, shard paths, file paths and small agent facts are shuffled. The staging
+folder is removed whatever happens; a failed job leaves nothing at the output path.
+
+Counts are reconciled at the end: for every (index, type), the documents counted on the server
+before reading (after a refresh) must equal those read, and those read must equal those written
+plus those dropped. Any difference fails the job: a manager whose documents change while the
+snapshot is taken (a running workflow) does not give a consistent snapshot.
+
+With `snapshot_id` the job behaves like a manager's `create_snapshot` workflow (§7.1): the
+archive goes to `<fs_root>/snapshots/<id>/<id>.zip`; a `snapshot` document goes creating →
+created/failed (with the error); a system `create_snapshot` execution goes started →
+terminated/failed, and that execution is left out of the snapshot. When the search server itself
+fails, the failed status is written once it answers again (retried for `status_timeout`
+seconds, as a manager's REST service would on its next request); if it never does, the error
+says the status could not be recorded.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.options.pipeline_options import DirectOptions
+
+from pipelines.errors import CfysnapError, JobFailed, SearchServerError, StoreError
+from pipelines.io.archive import METADATA, SnapshotReader, safe_target_path
+from pipelines.io.search import Layout, SearchClient
+from pipelines.model import (
+    EVENT_TYPES,
+    EVENTS_INDEX,
+    LOGSTASH_PREFIX,
+    NEVER_IN_SNAPSHOT_TYPES,
+    STORAGE_INDEX,
+    Doc,
+    Version,
+    metadata_version,
+)
+from pipelines.options import beam_options
+from pipelines.progress import Progress
+from transforms.agents import AgentDefaults, BuildAgentsJson, agent_defaults
+from transforms.read_manager import (
+    DROPPED_NAMESPACE,
+    READ_NAMESPACE,
+    CollectAgentKeys,
+    DropExcluded,
+    ListFileTree,
+    ReadManagerDocuments,
+    Source,
+)
+from transforms.shards import ArchiveMember, WriteShards, WriteSnapshotArchive
+
+__all__ = [
+    "CreateConfig",
+    "CreateSummary",
+    "SourceManager",
+    "run",
+    "detect_version",
+    "inspect_source",
+    "file_folders",
+    "snapshot_archive_path",
+    "set_snapshot_status",
+    "set_execution_status",
+    "start_snapshot",
+    "SNAPSHOTS_FOLDER",
+]
+
+_LOG = logging.getLogger("cfysnap")
+SNAPSHOTS_FOLDER = "snapshots"
+ACTIVE_EXECUTION_STATUSES = ("pending", "started", "cancelling", "force_cancelling")
+Counts = dict[tuple[str, str], int]
+
+
+# ------------------------------------------------------------------------------ config/result
+@dataclass(frozen=True)
+class CreateConfig:
+    """One create job. Exactly one of `output` and `snapshot_id`."""
+
+    es_url: str
+    fs_root: Path
+    output: Path | None = None
+    snapshot_id: str | None = None
+    include_credentials: bool = True
+    exclude_events: bool = False
+    exclude_logs: bool = False
+    source_version: Version | None = None
+    """None: recognised from the data (`detect_version`)."""
+    layout: Layout | None = None
+    slices: int | None = None
+    """Scroll slices per index; default max(2, number of Beam workers)."""
+    page_size: int = 1000
+    status_timeout: float = 120.0
+    """How long to keep trying to record a failed snapshot status on the server."""
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if (self.output is None) == (self.snapshot_id is None):
+            raise ValueError("give exactly one of output and snapshot_id")
+        if self.slices is not None and self.slices < 1:
+            raise ValueError("slices must be at least 1")
+        if self.page_size < 1:
+            raise ValueError("page_size must be at least 1")
+
+
+@dataclass(frozen=True)
+class CreateSummary:
+    """What a create job wrote."""
+
+    output: Path
+    version: Version
+    documents: dict[str, int]
+    """Documents written per "index/type"."""
+    dropped: dict[str, int]
+    """Documents read and left out (§4) per "index/type"."""
+    files: int
+    """Archive members other than es_data, metadata.json, agents.json, manager.json, manifest."""
+    credentials: int
+    bytes: int
+    """Size of the archive."""
+    es_data_bytes: int
+    seconds: float
+    snapshot_id: str | None = None
+    execution_id: str | None = None
+
+    @property
+    def total_documents(self) -> int:
+        return sum(self.documents.values())
+
+    @property
+    def docs_per_second(self) -> float:
+        return self.total_documents / max(self.seconds, 1e-9)
+
+    def render(self) -> str:
+        lines = [f"wrote {self.output} (snapshot_version {metadata_version(self.version)})"]
+        for key, n in sorted(self.documents.items()):
+            lines.append(f"  {key}: {n}")
+        if self.dropped:
+            dropped = ", ".join(f"{k}={n}" for k, n in sorted(self.dropped.items()))
+            lines.append(f"  left out: {dropped}")
+        lines.append(
+            f"{self.total_documents} documents, {self.files} files, {self.credentials} agent keys, "
+            f"{self.bytes} bytes in {self.seconds:.1f}s ({self.docs_per_second:.0f} docs/s)"
+        )
+        return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------ the source
+@dataclass(frozen=True)
+class SourceManager:
+    """What create needs to know about the manager before reading it."""
+
+    version: Version
+    has_cloudify_events: bool
+    """The server has an index named exactly `cloudify_events` (§2)."""
+    events_index: str
+    """`cloudify_events` if it exists, else `logstash-*` (§4)."""
+    provider_context: Doc | None = field(default=None, repr=False)
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        # the 3.2 tool always wrote true (§2)
+        has_events = True if self.version == Version.V3_2 else self.has_cloudify_events
+        return {
+            "has_cloudify_events": has_events,
+            "snapshot_version": metadata_version(self.version),
+        }
+
+    @property
+    def agent_defaults(self) -> AgentDefaults:
+        return agent_defaults(self.version, self.provider_context)
+
+
+def _first_source(client: SearchClient, doc_type: str) -> Doc | None:
+    scan = client.scan(STORAGE_INDEX, [doc_type], page_size=1)
+    try:
+        hit = next(scan, None)
+    finally:
+        scan.close()
+    return None if hit is None else hit["_source"]
+
+
+def detect_version(client: SearchClient) -> Version:
+    """Recognise a manager's version from its data (issue 3):
+
+    3.4: `deployment_update` docs, or nodes with `min_number_of_instances`, or deployments with
+    `scaling_groups`; 3.3: `plugin` or `snapshot` docs, or blueprints with `main_file_name`;
+    3.2: blueprints without `main_file_name`, or events in `cloudify_events` with no storage docs
+    telling otherwise. Raises JobFailed when nothing tells (pass the version explicitly).
+    """
+    types = {t for (index, t), n in client.logical_indices(STORAGE_INDEX).items() if n > 0}
+    if "deployment_update" in types:
+        return Version.V3_4
+    node = _first_source(client, "node") if "node" in types else None
+    if node is not None and "min_number_of_instances" in node:
+        return Version.V3_4
+    deployment = _first_source(client, "deployment") if "deployment" in types else None
+    if deployment is not None and "scaling_groups" in deployment:
+        return Version.V3_4
+    if types & {"plugin", "snapshot"}:
+        return Version.V3_3
+    blueprint = _first_source(client, "blueprint") if "blueprint" in types else None
+    if blueprint is not None:
+        return Version.V3_3 if "main_file_name" in blueprint else Version.V3_2
+    if client.index_exists(EVENTS_INDEX):
+        return Version.V3_2
+    raise JobFailed(
+        "create", "cannot recognise the manager's version from its data; pass --source-version"
+    )
+
+
+def inspect_source(client: SearchClient, version: Version | None = None) -> SourceManager:
+    """Version, events index and provider context of the manager behind `client`."""
+    has_events = client.index_exists(EVENTS_INDEX)
+    return SourceManager(
+        version=version or detect_version(client),
+        has_cloudify_events=has_events,
+        events_index=EVENTS_INDEX if has_events else f"{LOGSTASH_PREFIX}*",
+        provider_context=client.get(STORAGE_INDEX, "provider_context", "CONTEXT"),
+    )
+
+
+def file_folders(version: Version) -> list[str]:
+    """File-server folders a snapshot of `version` carries (§1, §7.1)."""
+    folders = ["blueprints", "uploaded-blueprints"]
+    if version >= Version.V3_3:
+        folders.append("plugins")
+    if version >= Version.V3_4:
+        folders.append("deployments")
+    return folders
+
+
+def _event_types(config: CreateConfig) -> tuple[str, ...]:
+    excluded = {"cloudify_event"} if config.exclude_events else set()
+    if config.exclude_logs:
+        excluded.add("cloudify_log")
+    return tuple(t for t in EVENT_TYPES if t not in excluded)
+
+
+def _sources(config: CreateConfig, source: SourceManager) -> list[Source]:
+    sources: list[Source] = [(STORAGE_INDEX, None)]
+    types = _event_types(config)
+    if types:
+        sources.append((source.events_index, None if types == EVENT_TYPES else types))
+    return sources
+
+
+def _expected_counts(client: SearchClient, sources: Sequence[Source]) -> Counts:
+    """Documents per (index, type) the reads should see (after a refresh)."""
+    expected: Counts = {}
+    for index, types in sources:
+        client.refresh(index)
+        for (i, t), n in client.logical_indices(index).items():
+            if n and (types is None or t in types):
+                expected[(i, t)] = n
+    return expected
+
+
+# ------------------------------------------------------------------------------ the store
+def snapshot_archive_path(fs_root: Path, snapshot_id: str) -> Path:
+    """`<fs_root>/snapshots/<id>/<id>.zip` (§1); UnsafePath if the id would escape the root."""
+    if not snapshot_id or "/" in snapshot_id or snapshot_id in (".", ".."):
+        from pipelines.errors import UnsafePath
+
+        raise UnsafePath(snapshot_id or "''", "not a valid snapshot id")
+    return safe_target_path(Path(fs_root), f"{SNAPSHOTS_FOLDER}/{snapshot_id}/{snapshot_id}.zip")
+
+
+def _now() -> str:
+    """`str(datetime.now())` as the REST service stores it (UTC here)."""
+    return str(datetime.now(UTC).replace(tzinfo=None))
+
+
+def set_snapshot_status(
+    client: SearchClient, snapshot_id: str, status: str, error: str = ""
+) -> None:
+    """PATCH /snapshots/<id> as the workflow does (§7.1): `status` and `error`."""
+    client.update_fields(
+        STORAGE_INDEX, "snapshot", snapshot_id, {"status": status, "error": error}, refresh=True
+    )
+
+
+def set_execution_status(
+    client: SearchClient, execution_id: str, status: str, error: str = ""
+) -> None:
+    client.update_fields(
+        STORAGE_INDEX, "execution", execution_id, {"status": status, "error": error}, refresh=True
+    )
+
+
+def _execution_config(config: CreateConfig, client: SearchClient, version: Version) -> Doc:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(client.url)
+    cfg: Doc = {
+        "file_server_root": str(config.fs_root),
+        "file_server_snapshots_folder": SNAPSHOTS_FOLDER,
+        "file_server_blueprints_folder": "blueprints",
+        "file_server_uploaded_blueprints_folder": "uploaded-blueprints",
+        "file_server_uploaded_plugins_folder": "plugins",
+    }
+    if version >= Version.V3_4:
+        cfg["file_server_deployments_folder"] = "deployments"
+    cfg.update(
+        {
+            "db_address": parts.hostname or "",
+            "db_port": parts.port or 9200,
+            "created_status": "created",
+            "failed_status": "failed",
+        }
+    )
+    return cfg
+
+
+def start_snapshot(client: SearchClient, config: CreateConfig, version: Version) -> str:
+    """Record the snapshot (status `creating`) and its `create_snapshot` system execution
+    (status `started`) as a 3.3/3.4 manager does (§7.1); return the execution id.
+
+    Refuses (StoreError) a 3.2 manager (it had no snapshot store), an id that exists, and a
+    manager with an active execution (system workflows run alone).
+    """
+    snapshot_id = config.snapshot_id
+    assert snapshot_id is not None
+    if version == Version.V3_2:
+        raise StoreError(snapshot_id, "3.2 managers have no snapshot store; use --output")
+    if client.get(STORAGE_INDEX, "snapshot", snapshot_id) is not None:
+        raise StoreError(snapshot_id, "already exists")
+    active = client.count(
+        STORAGE_INDEX, "execution", {"terms": {"status": list(ACTIVE_EXECUTION_STATUSES)}}
+    )
+    if active:
+        raise StoreError(snapshot_id, f"{active} execution(s) still running; try again later")
+    now = _now()
+    snapshot = {"id": snapshot_id, "created_at": now, "status": "creating", "error": ""}
+    execution_id = str(uuid.uuid4())
+    execution = {
+        "id": execution_id,
+        "status": "started",
+        "deployment_id": None,
+        "blueprint_id": None,
+        "workflow_id": "create_snapshot",
+        "created_at": now,
+        "error": "",
+        "parameters": {
+            "snapshot_id": snapshot_id,
+            "include_metrics": False,
+            "include_credentials": config.include_credentials,
+            "config": _execution_config(config, client, version),
+        },
+        "is_system_workflow": True,
+    }
+    hits = [
+        {"_index": STORAGE_INDEX, "_type": "snapshot", "_id": snapshot_id, "_source": snapshot},
+        {"_index": STORAGE_INDEX, "_type": "execution", "_id": execution_id, "_source": execution},
+    ]
+    client.bulk(hits, op_type="create", refresh=True).raise_on_failure()
+    return execution_id
+
+
+def _retry_until(deadline: float, action: Callable[[], None]) -> str | None:
+    """Run `action` until it succeeds or `deadline` passes; None, or the last error."""
+    delay = 0.5
+    while True:
+        try:
+            action()
+            return None
+        except SearchServerError as exc:
+            if time.monotonic() + delay > deadline:
+                return str(exc)
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+def _record_failure(config: CreateConfig, execution_id: str | None, error: str) -> str | None:
+    """Mark the snapshot and its execution failed; None, or why that could not be done."""
+    assert config.snapshot_id is not None
+    deadline = time.monotonic() + config.status_timeout
+    with SearchClient(config.es_url, layout=config.layout, max_retries=0, timeout=10) as client:
+
+        def mark() -> None:
+            set_snapshot_status(client, config.snapshot_id or "", "failed", error)
+            if execution_id:
+                set_execution_status(client, execution_id, "failed", error)
+
+        return _retry_until(deadline, mark)
+
+
+# ------------------------------------------------------------------------------ the job
+def run(config: CreateConfig, beam_args: Sequence[str] = ()) -> CreateSummary:
+    """Create a snapshot archive of the manager described by `config`.
+
+    Raises a `CfysnapError`: `SearchServerError` when the server cannot be used before the
+    pipeline starts, `StoreError` for a refused `snapshot_id`, `JobFailed` when the pipeline or
+    the count reconciliation fails (nothing is then left at the output path).
+    """
+    started = time.monotonic()
+    output = (
+        snapshot_archive_path(config.fs_root, config.snapshot_id)
+        if config.snapshot_id
+        else Path(config.output or "").absolute()
+    )
+    with SearchClient(config.es_url, layout=config.layout) as client:
+        source = inspect_source(client, config.source_version)
+        execution_id = (
+            start_snapshot(client, config, source.version) if config.snapshot_id else None
+        )
+        try:
+            summary = _create(client, config, source, output, execution_id, beam_args, started)
+        except BaseException as exc:
+            error = _as_job_error(exc)
+            if config.snapshot_id:
+                not_recorded = _record_failure(config, execution_id, str(error))
+                if not_recorded:
+                    error = JobFailed(
+                        "create",
+                        f"{error}; the snapshot's failed status could not be recorded "
+                        f"({not_recorded})",
+                    )
+            if isinstance(exc, KeyboardInterrupt):
+                raise
+            raise error from None
+        if config.snapshot_id and execution_id:
+            set_snapshot_status(client, config.snapshot_id, "created")
+            set_execution_status(client, execution_id, "terminated")
+    return summary
+
+
+def _create(
+    client: SearchClient,
+    config: CreateConfig,
+    source: SourceManager,
+    output: Path,
+    execution_id: str | None,
+    beam_args: Sequence[str],
+    started: float,
+) -> CreateSummary:
+    sources = _sources(config, source)
+    expected = _expected_counts(client, sources)
+    options = beam_options(beam_args)
+    workers = options.view_as(DirectOptions).direct_num_workers or 1
+    slices = config.slices or max(2, workers)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = output.parent / f".{output.name}.staging-{uuid.uuid4().hex[:8]}"
+    staging.mkdir(mode=0o700)
+    staged_archive = staging / "archive.zip"
+    try:
+        pipeline = beam.Pipeline(options=options)
+        _build_pipeline(
+            pipeline,
+            config,
+            source,
+            sources,
+            staging,
+            staged_archive,
+            execution_id,
+            slices,
+            client.layout,
+        )
+        with Progress("create", total=sum(expected.values()), enabled=config.progress):
+            result = pipeline.run()
+            result.wait_until_finish()
+        read = _counter_values(result, READ_NAMESPACE)
+        dropped = _counter_values(result, DROPPED_NAMESPACE)
+        with SnapshotReader(staged_archive) as snap:
+            manifest = snap.manifest() or {}
+        written = {k: int(v) for k, v in (manifest.get("documents") or {}).items()}
+        _reconcile(expected, read, dropped, written)
+        members = manifest.get("members") or {}
+        os.chmod(staged_archive, 0o600)  # broker passwords and agent keys
+        os.replace(staged_archive, output)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    fixed = {"es_data", METADATA, "agents.json", "manager.json"}
+    credentials = sum(1 for name in members if name.startswith("snapshot-credentials/"))
+    return CreateSummary(
+        output=output,
+        version=source.version,
+        documents=written,
+        dropped={k: v for k, v in dropped.items() if v},
+        files=sum(1 for name in members if name not in fixed) - credentials,
+        credentials=credentials,
+        bytes=output.stat().st_size,
+        es_data_bytes=int((members.get("es_data") or {}).get("size", 0)),
+        seconds=time.monotonic() - started,
+        snapshot_id=config.snapshot_id,
+        execution_id=execution_id,
+    )
+
+
+def _build_pipeline(
+    p: beam.Pipeline,
+    config: CreateConfig,
+    source: SourceManager,
+    sources: Sequence[Source],
+    staging: Path,
+    staged_archive: Path,
+    execution_id: str | None,
+    slices: int,
+    layout: Layout,
+) -> None:
+    hits = p | "ReadManagerDocuments" >> ReadManagerDocuments(
+        config.es_url, sources, slices=slices, layout=layout, page_size=config.page_size
+    )
+    shard_infos = (
+        hits
+        | "DropExcluded"
+        >> DropExcluded(NEVER_IN_SNAPSHOT_TYPES, [execution_id] if execution_id else [])
+        | "WriteShards" >> WriteShards(str(staging))
+    )
+    agents_member = hits | "BuildAgentsJson" >> BuildAgentsJson(str(staging), source.agent_defaults)
+    file_members = p | "ListFileTree" >> ListFileTree(
+        str(config.fs_root), file_folders(source.version)
+    )
+    small = [ArchiveMember(METADATA, data=_json_bytes(source.metadata))]
+    if source.version == Version.V3_2:  # the 3.2 tool's manager.json (§1)
+        ip = source.agent_defaults.manager_ip
+        small.append(ArchiveMember("manager.json", data=_json_bytes({"MANAGEMENT_IP": ip})))
+    member_sets = [
+        p | "SmallMembers" >> beam.Create(small),
+        agents_member,
+        file_members,
+    ]
+    if config.include_credentials:
+        member_sets.append(hits | "CollectAgentKeys" >> CollectAgentKeys())
+    members = member_sets | "AllMembers" >> beam.Flatten()
+    _ = (shard_infos, members) | "WriteSnapshotArchive" >> WriteSnapshotArchive(str(staged_archive))
+
+
+def _json_bytes(obj: Any) -> bytes:
+    import json
+
+    return json.dumps(obj).encode()
+
+
+def _counter_values(result: Any, namespace: str) -> dict[str, int]:
+    query = result.metrics().query(MetricsFilter().with_namespace(namespace))
+    values: dict[str, int] = {}
+    for counter in query["counters"]:
+        value = counter.committed if counter.committed is not None else counter.attempted
+        values[counter.key.metric.name] = values.get(counter.key.metric.name, 0) + int(value or 0)
+    return values
+
+
+def _reconcile(
+    expected: Counts, read: dict[str, int], dropped: dict[str, int], written: dict[str, int]
+) -> None:
+    """Fail the job unless server counts == read and read == written + dropped, per index/type."""
+    expected_keys = {f"{i}/{t}": n for (i, t), n in expected.items()}
+    problems = []
+    for key in sorted(set(expected_keys) | set(read) | set(written) | set(dropped)):
+        e, r = expected_keys.get(key, 0), read.get(key, 0)
+        w, d = written.get(key, 0), dropped.get(key, 0)
+        if e != r:
+            problems.append(f"{key}: {e} on the server, {r} read")
+        elif r != w + d:
+            problems.append(f"{key}: {r} read, {w} written + {d} left out")
+    if problems:
+        shown = "; ".join(problems[:5]) + (
+            f" (+{len(problems) - 5} more)" if len(problems) > 5 else ""
+        )
+        raise JobFailed("create", f"document counts do not reconcile: {shown}")
+
+
+_ERROR_LINE = re.compile(
+    r"(?:pipelines\.errors\.)?(SearchServerError|JobFailed|UnsafePath|CorruptArchive|BulkLoadError)"
+    r": (.+)"
+)
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
+
+
+def _as_job_error(exc: BaseException) -> CfysnapError:
+    """The typed error behind a failed job (Beam wraps worker errors), as a `CfysnapError`."""
+    for cause in _causes(exc):
+        if isinstance(cause, JobFailed):
+            return cause
+        if isinstance(cause, CfysnapError):
+            return JobFailed("create", str(cause))
+    if isinstance(exc, KeyboardInterrupt):
+        return JobFailed("create", "interrupted")
+    # errors from worker processes arrive as text: keep the typed error's own line
+    matches = _ERROR_LINE.findall(str(exc))
+    if matches:
+        return JobFailed("create", matches[-1][1].strip())
+    text = str(exc).strip().splitlines()
+    return JobFailed("create", f"{type(exc).__name__}: {text[-1] if text else ''}")

@@ -1,0 +1,313 @@
+"""Build a snapshot's agents.json from a manager's documents (spec §3).
+
+agents.json maps deployment → Compute node → node instance → agent dict. It is built from three
+small projections of the documents, never from whole documents (principle 12):
+
+    hits ──ProjectAgentFacts──▶ (deployment id, fact) ──GroupByKey──▶ one deployment's facts
+         ──deployment_agents──▶ '"<dep>": {...}' fragments ──WriteFragments──▶ fragment files
+         ──AssembleAgentsJson──▶ ArchiveMember("agents.json", source=<staged file>)
+
+A fact is a `DeploymentFact` (the deployment exists), a `NodeFact` (a Compute node: only what the
+agent dict needs) or an `InstanceFact` (a node instance: state, runtime ip and
+`runtime_properties.cloudify_agent`). One group holds one deployment's facts; the whole
+agents.json is streamed from the fragment files into one staged file, so no step holds it all.
+
+The agent dict has the form the source version's tool wrote:
+- 3.3 / 3.4 (`agent_v33`): the 3.3.1 form, `{"version", "broker_config"}` from the bootstrap
+  (provider context) defaults, each key overridden by the instance's runtime `cloudify_agent`.
+- 3.2 (`agent_v32`): the 3.2.1 snapshots tool's flat form, `{}` for instances not `started`.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.transforms.window import GlobalWindow
+from apache_beam.utils.timestamp import MIN_TIMESTAMP
+from apache_beam.utils.windowed_value import WindowedValue
+
+from pipelines.io.archive import AGENTS
+from pipelines.model import STORAGE_INDEX, Doc, Hit, Version, is_compute_node, metadata_version
+from transforms.shards import ArchiveMember
+
+__all__ = [
+    "AgentDefaults",
+    "DeploymentFact",
+    "NodeFact",
+    "InstanceFact",
+    "WINDOWS_TYPE",
+    "agent_defaults",
+    "agent_facts",
+    "agent_v33",
+    "agent_v32",
+    "deployment_agents",
+    "agents_fragment",
+    "BuildAgentsJson",
+]
+
+WINDOWS_TYPE = "cloudify.openstack.nodes.WindowsServer"
+_FLAT_BROKER_V32 = {"broker_user": "guest", "broker_pass": "guest"}
+"""T32 writes `guest`/`guest` for 3.2 managers (`cloudify`/`c10udify` only for 3.2.1)."""
+
+
+# ------------------------------------------------------------------------------------ facts
+@dataclass(frozen=True)
+class DeploymentFact:
+    """The deployment exists: it gets a key in agents.json even without Compute nodes."""
+
+
+@dataclass(frozen=True)
+class NodeFact:
+    """What agents.json needs of a Compute node."""
+
+    node_id: str
+    windows: bool
+    agent_properties: dict[str, Any] = field(default_factory=dict, hash=False)
+    """`properties.cloudify_agent` without `key` (user, password, ...)."""
+    ip: str | None = None
+    """`properties.ip`, if any."""
+
+
+@dataclass(frozen=True)
+class InstanceFact:
+    """What agents.json needs of a node instance (of any node: the join decides)."""
+
+    instance_id: str
+    node_id: str
+    state: str
+    runtime_agent: dict[str, Any] | None = field(default=None, hash=False)
+    """`runtime_properties.cloudify_agent`, if it is an object."""
+    ip: str | None = None
+    """`runtime_properties.ip`, if any."""
+
+
+Fact = DeploymentFact | NodeFact | InstanceFact
+
+
+def agent_facts(hit: Hit) -> Iterator[tuple[str, Fact]]:
+    """(deployment id, fact) of one hit: deployments, Compute nodes and node instances only."""
+    if hit.get("_index") != STORAGE_INDEX:
+        return
+    doc: Doc = hit.get("_source") or {}
+    doc_type = hit.get("_type")
+    if doc_type == "deployment":
+        yield str(hit["_id"]), DeploymentFact()
+    elif doc_type == "node" and is_compute_node(doc):
+        props = doc.get("properties") or {}
+        agent = props.get("cloudify_agent")
+        agent = {k: v for k, v in agent.items() if k != "key"} if isinstance(agent, dict) else {}
+        hierarchy = doc.get("type_hierarchy") or []
+        yield (
+            str(doc.get("deployment_id")),
+            NodeFact(str(doc.get("id")), WINDOWS_TYPE in hierarchy, agent, props.get("ip")),
+        )
+    elif doc_type == "node_instance":
+        runtime = doc.get("runtime_properties") or {}
+        agent = runtime.get("cloudify_agent")
+        yield (
+            str(doc.get("deployment_id")),
+            InstanceFact(
+                str(doc.get("id", hit["_id"])),
+                str(doc.get("node_id")),
+                str(doc.get("state")),
+                agent if isinstance(agent, dict) else None,
+                runtime.get("ip"),
+            ),
+        )
+
+
+# ------------------------------------------------------------------------- agent dicts
+@dataclass(frozen=True)
+class AgentDefaults:
+    """The source manager's defaults for agent dicts (from its provider context)."""
+
+    version: Version
+    bootstrap: dict[str, Any] = field(hash=False)
+    """`context.cloudify.cloudify_agent` of the provider context (may be empty)."""
+    manager_ip: str = ""
+
+    @property
+    def broker_config(self) -> dict[str, Any]:
+        """`BootstrapContext.broker_config()` of 3.3.1 / 3.4 (§3.2): `broker_port` an int."""
+        b = self.bootstrap
+        ssl = bool(b.get("broker_ssl_enabled", False))
+        return {
+            "broker_ip": b.get("broker_ip") or self.manager_ip,
+            "broker_user": b.get("broker_user") or "guest",
+            "broker_pass": b.get("broker_pass") or "guest",
+            "broker_ssl_enabled": ssl,
+            "broker_ssl_cert": b.get("broker_ssl_cert") or "",
+            "broker_port": 5671 if ssl else 5672,
+        }
+
+
+def agent_defaults(version: Version, provider_context: Doc | None) -> AgentDefaults:
+    """Defaults from a provider context document (`{"name", "context": {...}}`), or none."""
+    cloudify = ((provider_context or {}).get("context") or {}).get("cloudify") or {}
+    bootstrap = cloudify.get("cloudify_agent") or {}
+    if not isinstance(bootstrap, dict):
+        bootstrap = {}
+    return AgentDefaults(version, dict(bootstrap), str(bootstrap.get("broker_ip") or ""))
+
+
+def agent_v33(instance: InstanceFact, defaults: AgentDefaults) -> dict[str, Any]:
+    """3.3.1 / 3.4 agent dict (§3.2): `version` and `broker_config`, each overridden as a whole
+    by the same key of the instance's runtime `cloudify_agent`."""
+    base = {"version": metadata_version(defaults.version), "broker_config": defaults.broker_config}
+    runtime = instance.runtime_agent or {}
+    return {key: runtime.get(key, value) for key, value in base.items()}
+
+
+def agent_v32(instance: InstanceFact, node: NodeFact, defaults: AgentDefaults) -> dict[str, Any]:
+    """The 3.2.1 snapshots tool's agent dict (§3.3): `{}` unless the instance is `started`;
+    else bootstrap `cloudify_agent` overlaid by the node's, flat broker keys."""
+    if instance.state != "started":
+        return {}
+    merged = {**defaults.bootstrap, **node.agent_properties}
+    agent: dict[str, Any] = {k: merged[k] for k in ("user", "password") if k in merged}
+    agent["name"] = instance.instance_id
+    agent["queue"] = instance.instance_id
+    ip = instance.ip if instance.ip is not None else node.ip
+    if ip is not None:
+        agent["ip"] = ip
+    agent["manager_ip"] = defaults.manager_ip
+    agent["windows"] = node.windows
+    agent["version"] = metadata_version(Version.V3_2)
+    agent.update(
+        {
+            "broker_ip": defaults.manager_ip,
+            "broker_ssl_enabled": False,
+            "broker_ssl_cert": "",
+            **_FLAT_BROKER_V32,
+        }
+    )
+    return agent
+
+
+def deployment_agents(facts: Iterable[Fact], defaults: AgentDefaults) -> dict[str, Any] | None:
+    """One deployment's agents.json value: Compute node → instance → agent dict (sorted by id).
+
+    None when the facts hold no `DeploymentFact` (instances or nodes of a deployment that does
+    not exist are not listed, as the manager's REST listing would not find them).
+    """
+    exists = False
+    nodes: dict[str, NodeFact] = {}
+    instances: list[InstanceFact] = []
+    for fact in facts:
+        if isinstance(fact, DeploymentFact):
+            exists = True
+        elif isinstance(fact, NodeFact):
+            nodes[fact.node_id] = fact
+        else:
+            instances.append(fact)
+    if not exists:
+        return None
+    result: dict[str, dict[str, Any]] = {node_id: {} for node_id in sorted(nodes)}
+    for instance in sorted(instances, key=lambda i: i.instance_id):
+        node = nodes.get(instance.node_id)
+        if node is None:
+            continue
+        if defaults.version == Version.V3_2:
+            agent = agent_v32(instance, node, defaults)
+        else:
+            agent = agent_v33(instance, defaults)
+        result[node.node_id][instance.instance_id] = agent
+    return result
+
+
+def agents_fragment(deployment_id: str, value: dict[str, Any]) -> str:
+    """`"<deployment>": {...}`: one entry of the agents.json object, as `json.dumps` writes it."""
+    return json.dumps(deployment_id) + ": " + json.dumps(value)
+
+
+# ------------------------------------------------------------------------------ transforms
+class _WriteFragmentsFn(beam.DoFn):
+    """One fragment file per bundle (one fragment per line); emits its path at bundle end."""
+
+    def __init__(self, staging: str) -> None:
+        self._staging = staging
+
+    def start_bundle(self) -> None:
+        self._out: Any = None
+        self._path = ""
+
+    def process(self, fragment: str) -> None:
+        if self._out is None:
+            self._path = FileSystems.join(self._staging, f"agents-{uuid.uuid4().hex}.part")
+            self._out = FileSystems.create(self._path)
+        self._out.write(fragment.encode() + b"\n")
+
+    def finish_bundle(self) -> Iterator[WindowedValue]:
+        if self._out is not None:
+            self._out.close()
+            yield WindowedValue(self._path, MIN_TIMESTAMP, [GlobalWindow()])
+
+
+class _AssembleAgentsFn(beam.DoFn):
+    """Stream every fragment file into one agents.json file; emit it as an archive member."""
+
+    def __init__(self, staging: str) -> None:
+        self._staging = staging
+
+    def process(self, _: Any, parts: list[str]) -> Iterator[ArchiveMember]:
+        path = FileSystems.join(self._staging, AGENTS)
+        out = FileSystems.create(path)
+        try:
+            out.write(b"{")
+            first = True
+            for part in sorted(parts):
+                with FileSystems.open(part) as f:
+                    for line in f:
+                        line = line.rstrip(b"\n")
+                        if not line:
+                            continue
+                        out.write(line if first else b", " + line)
+                        first = False
+            out.write(b"}")
+        finally:
+            out.close()
+        yield ArchiveMember(AGENTS, source=path)
+
+
+class BuildAgentsJson(beam.PTransform):
+    """hits → one `ArchiveMember("agents.json")` staged in `staging` (§3).
+
+    Only small facts are shuffled (grouped by deployment id); memory is one deployment's
+    instances. Always emits exactly one member (`{}` for a manager without deployments).
+    """
+
+    def __init__(self, staging: str, defaults: AgentDefaults) -> None:
+        super().__init__()
+        self._staging, self._defaults = staging, defaults
+
+    def expand(self, hits: beam.PCollection[Hit]) -> beam.PCollection[ArchiveMember]:
+        defaults = self._defaults
+        deployment_to_facts = (
+            hits
+            | "ProjectAgentFacts" >> beam.FlatMap(agent_facts)
+            | "GroupByDeployment" >> beam.GroupByKey()
+        )
+        fragment_files = (
+            deployment_to_facts
+            | "BuildDeploymentAgents"
+            >> beam.FlatMap(
+                lambda kv: (
+                    [agents_fragment(kv[0], value)]
+                    if (value := deployment_agents(kv[1], defaults)) is not None
+                    else []
+                )
+            )
+            | "WriteFragments" >> beam.ParDo(_WriteFragmentsFn(self._staging))
+        )
+        return (
+            hits.pipeline
+            | "OnceForAgents" >> beam.Create([None])
+            | "AssembleAgentsJson"
+            >> beam.ParDo(_AssembleAgentsFn(self._staging), beam.pvalue.AsList(fragment_files))
+        )
