@@ -298,6 +298,93 @@ def convert(
 
 
 # [commands: create]
+class SourceVersionChoice(str, Enum):
+    auto = "auto"
+    v3_2 = "3.2"
+    v3_3 = "3.3"
+    v3_4 = "3.4"
+
+
+@app.command(context_settings=BEAM_ARGS)
+def create(
+    ctx: typer.Context,
+    es: EsOption,
+    fs_root: Annotated[
+        Path,
+        typer.Option(
+            "--fs-root",
+            help="The manager's file-server root (e.g. /opt/manager/resources).",
+            exists=True,
+            file_okay=False,
+        ),
+    ],
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="Write the archive here (give this or --snapshot-id).", dir_okay=False),
+    ] = None,
+    snapshot_id: Annotated[
+        str | None,
+        typer.Option(
+            "--snapshot-id",
+            "-s",
+            help="Store the archive in the manager as <fs-root>/snapshots/<id>/<id>.zip and record "
+            "its snapshot document and create_snapshot execution, as the manager does.",
+        ),
+    ] = None,
+    exclude_credentials: Annotated[
+        bool, typer.Option("--exclude-credentials", help="Leave the Compute nodes' agent keys out.")
+    ] = False,
+    exclude_events: Annotated[
+        bool, typer.Option("--exclude-events", help="Leave the cloudify_event documents out.")
+    ] = False,
+    exclude_logs: Annotated[
+        bool, typer.Option("--exclude-logs", help="Leave the cloudify_log documents out.")
+    ] = False,
+    source_version: Annotated[
+        SourceVersionChoice,
+        typer.Option("--source-version", help="The manager's version; auto recognises it from its data."),
+    ] = SourceVersionChoice.auto,
+    slices: Annotated[
+        int | None,
+        typer.Option("--slices", min=1, help="Scroll slices per index (default: max(2, Beam workers))."),
+    ] = None,
+    layout: LayoutOption = LayoutChoice.auto,
+) -> None:
+    """Create a snapshot archive of a live Cloudify 3.2/3.3/3.4 manager: its search-server
+    documents (minus provider_context, snapshot records and the running create's execution),
+    its file server (blueprints, uploaded-blueprints, plugins, deployments), agents.json and the
+    Compute nodes' agent keys. The archive is written in the manager's own version, atomically;
+    counts are reconciled (a mismatch fails the job). Beam runner flags go after `--`.
+
+    Example: cfysnap create --es http://127.0.0.1:9200 --fs-root /opt/manager/resources --output snap.zip -- --direct_num_workers=2 --direct_running_mode=multi_processing
+    """
+    from pipelines.create import CreateConfig, run
+    from pipelines.model import Version
+
+    if (output is None) == (snapshot_id is None):
+        raise typer.BadParameter("give exactly one of --output and --snapshot-id")
+
+    def body() -> None:
+        config = CreateConfig(
+            es_url=es,
+            fs_root=fs_root.resolve(),
+            output=output,
+            snapshot_id=snapshot_id,
+            include_credentials=not exclude_credentials,
+            exclude_events=exclude_events,
+            exclude_logs=exclude_logs,
+            source_version=None
+            if source_version is SourceVersionChoice.auto
+            else Version(source_version.value),
+            layout=_layout(layout),
+            slices=slices,
+        )
+        summary = run(config, ctx.args)
+        typer.echo(summary.render())
+
+    _run(body)
+
+
 # [commands: restore/verify]
 CredentialsDirOption = Annotated[
     Path,
