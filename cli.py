@@ -507,6 +507,240 @@ def verify(
 
 
 # [commands: snapshots/clear]
+snapshots_app = typer.Typer(
+    help="The manager's snapshot store: list, upload, download, delete and restore stored "
+    "snapshots (<fs-root>/snapshots/<id>/<id>.zip plus their snapshot documents).\n\n"
+    "Example: cfysnap snapshots list --es http://127.0.0.1:9200 --fs-root /opt/manager/resources",
+    no_args_is_help=True,
+)
+app.add_typer(snapshots_app, name="snapshots")
+
+SnapshotIdArg = Annotated[str, typer.Argument(help="The snapshot id.", show_default=False)]
+
+
+def _open_store(es: str, fs_root: Path, layout: LayoutChoice) -> Any:
+    """A SnapshotStore (its client closed by the caller) after reaping stale `creating` snapshots."""
+    from pipelines.io.search import SearchClient
+    from pipelines.store import SnapshotStore
+
+    store = SnapshotStore(SearchClient(es, layout=_layout(layout)), fs_root)
+    try:
+        for record in store.reap_stale():
+            typer.echo(f"warning: snapshot {record.id} marked failed: {record.error}", err=True)
+    except BaseException:
+        store.client.close()
+        raise
+    return store
+
+
+@snapshots_app.command("list")
+def snapshots_list(
+    es: EsOption,
+    fs_root: FsRootOption,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the snapshots as a JSON list.")] = False,
+    layout: LayoutOption = LayoutChoice.auto,
+) -> None:
+    """List the stored snapshots (oldest first): id, created_at, status, error.
+
+    Example: cfysnap snapshots list --es http://127.0.0.1:9200 --fs-root /opt/manager/resources --json
+    """
+
+    def body() -> None:
+        store = _open_store(es, fs_root, layout)
+        with store.client:
+            records = store.list()
+        if as_json:
+            typer.echo(json.dumps([r.to_doc() for r in records], indent=2))
+            return
+        header = ("id", "created_at", "status", "error")
+        rows = [header] + [(r.id, r.created_at, r.status, r.error) for r in records]
+        widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+        for row in rows:
+            typer.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+        typer.echo(f"{len(records)} snapshot(s)")
+
+    _run(body)
+
+
+@snapshots_app.command("upload")
+def snapshots_upload(
+    path: Annotated[
+        str, typer.Argument(help="Archive to store: a local path or any Beam filesystem URL (gs://, s3://, ...).")
+    ],
+    snapshot_id: Annotated[str, typer.Option("--snapshot-id", "-s", help="Id to store it under (must be new).")],
+    es: EsOption,
+    fs_root: FsRootOption,
+    layout: LayoutOption = LayoutChoice.auto,
+) -> None:
+    """Validate an archive and store it as a new snapshot with status `uploaded`. An invalid
+    archive or an existing id is refused and nothing is stored.
+
+    Example: cfysnap snapshots upload snap.zip --snapshot-id before-upgrade --es http://127.0.0.1:9200 --fs-root /opt/manager/resources
+    """
+
+    def body() -> None:
+        store = _open_store(es, fs_root, layout)
+        with store.client:
+            transfer = store.upload(snapshot_id, path)
+        typer.echo(
+            f"uploaded {snapshot_id}: {transfer.path} ({transfer.size} bytes, sha256 {transfer.sha256})"
+        )
+
+    _run(body)
+
+
+@snapshots_app.command("download")
+def snapshots_download(
+    snapshot_id: SnapshotIdArg,
+    output: Annotated[
+        str,
+        typer.Option(
+            "--output", "-o",
+            help="Where to write it: a file, an existing folder (gets <id>.zip), or a Beam filesystem URL.",
+        ),
+    ],
+    es: EsOption,
+    fs_root: FsRootOption,
+    force: Annotated[bool, typer.Option("--force", help="Replace OUTPUT if it exists.")] = False,
+    layout: LayoutOption = LayoutChoice.auto,
+) -> None:
+    """Copy a stored `created` or `uploaded` snapshot's archive out of the manager (streamed,
+    atomic). Failed and still-creating snapshots are refused.
+
+    Example: cfysnap snapshots download before-upgrade -o backup.zip --es http://127.0.0.1:9200 --fs-root /opt/manager/resources
+    """
+
+    def body() -> None:
+        store = _open_store(es, fs_root, layout)
+        with store.client:
+            transfer = store.download(snapshot_id, output, overwrite=force)
+        typer.echo(
+            f"downloaded {snapshot_id} to {transfer.path} ({transfer.size} bytes, sha256 {transfer.sha256})"
+        )
+
+    _run(body)
+
+
+@snapshots_app.command("delete")
+def snapshots_delete(
+    snapshot_id: SnapshotIdArg,
+    es: EsOption,
+    fs_root: FsRootOption,
+    layout: LayoutOption = LayoutChoice.auto,
+) -> None:
+    """Delete a stored snapshot: its folder <fs-root>/snapshots/<id>/ and its document (any
+    status but a `creating` one whose creator is still running).
+
+    Example: cfysnap snapshots delete before-upgrade --es http://127.0.0.1:9200 --fs-root /opt/manager/resources
+    """
+
+    def body() -> None:
+        store = _open_store(es, fs_root, layout)
+        with store.client:
+            record = store.delete(snapshot_id)
+        status = f" (status {record.status})" if record else " (folder only: it had no document)"
+        typer.echo(f"deleted snapshot {snapshot_id}{status}")
+
+    _run(body)
+
+
+@snapshots_app.command("restore", context_settings=BEAM_ARGS)
+def snapshots_restore(
+    ctx: typer.Context,
+    snapshot_id: SnapshotIdArg,
+    es: EsOption,
+    fs_root: FsRootOption,
+    credentials_dir: CredentialsDirOption,
+    target_version: TargetVersionOption = TargetVersion.v3_4,
+    force: Annotated[
+        bool, typer.Option("--force", help="Restore into a target that has blueprints (clashing ids are still refused).")
+    ] = False,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Finish an interrupted restore from its journal, doing only what is missing.")
+    ] = False,
+    journal: Annotated[
+        Path | None,
+        typer.Option("--journal", help="Journal file (default <fs-root>/.cfysnap/restore-<archive sha256>.jsonl)."),
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Check and print what would be written; write nothing.")
+    ] = False,
+    batch_docs: Annotated[int, typer.Option("--batch-docs", min=1, help="Documents per bulk request, at most.")] = 1000,
+    batch_bytes: Annotated[
+        int, typer.Option("--batch-bytes", min=1, help="Bytes of documents per bulk request, at most.")
+    ] = 5_000_000,
+    shard_lines: Annotated[
+        int, typer.Option("--shard-lines", min=1, help="es_data lines per parallel shard.")
+    ] = 50_000,
+    layout: LayoutOption = LayoutChoice.auto,
+) -> None:
+    """Restore a stored snapshot (status created or uploaded) into the manager, exactly as
+    `cfysnap restore` does with <fs-root>/snapshots/<id>/<id>.zip. Failed and still-creating
+    snapshots are refused. Beam options go after `--`.
+
+    Example: cfysnap snapshots restore before-upgrade --es http://127.0.0.1:9200 --fs-root /opt/manager/resources --credentials-dir /opt/manager/snapshot-credentials
+    """
+    from pipelines.model import Version
+    from pipelines.restore import RestoreConfig, run
+
+    def body() -> None:
+        store = _open_store(es, fs_root, layout)
+        with store.client:
+            archive = store.archive_for_restore(snapshot_id)
+        config = RestoreConfig(
+            archive=archive,
+            es_url=es,
+            fs_root=fs_root,
+            credentials_dir=credentials_dir,
+            target_version=Version(target_version.value),
+            force=force,
+            resume=resume,
+            journal=journal,
+            dry_run=dry_run,
+            layout=None if layout is LayoutChoice.auto else layout.value,
+            batch_docs=batch_docs,
+            batch_bytes=batch_bytes,
+            lines_per_shard=shard_lines,
+        )
+        summary = run(config, tuple(ctx.args))
+        typer.echo(summary.render())
+
+    _run(body)
+
+
+@app.command()
+def clear(
+    es: EsOption,
+    fs_root: FsRootOption,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    layout: LayoutOption = LayoutChoice.auto,
+) -> None:
+    """Clear a manager before a restore (the documented manual procedure): delete every document
+    except the provider_context and snapshot documents (cloudify_storage and every event index),
+    and empty blueprints/, uploaded-blueprints/, plugins/ and deployments/ (the folders stay).
+    Shows what it will delete and asks first unless --yes; prints what it deleted, per type.
+
+    Example: cfysnap clear --es http://127.0.0.1:9200 --fs-root /opt/manager/resources --yes
+    """
+    from pipelines.clear import ClearConfig, plan, run
+
+    def body() -> None:
+        config = ClearConfig(es_url=es, fs_root=fs_root, layout=_layout(layout))
+        if not yes:
+            typer.echo(plan(config).render("will delete"))
+            try:
+                confirmed = typer.confirm(f"Clear the manager at {es} and {fs_root}?")
+            except typer.Abort:
+                confirmed = None
+            if not confirmed:
+                why = "no confirmation (pass --yes)" if confirmed is None else "cancelled"
+                typer.echo(f"clear refused: {why}; nothing was deleted", err=True)
+                raise typer.Exit(1)
+        typer.echo(run(config).render())
+
+    _run(body)
+
+
 # [commands: export]
 
 

@@ -252,7 +252,7 @@ class SnapshotStore:
             "_source": record.to_doc(),
         }
         result = self.client.bulk(
-            [hit], op_type="create" if create else "index", refresh="wait_for"
+            [hit], op_type="create" if create else "index", refresh=True
         )
         if result.failed:
             item = result.failed[0]
