@@ -459,7 +459,7 @@ def dry_run(config: ConvertConfig) -> DryRunReport:
     version, steps = _validated_plan(config)
     documents: Counter[str] = Counter()
     changes: dict[str, list[int]] = {}
-    digests = array("Q")
+    digests = array("q")
     with SnapshotReader(config.source) as snap, progress_mod.Progress(
         "dry run", total=_manifest_total(snap.manifest()), enabled=config.show_progress
     ) as bar:
@@ -501,5 +501,5 @@ def _duplicates_to_drop(digests: array) -> int:
     a 64-bit digest collision would count too, and the real run keeps both)."""
     if not digests:
         return 0
-    values = np.frombuffer(digests.tobytes(), dtype=np.uint64)
+    values = np.frombuffer(digests.tobytes(), dtype=np.int64)
     return int(len(values) - len(np.unique(values)))

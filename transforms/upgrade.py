@@ -72,14 +72,14 @@ DuplicateLine = tuple[HitKey, bytes]
 
 
 def key_digest(key: HitKey) -> int:
-    """An unsigned 64-bit digest of (index, type, id); equal keys, equal digests."""
+    """A signed 64-bit digest of (index, type, id) (Beam's int coder is signed); equal keys, equal digests."""
     raw = "\x00".join(key).encode()
-    return int.from_bytes(hashlib.blake2b(raw, digest_size=8).digest(), "little")
+    return int.from_bytes(hashlib.blake2b(raw, digest_size=8).digest(), "little", signed=True)
 
 
 def repeated_digests(blobs: Iterable[bytes]) -> list[int]:
-    """The digests that occur more than once in `blobs` (packed little-endian uint64s)."""
-    arrays = [np.frombuffer(b, dtype="<u8") for b in blobs if b]
+    """The digests that occur more than once in `blobs` (packed little-endian int64s)."""
+    arrays = [np.frombuffer(b, dtype="<i8") for b in blobs if b]
     if not arrays:
         return []
     digests = np.sort(np.concatenate(arrays))
@@ -145,7 +145,7 @@ class _DigestKeysFn(beam.DoFn):
     """hit → nothing per element; (bucket, packed digests) blobs every `_DIGEST_FLUSH` hits."""
 
     def start_bundle(self) -> None:
-        self._buckets = [array("Q") for _ in range(DIGEST_BUCKETS)]
+        self._buckets = [array("q") for _ in range(DIGEST_BUCKETS)]
         self._pending = 0
 
     def process(self, hit: Hit) -> Iterator[tuple[int, bytes]]:
@@ -158,10 +158,8 @@ class _DigestKeysFn(beam.DoFn):
     def _drain(self) -> Iterator[tuple[int, bytes]]:
         for bucket, digests in enumerate(self._buckets):
             if digests:
-                if digests.itemsize != 8:  # pragma: no cover - 'Q' is 8 bytes on every 64-bit platform
-                    raise RuntimeError("array('Q') is not 64-bit here")
-                yield bucket, np.asarray(digests, dtype="<u8").tobytes()
-        self._buckets = [array("Q") for _ in range(DIGEST_BUCKETS)]
+                yield bucket, np.asarray(digests, dtype="<i8").tobytes()
+        self._buckets = [array("q") for _ in range(DIGEST_BUCKETS)]
         self._pending = 0
 
     def finish_bundle(self) -> Iterator[WindowedValue]:

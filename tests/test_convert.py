@@ -1,0 +1,405 @@
+"""`convert` at archive level: golden pairs, one test per rule, the transforms, the CLI.
+
+The per-document step rules are tested in tests/test_versions.py; here whole archives go through
+the Beam job (FnApiRunner, and 2 processes where it matters).
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import apache_beam as beam
+import pytest
+from apache_beam.testing.test_pipeline import TestPipeline as BeamPipeline
+from apache_beam.testing.util import assert_that, equal_to
+from typer.testing import CliRunner
+
+from cli import app
+from pipelines.convert import ConvertConfig, ConvertSummary, DryRunReport, dry_run, run
+from pipelines.errors import CorruptArchive, JobFailed
+from pipelines.io.archive import MANIFEST, SnapshotReader
+from pipelines.model import Version
+from pipelines.options import beam_options
+from pipelines.sample.archive import write_sample_archive
+from pipelines.sample.generate import ManagerSpec
+from pipelines.validate import validate_archive
+from transforms.shards import WriteShards, read_shard
+from transforms.upgrade import (
+    DeduplicateByKey,
+    UpgradeDocuments,
+    keep_one,
+    key_digest,
+    repeated_digests,
+)
+from transforms.versions import DowngradeRefused, plan
+
+GOLDEN = Path(__file__).parent / "golden" / "archives"
+PAIRS = sorted(p.name for p in GOLDEN.iterdir() if p.is_dir())
+TWO_PROCESSES = ("--direct_num_workers=2", "--direct_running_mode=multi_processing")
+
+
+# ------------------------------------------------------------------------------- helpers
+def zip_tree(folder: Path, path: Path, *, directories: bool = False) -> Path:
+    """A zip of every file under `folder` (sorted), optionally with directory entries (3.4.2)."""
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+        if directories:
+            for d in sorted({p.relative_to(folder).parent for p in files} - {Path(".")}):
+                z.writestr(d.as_posix() + "/", b"")
+        for f in files:
+            z.write(f, f.relative_to(folder).as_posix())
+    return path
+
+
+def write_archive(path: Path, meta: dict[str, Any], hits: list[dict[str, Any]], **members: bytes) -> Path:
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("metadata.json", json.dumps(meta))
+        z.writestr("es_data", "".join(json.dumps(h) + "\n" for h in hits))
+        for name, data in members.items():
+            z.writestr(name.replace("__", "/"), data)
+    return path
+
+
+def members(path: Path) -> dict[str, bytes]:
+    """Every member but manifest.json and es_data, name → bytes (directories as b"")."""
+    with zipfile.ZipFile(path) as z:
+        return {n: z.read(n) for n in z.namelist() if n not in (MANIFEST, "es_data")}
+
+
+def documents(path: Path) -> dict[tuple[str, str, str], dict[str, Any]]:
+    """es_data as key → hit; fails on a duplicated key."""
+    docs: dict[tuple[str, str, str], dict[str, Any]] = {}
+    with SnapshotReader(path) as snap:
+        for _, hit in snap.iter_hits():
+            key = (hit["_index"], hit["_type"], hit["_id"])
+            assert key not in docs, f"duplicate {key}"
+            docs[key] = hit
+    return docs
+
+
+def es_lines(path: Path) -> Counter[bytes]:
+    with SnapshotReader(path) as snap:
+        return Counter(line for _, line in snap.iter_lines())
+
+
+def convert(source: Path, output: Path, target: Version, *beam_args: str, **kw: Any) -> ConvertSummary:
+    result = run(ConvertConfig(source, output, target, show_progress=False, **kw), beam_args)
+    assert isinstance(result, ConvertSummary)
+    return result
+
+
+def leftovers(folder: Path, *keep: str) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name not in keep)
+
+
+def event(index: str, doc_id: str, stamp: str, text: str = "x") -> dict[str, Any]:
+    return {
+        "_index": index,
+        "_type": "cloudify_event",
+        "_id": doc_id,
+        "_source": {"type": "cloudify_event", "@timestamp": stamp, "message": {"text": text}},
+    }
+
+
+META_32 = {"has_cloudify_events": True, "snapshot_version": "3.2"}
+
+
+@pytest.fixture(scope="module")
+def sample32(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("sample") / "sample-3.2.zip"
+    write_sample_archive(ManagerSpec.sized(Version.V3_2, 3000, seed=7), path)
+    return path
+
+
+# ---------------------------------------------------------------------------- golden pairs
+@pytest.mark.parametrize("pair", PAIRS)
+def test_golden_pair(pair: str, tmp_path: Path) -> None:
+    folder = GOLDEN / pair
+    target = Version(pair.split("_to_v")[1].replace("_", "."))
+    source = zip_tree(folder / "input", tmp_path / "in.zip")
+    output = tmp_path / "out.zip"
+    summary = convert(source, output, target)
+
+    expected_tree = folder / "expected"
+    expected = {
+        p.relative_to(expected_tree).as_posix(): p.read_bytes()
+        for p in expected_tree.rglob("*")
+        if p.is_file() and p.name != "es_data"
+    }
+    got = members(output)
+    assert sorted(got) == sorted(expected)
+    for name in ("metadata.json", "agents.json"):
+        assert json.loads(got[name]) == json.loads(expected[name]), name
+    for name in set(expected) - {"metadata.json", "agents.json"}:
+        assert got[name] == expected[name], f"{name} not carried over byte for byte"
+
+    want = [json.loads(line) for line in (expected_tree / "es_data").read_text().splitlines()]
+    got_docs = documents(output)
+    assert len(got_docs) == len(want)
+    for hit in want:  # document by document
+        assert got_docs[(hit["_index"], hit["_type"], hit["_id"])] == hit
+    assert summary.documents_read == summary.documents_written == len(want)
+    assert summary.duplicates_dropped == 0
+    assert validate_archive(output) == []
+
+
+def test_golden_pairs_cover_every_step_and_the_whole_chain() -> None:
+    assert PAIRS == ["v3_2_to_v3_3", "v3_2_to_v3_4", "v3_3_to_v3_4"]
+
+
+# ------------------------------------------------------------------------------ the rules
+def test_metadata_and_agents_are_upgraded(tmp_path: Path) -> None:
+    source = zip_tree(GOLDEN / "v3_2_to_v3_4" / "input", tmp_path / "in.zip")
+    convert(source, tmp_path / "out.zip", Version.V3_4)
+    with SnapshotReader(tmp_path / "out.zip") as snap:
+        assert snap.metadata() == {"has_cloudify_events": False, "snapshot_version": "3.4.0"}
+        agent = snap.agents()["dep1"]["vm"]["vm_a1b2c"]
+        assert "broker_user" not in agent and agent["broker_config"]["broker_port"] == 5672
+        assert snap.agents()["dep1"]["vm"]["vm_zzzzz"] == {}
+
+
+def test_events_move_to_the_day_of_their_own_timestamp(tmp_path: Path) -> None:
+    source = zip_tree(GOLDEN / "v3_2_to_v3_3" / "input", tmp_path / "in.zip")
+    convert(source, tmp_path / "out.zip", Version.V3_3)
+    index_of = {k[2]: k[0] for k in documents(tmp_path / "out.zip")}
+    assert index_of["AVFxEvent0000000001"] == "logstash-2015.11.30"
+    assert index_of["AVFxEvent0000000002"] == "logstash-2015.11.30"  # 23:59:59.999Z, not the local +0200 day
+    assert index_of["AVFxLog00000000000001"] == "logstash-2015.11.30"  # only `timestamp`, 01:30+0200
+    assert index_of["AVFxLog00000000000002"] == "logstash-2015.12.01"
+    assert not [i for i in index_of.values() if i == "cloudify_events"]
+
+
+@pytest.mark.parametrize("beam_args", [(), TWO_PROCESSES], ids=["1-worker", "2-processes"])
+def test_duplicates_made_by_the_upgrade_are_dropped_deterministically(
+    tmp_path: Path, beam_args: tuple[str, ...]
+) -> None:
+    hits = [
+        event("cloudify_events", "same", "2015-12-01T10:00:00.000Z"),  # identical once moved
+        event("logstash-2015.12.01", "same", "2015-12-01T10:00:00.000Z"),
+        event("cloudify_events", "differs", "2015-12-01T11:00:00.000Z", "b-version"),
+        event("logstash-2015.12.01", "differs", "2015-12-01T11:00:00.000Z", "a-version"),
+        event("cloudify_events", "alone", "2015-12-02T11:00:00.000Z"),
+        event("logstash-2015.12.01", "other-day", "2015-12-01T11:00:00.000Z"),
+    ]
+    source = write_archive(tmp_path / "in.zip", META_32, hits)
+    output = tmp_path / "out.zip"
+    summary = convert(source, output, Version.V3_3, *beam_args, lines_per_shard=2)
+
+    docs = documents(output)
+    assert sorted(k[2] for k in docs) == ["alone", "differs", "other-day", "same"]
+    kept = docs[("logstash-2015.12.01", "cloudify_event", "differs")]
+    assert kept["_source"]["message"]["text"] == "a-version"  # canonical form sorts first
+    assert (summary.duplicates_dropped, summary.duplicates_differing) == (2, 1)
+    assert summary.documents_read == 6 and summary.documents_written == 4
+    assert "duplicates dropped   2 (1 differed in content)" in summary.render()
+    assert validate_archive(output) == []
+
+
+def test_unknown_members_and_directories_are_carried_over_byte_for_byte(tmp_path: Path) -> None:
+    folder = GOLDEN / "v3_3_to_v3_4" / "input"
+    source = zip_tree(folder, tmp_path / "in.zip", directories=True)
+    output = tmp_path / "out.zip"
+    convert(source, output, Version.V3_4)
+    before, after = members(source), members(output)
+    assert sorted(after) == sorted(before)
+    changed = sorted(n for n in before if before[n] != after[n])
+    assert changed == ["metadata.json"]
+    with zipfile.ZipFile(output) as z:
+        assert z.getinfo("notes/").is_dir() and z.getinfo("blueprints/bp1/scripts/").is_dir()
+    assert after["notes/operator notes.txt"] == (folder / "notes" / "operator notes.txt").read_bytes()
+
+
+def test_converting_to_the_version_it_has_changes_nothing(tmp_path: Path) -> None:
+    source = tmp_path / "in-3.4.zip"
+    write_sample_archive(ManagerSpec.sized(Version.V3_4, 2000, seed=3), source)
+    output = tmp_path / "out.zip"
+    summary = convert(source, output, Version.V3_4)
+    assert summary.steps == () and summary.documents_changed == 0
+    assert es_lines(output) == es_lines(source)  # the very same lines
+    assert members(output) == members(source)
+
+
+def test_one_jump_equals_the_chain_on_a_generated_archive(sample32: Path, tmp_path: Path) -> None:
+    direct, via, hop = tmp_path / "direct.zip", tmp_path / "via.zip", tmp_path / "hop-3.3.zip"
+    convert(sample32, direct, Version.V3_4)
+    convert(sample32, hop, Version.V3_3)
+    convert(hop, via, Version.V3_4)
+    assert es_lines(direct) == es_lines(via)
+    assert members(direct) == members(via)
+    assert validate_archive(direct) == [] and validate_archive(via) == []
+
+
+def test_generated_archive_converts_in_two_processes_and_validates(sample32: Path, tmp_path: Path) -> None:
+    one, two = tmp_path / "one.zip", tmp_path / "two.zip"
+    s1 = convert(sample32, one, Version.V3_4)
+    s2 = convert(sample32, two, Version.V3_4, *TWO_PROCESSES, lines_per_shard=500)
+    assert es_lines(one) == es_lines(two)
+    assert s1.documents == s2.documents
+    assert s2.documents_read == s2.documents_written == sum(s2.documents.values())
+    assert validate_archive(two) == []
+
+
+def test_an_invalid_archive_is_refused_before_anything_is_written(tmp_path: Path) -> None:
+    source = tmp_path / "in.zip"
+    with zipfile.ZipFile(source, "w") as z:
+        z.writestr("metadata.json", json.dumps(META_32))
+        z.writestr("es_data", json.dumps(event("cloudify_events", "a", "2015-12-01T10:00:00Z")) + "\n{oops\n")
+    out_dir = tmp_path / "out"
+    with pytest.raises(CorruptArchive) as err:
+        convert(source, out_dir / "out.zip", Version.V3_4)
+    assert (err.value.member, err.value.line) == ("es_data", 2)
+    assert not out_dir.exists()
+
+
+def test_a_downgrade_is_refused_with_a_typed_error(tmp_path: Path) -> None:
+    source = zip_tree(GOLDEN / "v3_3_to_v3_4" / "input", tmp_path / "in.zip")
+    with pytest.raises(DowngradeRefused, match="cannot convert a 3.3 snapshot to 3.2"):
+        convert(source, tmp_path / "out.zip", Version.V3_2)
+    assert leftovers(tmp_path) == ["in.zip"]
+
+
+def test_an_event_without_time_fails_the_job_and_leaves_nothing(tmp_path: Path) -> None:
+    bad = {"_index": "cloudify_events", "_type": "cloudify_event", "_id": "nt", "_source": {"type": "cloudify_event"}}
+    source = write_archive(tmp_path / "in.zip", META_32, [event("cloudify_events", "a", "2015-12-01T10:00:00Z"), bad])
+    with pytest.raises(CorruptArchive, match="cloudify_event/nt has no parseable") as err:
+        convert(source, tmp_path / "out.zip", Version.V3_3)
+    assert "while running" not in str(err.value)
+    assert leftovers(tmp_path) == ["in.zip"]  # no output, no partial file, no staging folder
+
+
+def test_an_event_without_time_fails_in_two_processes_too(tmp_path: Path) -> None:
+    bad = {"_index": "cloudify_events", "_type": "cloudify_event", "_id": "nt", "_source": {}}
+    source = write_archive(tmp_path / "in.zip", META_32, [bad])
+    with pytest.raises(JobFailed, match="has no parseable"):
+        convert(source, tmp_path / "out.zip", Version.V3_3, *TWO_PROCESSES)
+    assert leftovers(tmp_path) == ["in.zip"]
+
+
+def test_an_existing_output_is_kept_unless_forced(tmp_path: Path) -> None:
+    source = zip_tree(GOLDEN / "v3_3_to_v3_4" / "input", tmp_path / "in.zip")
+    output = tmp_path / "out.zip"
+    output.write_bytes(b"precious")
+    with pytest.raises(JobFailed, match="exists"):
+        convert(source, output, Version.V3_4)
+    assert output.read_bytes() == b"precious"
+    convert(source, output, Version.V3_4, force=True)
+    assert validate_archive(output) == []
+    with pytest.raises(JobFailed, match="is the source"):
+        convert(source, source, Version.V3_4, force=True)
+
+
+# --------------------------------------------------------------------------------- dry run
+def test_dry_run_counts_changes_per_type_and_step_and_writes_nothing(tmp_path: Path) -> None:
+    source = zip_tree(GOLDEN / "v3_2_to_v3_4" / "input", tmp_path / "in.zip")
+    report = dry_run(ConvertConfig(source, tmp_path / "out.zip", Version.V3_4, dry_run=True, show_progress=False))
+    assert isinstance(report, DryRunReport)
+    assert [s.name for s in report.steps] == ["3.2 -> 3.3", "3.3 -> 3.4"]
+    assert report.documents == {
+        "blueprint": 1, "deployment": 1, "node": 2, "node_instance": 2, "execution": 1,
+        "deployment_modification": 1, "my_custom_type": 1, "cloudify_event": 2, "cloudify_log": 2,
+    }
+    assert report.changes == {
+        "blueprint": (1, 1), "deployment": (1, 1), "node": (1, 2), "node_instance": (0, 2),
+        "execution": (1, 0), "deployment_modification": (0, 0), "my_custom_type": (0, 0),
+        "cloudify_event": (2, 0), "cloudify_log": (2, 0),
+    }
+    assert report.metadata_changes and report.agents_changes and report.duplicates_to_drop == 0
+    assert "3.2 -> 3.3" in report.render()
+    assert leftovers(tmp_path) == ["in.zip"]
+
+
+def test_dry_run_counts_the_duplicates_a_run_drops(tmp_path: Path) -> None:
+    hits = [event("cloudify_events", "d", "2015-12-01T10:00:00Z"), event("logstash-2015.12.01", "d", "2015-12-01T10:00:00Z")]
+    source = write_archive(tmp_path / "in.zip", META_32, hits)
+    report = dry_run(ConvertConfig(source, tmp_path / "o.zip", Version.V3_3, show_progress=False))
+    assert report.duplicates_to_drop == 1
+
+
+# ------------------------------------------------------------------------ transforms, pure parts
+def test_keep_one_is_order_independent() -> None:
+    a = b'{"_id": "x", "_source": {"v": 1}}\n'
+    b = b'{"_source": {"v": 2}, "_id": "x"}\n'
+    same_as_a = b'{"_source": {"v": 1}, "_id": "x"}\n'
+    assert keep_one([a, b]) == keep_one([b, a]) == (a, 1, 1)
+    kept, dropped, differing = keep_one([same_as_a, a])
+    assert (dropped, differing) == (1, 0)
+
+
+def test_repeated_digests() -> None:
+    import numpy as np
+
+    blob1 = np.array([5, 1, 9], dtype="<i8").tobytes()
+    blob2 = np.array([9, 2, 5, 5], dtype="<i8").tobytes()
+    assert repeated_digests([blob1, blob2]) == [5, 9]
+    assert repeated_digests([]) == [] and repeated_digests([b""]) == []
+    assert key_digest(("i", "t", "a")) == key_digest(("i", "t", "a")) != key_digest(("i", "ta", ""))
+
+
+def test_upgrade_documents_transform() -> None:
+    hits = [
+        event("cloudify_events", "e1", "2015-12-01T10:00:00Z"),
+        {"_index": "cloudify_storage", "_type": "execution", "_id": "x", "_source": {}},
+        {"_index": "cloudify_storage", "_type": "unknown", "_id": "u", "_source": {"f": 1}},
+    ]
+    with BeamPipeline(options=beam_options()) as p:
+        out = p | beam.Create(hits) | UpgradeDocuments(plan(Version.V3_2, Version.V3_3))
+        assert_that(
+            out,
+            equal_to([
+                {**hits[0], "_index": "logstash-2015.12.01"},
+                {**hits[1], "_source": {"is_system_workflow": False}},
+                hits[2],
+            ]),
+        )
+
+
+def test_deduplicate_by_key_transform(tmp_path: Path) -> None:
+    staging = str(tmp_path)
+    one = event("logstash-2015.12.01", "a", "2015-12-01T10:00:00Z", "1")
+    two = event("logstash-2015.12.01", "a", "2015-12-01T10:00:00Z", "2")
+    other = event("logstash-2015.12.01", "b", "2015-12-01T10:00:00Z")
+    with BeamPipeline(options=beam_options()) as p:
+        hits = p | beam.Create([one, two, other, other])
+        infos = hits | WriteShards(staging, "t")
+        unique = (hits, infos) | DeduplicateByKey(staging)
+        docs = unique | beam.FlatMap(lambda info: read_shard_lines(info.path))
+        assert_that(docs, equal_to([one, other]))
+
+
+def read_shard_lines(path: str) -> list[dict[str, Any]]:
+    from transforms.shards import Shard
+
+    return list(read_shard(Shard(path, 1)))
+
+
+# ------------------------------------------------------------------------------------- CLI
+def test_cli_versions_and_help() -> None:
+    runner = CliRunner()
+    result = runner.invoke(app, ["versions"])
+    assert result.exit_code == 0, result.output
+    assert "3.2 -> 3.3" in result.output and "3.3 -> 3.4" in result.output
+    for command in (["versions", "--help"], ["convert", "--help"]):
+        result = runner.invoke(app, command)
+        assert result.exit_code == 0 and "Example: cfysnap" in result.output
+
+
+def test_cli_convert_dry_run_and_downgrade(tmp_path: Path) -> None:
+    runner = CliRunner()
+    source = zip_tree(GOLDEN / "v3_3_to_v3_4" / "input", tmp_path / "in.zip")
+    output = tmp_path / "out.zip"
+    result = runner.invoke(app, ["convert", str(source), str(output), "--to", "3.4", "--dry-run", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["changes"]["node"] == {"3.3 -> 3.4": 1} and not output.exists()
+
+    result = runner.invoke(app, ["convert", str(source), str(output), "--to", "3.4", "--json", "--", "--direct_num_workers=1"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["documents_written"] == 10 and output.exists()
+
+    result = runner.invoke(app, ["convert", str(output), str(tmp_path / "back.zip"), "--to", "3.3"])
+    assert result.exit_code == 1
+    assert "error: cannot convert a 3.4 snapshot to 3.3" in result.output
