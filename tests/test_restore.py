@@ -1,0 +1,436 @@
+"""Restore and verify (issue 5): pure document changes, the journal, BulkLoad, and whole restores
+against the real search server (fresh, refused, re-restored after deletes, killed and resumed)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+from collections import Counter
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import apache_beam as beam
+import pytest
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.util import assert_that, equal_to
+
+from pipelines import restore, verify
+from pipelines.errors import BulkLoadError, CorruptArchive, RestoreRefused
+from pipelines.io.archive import AGENTS, ES_DATA, SnapshotReader, SnapshotWriter
+from pipelines.io.search import BulkItemError, BulkResult, SearchClient
+from pipelines.journal import Journal
+from pipelines.model import FILE_FOLDERS, Hit, Version
+from pipelines.sample.archive import write_sample_archive
+from pipelines.sample.generate import ManagerSpec
+from transforms.bulk_load import BulkLoad, LoadedBatch, line_ranges
+from transforms.restore_docs import (
+    flatten_agents,
+    merge_agent,
+    restore_hit,
+    rewrite_key_path,
+    route_event,
+)
+from transforms.versions import plan, upgrade_hit
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+# ----------------------------------------------------------------------------- pure functions
+def event(index: str, stamp: str | None = "2015-12-01T23:59:59.900Z", id_: str = "e1") -> Hit:
+    source: dict[str, Any] = {"type": "cloudify_event", "timestamp": "2015-12-02 01:59:59.900+0200"}
+    if stamp is not None:
+        source["@timestamp"] = stamp
+    return {"_index": index, "_type": "cloudify_event", "_id": id_, "_source": source}
+
+
+def test_events_go_to_the_day_of_their_own_timestamp_whatever_their_index() -> None:
+    for index in ("cloudify_events", "logstash-2016.07.04", "logstash-2015.12.01"):
+        assert route_event(event(index))["_index"] == "logstash-2015.12.01"
+    # no @timestamp: `timestamp` converted to UTC (01:59+02:00 is 23:59 UTC the day before)
+    assert route_event(event("cloudify_events", None))["_index"] == "logstash-2015.12.01"
+    storage = {"_index": "cloudify_storage", "_type": "node", "_id": "n", "_source": {}}
+    assert route_event(storage) is storage
+
+
+def test_an_event_without_a_usable_time_is_a_corrupt_archive() -> None:
+    hit = event("cloudify_events", None)
+    hit["_source"]["timestamp"] = "yesterday"
+    with pytest.raises(CorruptArchive, match="cloudify_event/e1"):
+        route_event(hit)
+
+
+def test_key_path_rewrite_keeps_the_rest_and_never_mutates() -> None:
+    node = {"id": "vm", "properties": {"cloudify_agent": {"key": "/old", "user": "centos"}, "x": 1}}
+    before = copy.deepcopy(node)
+    new = rewrite_key_path(node, "/creds/dep_vm/agent_key")
+    assert new == {
+        "id": "vm",
+        "properties": {"cloudify_agent": {"key": "/creds/dep_vm/agent_key", "user": "centos"}, "x": 1},
+    }
+    assert node == before
+    assert rewrite_key_path({"id": "vm"}, "/k") == {"id": "vm", "properties": {"cloudify_agent": {"key": "/k"}}}
+
+
+def instance(runtime: dict[str, Any]) -> dict[str, Any]:
+    return {"id": "vm_1", "deployment_id": "dep", "runtime_properties": runtime}
+
+
+def test_agent_merge_flat_keys_become_broker_config_with_an_integer_port() -> None:
+    runtime = {"ip": "10.0.0.9", "agent_status": {"valid": True},
+               "cloudify_agent": {"name": "vm_1", "manager_ip": "10.0.0.5", "queue": "q"}}
+    agent = {"version": "3.3", "broker_user": "u", "broker_pass": "p", "broker_ip": "",
+             "broker_ssl_enabled": True, "broker_ssl_cert": "PEM", "queue": "vm_1"}
+    doc = instance(runtime)
+    before = copy.deepcopy(doc)
+    merged = merge_agent(doc, agent)
+    assert merged["runtime_properties"] == {
+        "ip": "10.0.0.9",
+        "cloudify_agent": {
+            "name": "vm_1", "manager_ip": "10.0.0.5", "queue": "vm_1", "version": "3.3",
+            "broker_config": {"broker_user": "u", "broker_pass": "p", "broker_ip": "10.0.0.5",
+                              "broker_ssl_enabled": True, "broker_ssl_cert": "PEM",
+                              "broker_port": 5671},
+        },
+    }
+    assert doc == before
+    no_ssl = merge_agent(instance({}), {"broker_ip": "1.2.3.4", "broker_ssl_enabled": False})
+    assert no_ssl["runtime_properties"]["cloudify_agent"] == {
+        "broker_config": {"broker_ip": "1.2.3.4", "broker_ssl_enabled": False, "broker_port": 5672}
+    }
+
+
+def test_agent_merge_keeps_an_existing_broker_config_whole_and_empty_entries_change_nothing() -> None:
+    broker = {"broker_ip": "10.1.1.1", "broker_port": 5672, "broker_user": "a"}
+    merged = merge_agent(instance({"cloudify_agent": {"broker_config": {"old": 1}, "x": 1}}),
+                         {"broker_config": broker, "version": "3.4.0"})
+    assert merged["runtime_properties"]["cloudify_agent"] == {
+        "broker_config": broker, "x": 1, "version": "3.4.0"}
+    doc = instance({"agent_status": {}})
+    assert merge_agent(doc, {}) is doc
+
+
+def test_flatten_agents_skips_a_broken_deployment_with_a_warning_without_secrets() -> None:
+    agents = {
+        "good": {"vm": {"vm_1": {"broker_pass": "s3cret-pass", "broker_ip": "x"}, "vm_2": {}}},
+        "bad": {"vm": {"vm_3": {"broker_pass": "s3cret-pass"}, "vm_4": "garbage"}},
+        "worse": ["s3cret-pass"],
+    }
+    found, warnings = flatten_agents(agents)
+    assert sorted(found) == ["vm_1", "vm_2"]
+    assert found["vm_1"][0] == "good"
+    assert sorted(w.deployment for w in warnings) == ["bad", "worse"]
+    assert all("s3cret" not in str(w) for w in warnings)
+
+
+def test_restore_hit_applies_changes_only_where_they_belong() -> None:
+    agents = {"vm_1": ("dep", {"broker_config": {"broker_ip": "b"}})}
+    keys = {"dep_vm": "/k/dep_vm/agent_key"}
+    node = {"_index": "cloudify_storage", "_type": "node", "_id": "dep_vm", "_source": {"id": "vm"}}
+    assert restore_hit(node, key_paths=keys, agents=agents)["_source"] == {
+        "id": "vm", "properties": {"cloudify_agent": {"key": "/k/dep_vm/agent_key"}}}
+    other_dep = {"_index": "cloudify_storage", "_type": "node_instance", "_id": "vm_1",
+                 "_source": {"id": "vm_1", "deployment_id": "other"}}
+    assert restore_hit(other_dep, key_paths=keys, agents=agents) is other_dep
+
+
+# --------------------------------------------------------------------------------- journal
+def test_journal_replays_events_ignores_a_torn_line_and_merges_line_ranges(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "j" / "restore.jsonl")
+    journal.start({"archive_sha256": "abc"})
+    journal.append({"event": "checked"})
+    journal.append({"event": "file", "path": "blueprints/a", "action": "copied"})
+    journal.append({"event": "key", "name": "dep_vm"})
+    for digest, lines in (("d1", [[1, 10]]), ("d2", [[11, 20], [25, 30]]), ("d1", [[1, 10]])):
+        journal.append({"event": "batch", "digest": digest, "lines": lines,
+                        "counts": {"cloudify_storage/node": len(lines)}})
+    with open(journal.path, "ab") as f:
+        f.write(b'{"event": "finished"')  # killed mid-write
+    state = journal.replay()
+    assert state.checked and not state.finished
+    assert state.files == {"blueprints/a": "copied"} and state.keys == {"dep_vm"}
+    assert state.loaded_lines() == [(1, 20), (25, 30)]
+    assert state.loaded_counts() == {"cloudify_storage/node": 3}
+    assert stat.S_IMODE(journal.path.stat().st_mode) == 0o600
+    assert line_ranges([5, 3, 4, 9, 10, 1]) == ((1, 1), (3, 5), (9, 10))
+
+
+# -------------------------------------------------------------------------------- BulkLoad
+class _FakeClient:
+    """Fault injection only: fails one document permanently (a mapping error, status 400)."""
+
+    def bulk(self, hits: list[Hit]) -> BulkResult:
+        failed = [BulkItemError(h["_index"], h["_type"], h["_id"], 400, "mapper_parsing_exception")
+                  for h in hits if h["_id"] == "bad"]
+        return BulkResult(len(hits) - len(failed), failed)
+
+    def close(self) -> None:
+        pass
+
+
+def _numbered(n: int, bad: bool = False) -> list[tuple[int, Hit]]:
+    return [(i + 1, {"_index": "cloudify_storage", "_type": "execution",
+                     "_id": "bad" if bad and i == 3 else f"x{i}", "_source": {"id": f"x{i}"}})
+            for i in range(n)]
+
+
+def test_bulk_load_fails_the_job_naming_the_document_that_failed() -> None:
+    with pytest.raises(Exception) as info:  # noqa: PT011 - the runner wraps the DoFn's error
+        with TestPipeline() as p:
+            _ = p | beam.Create(_numbered(10, bad=True)) | BulkLoad(_FakeClient, max_docs=3)
+    assert "cloudify_storage/execution/bad: 400 mapper_parsing_exception" in str(info.value)
+    assert isinstance(restore._domain_error(info.value), BulkLoadError) or "BulkLoadError" in str(
+        info.value)
+
+
+@pytest.mark.server
+def test_bulk_load_into_the_real_server_batches_by_count_and_keeps_ids(search: SearchClient) -> None:
+    url = search.url
+    with TestPipeline() as p:
+        batches = (p | beam.Create(_numbered(25)) | BulkLoad(lambda: SearchClient(url), max_docs=10)
+                   | beam.Map(lambda b: (b.documents <= 10, b.documents)))
+        total = batches | beam.Map(lambda t: t[1]) | beam.CombineGlobally(sum)
+        assert_that(total, equal_to([25]), label="all")
+        assert_that(batches | beam.Map(lambda t: t[0]) | beam.Distinct(), equal_to([True]),
+                    label="bounded")
+    search.refresh()
+    ids = sorted(h["_id"] for h in search.scan("cloudify_storage", ["execution"]))
+    assert ids == sorted(f"x{i}" for i in range(25))
+    assert isinstance(LoadedBatch((), (), "", 0).documents, int)
+
+
+# ---------------------------------------------------------------------------- whole restores
+def sample(tmp_path: Path, version: Version = Version.V3_3, **sizes: int) -> Path:
+    spec = ManagerSpec(version=version, **{"events": 30, "logs": 30, **sizes})
+    path = tmp_path / f"snap-{version.value}.zip"
+    write_sample_archive(spec, path)
+    return path
+
+
+def config(tmp_path: Path, archive: Path, url: str, **kw: Any) -> restore.RestoreConfig:
+    return restore.RestoreConfig(archive=archive, es_url=url, fs_root=tmp_path / "fs",
+                                 credentials_dir=tmp_path / "creds", progress=False,
+                                 batch_docs=kw.pop("batch_docs", 25), **kw)
+
+
+def verify_config(tmp_path: Path, archive: Path, url: str, **kw: Any) -> verify.VerifyConfig:
+    return verify.VerifyConfig(archive=archive, es_url=url, fs_root=tmp_path / "fs",
+                               credentials_dir=tmp_path / "creds", **kw)
+
+
+def target_state(search: SearchClient, tmp_path: Path) -> dict[str, Any]:
+    """Everything a restore could change: documents (with sources), files, keys, journals."""
+    search.refresh()
+    docs = {}
+    for (index, doc_type), _ in search.logical_indices("*").items():
+        for hit in search.scan(index, [doc_type]):
+            docs[(index, doc_type, hit["_id"])] = json.dumps(hit["_source"], sort_keys=True)
+    files = {str(p.relative_to(tmp_path)): p.read_bytes() for p in sorted(tmp_path.rglob("*"))
+             if p.is_file() and p.suffix != ".zip"}
+    return {"docs": docs, "files": files}
+
+
+def type_counts(search: SearchClient) -> dict[tuple[str, str], int]:
+    search.refresh()
+    return {k: v for k, v in search.logical_indices("*").items() if v}
+
+
+def expected_documents(archive: Path, creds: Path) -> dict[tuple[str, str, str], dict[str, Any]]:
+    """What the target must hold, computed here from the archive with the upgrade chain and the
+    restore rules spelled out (not through restore_hit)."""
+    with SnapshotReader(archive) as snap:
+        steps = plan(snap.version, Version.V3_4)
+        agents = {}
+        for dep, nodes in snap.agents().items():
+            for instances in nodes.values():
+                for iid, entry in instances.items():
+                    agents[iid] = (dep, entry)
+        out = {}
+        for _, hit in snap.iter_hits():
+            up = upgrade_hit(hit, steps)
+            source = copy.deepcopy(up["_source"])
+            index = up["_index"]
+            if up["_type"] in ("cloudify_event", "cloudify_log"):
+                day = datetime.fromisoformat(source["@timestamp"]).astimezone(UTC)
+                index = f"logstash-{day:%Y.%m.%d}"
+            if up["_type"] == "node" and snap.has(f"snapshot-credentials/{up['_id']}/agent_key"):
+                source["properties"]["cloudify_agent"]["key"] = str(creds / up["_id"] / "agent_key")
+            if up["_type"] == "node_instance" and up["_id"] in agents:
+                dep, entry = agents[up["_id"]]
+                assert "broker_config" in entry and entry["broker_config"]["broker_ip"]
+                runtime = source["runtime_properties"]
+                runtime["cloudify_agent"] = {**runtime.get("cloudify_agent", {}), **entry}
+                runtime.pop("agent_status", None)
+            out[(index, up["_type"], up["_id"])] = source
+    return out
+
+
+@pytest.mark.server
+def test_restore_a_3_3_archive_refusals_and_a_second_restore_after_deletes(
+    search: SearchClient, tmp_path: Path
+) -> None:
+    archive = sample(tmp_path)
+    creds = tmp_path / "creds"
+    summary = restore.run(config(tmp_path, archive, search.url))
+    assert summary.loaded == summary.expected and summary.documents == 122
+    assert summary.agents_merged == 8 and not summary.agent_warnings
+
+    # every document equals the archive's after the upgrade, with key paths and agent data
+    expected = expected_documents(archive, creds.absolute())
+    search.refresh()
+    actual = {}
+    for (index, doc_type) in type_counts(search):
+        for hit in search.scan(index, [doc_type]):
+            actual[(index, doc_type, hit["_id"])] = hit["_source"]
+    assert actual == expected
+
+    # files and keys exact; keys 0600 in 0700 folders
+    with SnapshotReader(archive) as snap:
+        members = [n for n in snap.file_names() if n.split("/")[0] in FILE_FOLDERS]
+        assert members
+        for name in members:
+            with snap.open(name) as f:
+                assert (tmp_path / "fs" / name).read_bytes() == f.read(), name
+        keys = [n for n in snap.file_names() if n.startswith("snapshot-credentials/")]
+        assert len(keys) == 4
+        for name in keys:
+            target = creds / name.removeprefix("snapshot-credentials/")
+            with snap.open(name) as f:
+                assert target.read_bytes() == f.read()
+            assert stat.S_IMODE(target.stat().st_mode) == 0o600
+            assert stat.S_IMODE(target.parent.stat().st_mode) == 0o700
+    report = verify.run(verify_config(tmp_path, archive, search.url))
+    assert report.ok, report.render()
+    assert (report.documents, report.files, report.keys) == (122, len(members), 4)
+
+    # again without --force: dirty; with --force: clashing ids, all named; nothing changes
+    before = target_state(search, tmp_path)
+    with pytest.raises(RestoreRefused, match="not empty"):
+        restore.run(config(tmp_path, archive, search.url))
+    with pytest.raises(RestoreRefused) as clash:
+        restore.run(config(tmp_path, archive, search.url, force=True))
+    assert clash.value.ids == [
+        "blueprint hello-world", "blueprint nodecellar", "deployment hello-world-dep1",
+        "deployment hello-world-dep2", "deployment nodecellar-dep1", "deployment nodecellar-dep2"]
+    assert "deployment nodecellar-dep1" in str(clash.value)
+    assert target_state(search, tmp_path) == before
+
+    # the documented 3.x case: delete every blueprint and deployment, restore again: no duplicates
+    counts = type_counts(search)
+    search.delete_by_query("cloudify_storage", "blueprint")
+    search.delete_by_query("cloudify_storage", "deployment")
+    assert type_counts(search)[("cloudify_storage", "node")] == 12
+    restore.run(config(tmp_path, archive, search.url))
+    assert type_counts(search) == counts
+    assert verify.run(verify_config(tmp_path, archive, search.url)).ok
+
+
+@pytest.mark.server
+def test_a_3_2_archive_is_upgraded_on_the_fly_and_duplicated_events_land_once(
+    search: SearchClient, tmp_path: Path
+) -> None:
+    source = sample(tmp_path, Version.V3_2)
+    # the same event twice under two indices (`cloudify_events` and its own logstash day)
+    archive = tmp_path / "dup.zip"
+    with SnapshotReader(source) as snap, SnapshotWriter(archive) as out:
+        hits = [h for _, h in snap.iter_hits()]
+        first_event = next(h for h in hits if h["_type"] == "cloudify_event")
+        day = first_event["_source"]["@timestamp"][:10].replace("-", ".")
+        out.write_hits([*hits, {**first_event, "_index": f"logstash-{day}"}])
+        for name in snap.file_names():
+            if name not in (ES_DATA, "manifest.json"):
+                with snap.open(name) as f:
+                    out.write_stream(name, f)
+    summary = restore.run(config(tmp_path, archive, search.url))
+    assert summary.steps == ["3.2 -> 3.3", "3.3 -> 3.4"]
+    counts = type_counts(search)
+    assert not any(index == "cloudify_events" for index, _ in counts)
+    assert sum(n for (_, t), n in counts.items() if t == "cloudify_event") == 30
+    assert sum(n for (_, t), n in counts.items() if t == "cloudify_log") == 30
+    # 3.2 agents are flat: merged with integer broker_port; not-started instances ({}) untouched
+    instances = {h["_id"]: h["_source"] for h in search.scan("cloudify_storage", ["node_instance"])}
+    agents = [i["runtime_properties"]["cloudify_agent"] for i in instances.values()
+              if "broker_config" in i["runtime_properties"].get("cloudify_agent", {})]
+    assert agents and all(a["broker_config"]["broker_port"] == 5672 for a in agents)
+    assert verify.run(verify_config(tmp_path, archive, search.url)).ok
+
+
+@pytest.mark.server
+def test_refusals_before_any_write_newer_archive_and_broken_agents_warn(
+    search: SearchClient, tmp_path: Path
+) -> None:
+    archive34 = sample(tmp_path, Version.V3_4)
+    with pytest.raises(RestoreRefused, match="newer than the target version 3.3"):
+        restore.run(config(tmp_path, archive34, search.url, target_version=Version.V3_3))
+    assert not (tmp_path / "fs").exists() and not type_counts(search)
+
+    dry = restore.run(config(tmp_path, archive34, search.url, dry_run=True))
+    assert dry.dry_run and sum(dry.expected.values()) == dry.documents > 0
+    assert len(dry.keys) == 4 and dry.files_copied
+    assert not (tmp_path / "fs").exists() and not (tmp_path / "creds").exists()
+    assert not type_counts(search)
+
+    # a deployment whose agents.json entry is broken: a counted warning, not a failed restore
+    broken = tmp_path / "broken.zip"
+    with SnapshotReader(archive34) as snap, SnapshotWriter(broken) as out:
+        agents = snap.agents()
+        victim = sorted(agents)[0]
+        agents[victim] = {"vm": "not an object"}
+        for name in snap.file_names():
+            if name == AGENTS:
+                out.write_json(AGENTS, agents)
+            elif name != "manifest.json":
+                with snap.open(name) as f:
+                    out.write_stream(name, f)
+    summary = restore.run(config(tmp_path, broken, search.url))
+    assert len(summary.agent_warnings) == 1 and victim in summary.agent_warnings[0]
+    assert summary.loaded == summary.expected
+
+
+@pytest.mark.server
+def test_clashes_compare_like_with_like(search: SearchClient, tmp_path: Path) -> None:
+    archive = sample(tmp_path)
+    with SnapshotReader(archive) as snap:
+        instance_id = next(h["_id"] for _, h in snap.iter_hits() if h["_type"] == "node_instance")
+    # a deployment whose id equals a restored node instance id: 3.x called it a conflict
+    search.bulk([{"_index": "cloudify_storage", "_type": "deployment", "_id": instance_id,
+                  "_source": {"id": instance_id}}], refresh=True)
+    restore.run(config(tmp_path, archive, search.url))
+    report = verify.run(verify_config(tmp_path, archive, search.url))
+    assert not report.ok
+    assert report.kinds == Counter({"extra document": 1, "count": 1})
+    assert f"cloudify_storage/deployment/{instance_id}: on the target" in report.render()
+
+
+def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, str(REPO / "cli.py"), *args], capture_output=True,
+                          text=True, cwd=REPO, env={**os.environ, **(env or {})}, timeout=300)
+
+
+@pytest.mark.server
+@pytest.mark.parametrize("kill_at", ["file:2", "batch:3", "key:2"], ids=["early", "mid-bulk", "keys"])
+def test_a_killed_restore_resumes_to_exactly_the_same_end(
+    search: SearchClient, tmp_path: Path, kill_at: str
+) -> None:
+    archive = sample(tmp_path)
+    args = ["restore", str(archive), "--es", search.url, "--fs-root", str(tmp_path / "fs"),
+            "--credentials-dir", str(tmp_path / "creds"), "--batch-docs", "10"]
+    killed = cli(*args, env={"CFYSNAP_TEST_KILL_AT": kill_at})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    refused = cli(*args)
+    assert refused.returncode == 1 and "--resume" in refused.stderr
+    resumed = cli(*args, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed" in resumed.stdout
+    checked = cli("verify", str(archive), "--es", search.url, "--fs-root", str(tmp_path / "fs"),
+                  "--credentials-dir", str(tmp_path / "creds"))
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert sum(type_counts(search).values()) == 122  # no duplicates
+    journal = next((tmp_path / "fs" / ".cfysnap").glob("restore-*.jsonl"))
+    state = Journal(journal).replay()
+    assert state.finished and sum(state.loaded_counts().values()) == 122
