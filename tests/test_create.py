@@ -1,0 +1,403 @@
+"""`create`: pure agent/exclusion rules, then real creates from generated managers loaded into the
+real search server (the generator's `snapshot_hits`, `agents_json` and `file_members` are the
+oracle), the store mode, and a server stopped in the middle of a job."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import threading
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from pipelines import progress
+from pipelines.create import (
+    CreateConfig,
+    _reconcile,
+    run,
+    snapshot_archive_path,
+)
+from pipelines.errors import JobFailed, StoreError, UnsafePath
+from pipelines.io.archive import SnapshotReader
+from pipelines.io.search import SearchClient
+from pipelines.model import STORAGE_INDEX, Version
+from pipelines.sample.generate import (
+    ManagerSpec,
+    agents_json,
+    document_count,
+    file_members,
+    manager_ip,
+    snapshot_hits,
+)
+from pipelines.sample.load import load_manager
+from pipelines.validate import validate_archive
+from tests.conftest import SEARCH_SERVER, wipe
+from transforms.agents import (
+    AgentDefaults,
+    DeploymentFact,
+    InstanceFact,
+    NodeFact,
+    agent_v32,
+    agent_v33,
+    deployment_agents,
+)
+from transforms.read_manager import is_excluded, list_file_tree
+
+MULTI = ["--direct_num_workers=2", "--direct_running_mode=multi_processing"]
+ARCHIVE_OWN = {"es_data", "metadata.json", "agents.json", "manifest.json", "manager.json"}
+
+
+# ----------------------------------------------------------------------------------- helpers
+def hit_multiset(hits: Iterable[dict[str, Any]]) -> Counter[tuple[str, str, str, str]]:
+    return Counter(
+        (h["_index"], h["_type"], h["_id"], json.dumps(h["_source"], sort_keys=True)) for h in hits
+    )
+
+
+def archive_hits(path: Path) -> Counter[tuple[str, str, str, str]]:
+    with SnapshotReader(path) as snap:
+        return hit_multiset(hit for _, hit in snap.iter_hits())
+
+
+def archive_files(path: Path) -> dict[str, bytes]:
+    with SnapshotReader(path) as snap:
+        return {n: snap.open(n).read() for n in snap.file_names() if n not in ARCHIVE_OWN}
+
+
+_loaded: dict[str, tuple[ManagerSpec, Path]] = {}
+
+
+def manager(client: SearchClient, spec: ManagerSpec) -> Path:
+    """Make the server hold exactly `spec`'s manager (reloaded only when it does not); fs root."""
+    fs_root = Path(spec.keys_dir).parent / "fs"
+    with SearchClient(client.url) as c:
+        c.refresh()
+        if _loaded.get("current", (None,))[0] == spec and sum(
+            n for n in c.logical_indices("*").values()
+        ) == document_count(spec):
+            return _loaded["current"][1]
+        wipe(c)
+        load_manager(spec, c, fs_root)
+    _loaded["current"] = (spec, fs_root)
+    return fs_root
+
+
+def sized(tmp_root: Path, version: Version, documents: int, seed: int = 0) -> ManagerSpec:
+    """A generated manager with its own folder (file server `fs/`, agent keys `keys/`)."""
+    folder = tmp_root / f"{version.value}-{documents}-{seed}"
+    spec = ManagerSpec.sized(version, documents, seed=seed)
+    return replace(spec, keys_dir=str(folder / "keys"))
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("managers")
+
+
+# ------------------------------------------------------------------------- pure: agents.json
+DEFAULTS_33 = AgentDefaults(
+    Version.V3_3,
+    {
+        "broker_ip": "10.0.0.5",
+        "broker_user": "cloudify",
+        "broker_pass": "pw",
+        "user": "centos",
+        "broker_ssl_enabled": False,
+        "broker_ssl_cert": "",
+    },
+    "10.0.0.5",
+)
+NODE = NodeFact("vm", windows=False, agent_properties={"user": "ubuntu"}, ip=None)
+
+
+def test_agent_v33_is_the_3_3_1_form_and_runtime_keys_win_whole() -> None:
+    plain = InstanceFact("vm_1", "vm", "started", None)
+    assert agent_v33(plain, DEFAULTS_33) == {
+        "version": "3.3",
+        "broker_config": {
+            "broker_ip": "10.0.0.5",
+            "broker_user": "cloudify",
+            "broker_pass": "pw",
+            "broker_ssl_enabled": False,
+            "broker_ssl_cert": "",
+            "broker_port": 5672,
+        },
+    }
+    own = {"broker_ip": "1.2.3.4"}
+    runtime = InstanceFact("vm_2", "vm", "started", {"broker_config": own, "name": "vm_2"})
+    assert agent_v33(runtime, DEFAULTS_33) == {"version": "3.3", "broker_config": own}
+
+
+def test_agent_v32_is_flat_and_empty_unless_started() -> None:
+    defaults = replace(DEFAULTS_33, version=Version.V3_2)
+    assert agent_v32(InstanceFact("vm_1", "vm", "uninitialized", None), NODE, defaults) == {}
+    assert agent_v32(InstanceFact("vm_2", "vm", "started", None, "10.1.1.1"), NODE, defaults) == {
+        "user": "ubuntu",
+        "name": "vm_2",
+        "queue": "vm_2",
+        "ip": "10.1.1.1",
+        "manager_ip": "10.0.0.5",
+        "windows": False,
+        "version": "3.2",
+        "broker_ip": "10.0.0.5",
+        "broker_ssl_enabled": False,
+        "broker_ssl_cert": "",
+        "broker_user": "guest",
+        "broker_pass": "guest",
+    }
+
+
+def test_deployment_agents_lists_compute_instances_only_and_empty_deployments() -> None:
+    facts = [
+        DeploymentFact(),
+        NODE,
+        InstanceFact("vm_1", "vm", "started", None),
+        InstanceFact("app_1", "app", "started", None),
+    ]
+    assert deployment_agents(facts, DEFAULTS_33) == {
+        "vm": {"vm_1": agent_v33(facts[2], DEFAULTS_33)}
+    }
+    assert deployment_agents([DeploymentFact()], DEFAULTS_33) == {}
+    assert deployment_agents([NODE], DEFAULTS_33) is None  # no such deployment
+
+
+def test_is_excluded_drops_context_snapshots_and_own_execution_only() -> None:
+    types, ids = frozenset({"provider_context", "snapshot"}), frozenset({"e1"})
+
+    def hit(index: str, t: str, i: str) -> dict[str, Any]:
+        return {"_index": index, "_type": t, "_id": i, "_source": {}}
+
+    assert is_excluded(hit(STORAGE_INDEX, "snapshot", "s"), types, ids)
+    assert is_excluded(hit(STORAGE_INDEX, "execution", "e1"), types, ids)
+    assert not is_excluded(hit(STORAGE_INDEX, "execution", "e2"), types, ids)
+    assert not is_excluded(hit("logstash-2015.12.01", "cloudify_event", "e1"), types, ids)
+
+
+def test_reconcile_fails_on_any_difference() -> None:
+    _reconcile({("i", "t"): 3}, {"i/t": 3}, {"i/t": 1}, {"i/t": 2})
+    with pytest.raises(JobFailed, match="i/t: 3 on the server, 2 read"):
+        _reconcile({("i", "t"): 3}, {"i/t": 2}, {}, {"i/t": 2})
+    with pytest.raises(JobFailed, match="i/t: 3 read, 2 written"):
+        _reconcile({("i", "t"): 3}, {"i/t": 3}, {}, {"i/t": 2})
+
+
+def test_file_tree_refuses_links_leaving_the_root(tmp_path: Path) -> None:
+    (tmp_path / "fs" / "blueprints" / "bp").mkdir(parents=True)
+    (tmp_path / "fs" / "blueprints" / "bp" / "a.yaml").write_text("a")
+    assert [m.name for m in list_file_tree(str(tmp_path / "fs"), "blueprints")] == [
+        "blueprints/bp/a.yaml"
+    ]
+    (tmp_path / "secret").write_text("s")
+    (tmp_path / "fs" / "blueprints" / "bp" / "link").symlink_to(tmp_path / "secret")
+    with pytest.raises(UnsafePath):
+        list(list_file_tree(str(tmp_path / "fs"), "blueprints"))
+    assert list(list_file_tree(str(tmp_path / "fs"), "plugins")) == []
+
+
+def test_snapshot_archive_path_stays_in_the_store(tmp_path: Path) -> None:
+    assert snapshot_archive_path(tmp_path, "s1") == (tmp_path / "snapshots/s1/s1.zip").resolve()
+    for bad in ("../x", "a/b", "..", ""):
+        with pytest.raises(UnsafePath):
+            snapshot_archive_path(tmp_path, bad)
+
+
+# ------------------------------------------------------------------------ real server: create
+@pytest.mark.server
+def test_create_3_3_equals_the_manager(search: SearchClient, root: Path, tmp_path: Path) -> None:
+    spec = sized(root, Version.V3_3, 20_000)
+    fs_root = manager(search, spec)
+    out = tmp_path / "snap.zip"
+    summary = run(CreateConfig(search.url, fs_root, output=out, progress=False))
+
+    assert archive_hits(out) == hit_multiset(snapshot_hits(spec))
+    assert archive_files(out) == dict(file_members(spec))  # files and credentials, byte for byte
+    with SnapshotReader(out) as snap:
+        assert snap.metadata() == {"has_cloudify_events": False, "snapshot_version": "3.3"}
+        assert snap.agents() == agents_json(spec)
+    assert validate_archive(out) == []
+    assert summary.total_documents == sum(1 for _ in snapshot_hits(spec))
+    assert summary.dropped == {
+        "cloudify_storage/provider_context": 1,
+        "cloudify_storage/snapshot": 2,
+    }
+    assert summary.credentials == spec.deployments * spec.compute_nodes
+    assert out.stat().st_mode & 0o777 == 0o600
+    assert [p.name for p in tmp_path.iterdir()] == ["snap.zip"]  # staging removed
+
+
+@pytest.mark.server
+def test_create_exclusions(search: SearchClient, root: Path, tmp_path: Path) -> None:
+    spec = sized(root, Version.V3_3, 20_000)
+    fs_root = manager(search, spec)
+    out = tmp_path / "snap.zip"
+    config = CreateConfig(
+        search.url,
+        fs_root,
+        output=out,
+        include_credentials=False,
+        exclude_events=True,
+        progress=False,
+    )
+    run(config)
+    expected = [h for h in snapshot_hits(spec) if h["_type"] != "cloudify_event"]
+    assert archive_hits(out) == hit_multiset(expected)
+    files = dict(file_members(spec))
+    assert archive_files(out) == {
+        n: b for n, b in files.items() if not n.startswith("snapshot-credentials/")
+    }
+
+
+@pytest.mark.server
+def test_create_multi_process_gives_the_same_archive(
+    search: SearchClient, root: Path, tmp_path: Path
+) -> None:
+    spec = sized(root, Version.V3_3, 20_000)
+    fs_root = manager(search, spec)
+    one, two = tmp_path / "one.zip", tmp_path / "two.zip"
+    run(CreateConfig(search.url, fs_root, output=one, progress=False))
+    run(CreateConfig(search.url, fs_root, output=two, slices=3, progress=False), MULTI)
+    assert archive_hits(two) == archive_hits(one) == hit_multiset(snapshot_hits(spec))
+    assert archive_files(two) == archive_files(one)
+    with SnapshotReader(one) as a, SnapshotReader(two) as b:
+        assert a.agents() == b.agents() == agents_json(spec)
+        assert a.metadata() == b.metadata()
+
+
+@pytest.mark.server
+def test_create_3_2_is_what_the_3_2_1_tool_wrote(
+    search: SearchClient, root: Path, tmp_path: Path
+) -> None:
+    spec = sized(root, Version.V3_2, 3000)
+    fs_root = manager(search, spec)
+    out = tmp_path / "snap32.zip"
+    summary = run(CreateConfig(search.url, fs_root, output=out, progress=False))
+    assert summary.version == Version.V3_2
+    assert validate_archive(out) == []
+    assert archive_hits(out) == hit_multiset(snapshot_hits(spec))
+    assert archive_files(out) == dict(file_members(spec))
+    with SnapshotReader(out) as snap:
+        assert snap.metadata() == {"has_cloudify_events": True, "snapshot_version": "3.2"}
+        assert snap.agents() == agents_json(spec)
+        assert snap.read_json("manager.json") == {"MANAGEMENT_IP": manager_ip(spec)}
+    with pytest.raises(StoreError, match="no snapshot store"):
+        run(CreateConfig(search.url, fs_root, snapshot_id="s32", progress=False))
+
+
+@pytest.mark.server
+def test_create_into_the_store_records_snapshot_and_execution(
+    search: SearchClient, root: Path
+) -> None:
+    spec = sized(root, Version.V3_4, 2000)
+    fs_root = manager(search, spec)
+    summary = run(CreateConfig(search.url, fs_root, snapshot_id="nightly-1", progress=False))
+    path = fs_root / "snapshots" / "nightly-1" / "nightly-1.zip"
+    assert summary.output == path.resolve()
+    assert archive_hits(path) == hit_multiset(snapshot_hits(spec))  # own execution left out
+    snapshot = search.get(STORAGE_INDEX, "snapshot", "nightly-1")
+    assert snapshot is not None and (snapshot["status"], snapshot["error"]) == ("created", "")
+    execution = search.get(STORAGE_INDEX, "execution", summary.execution_id or "")
+    assert execution is not None
+    assert (execution["workflow_id"], execution["status"], execution["is_system_workflow"]) == (
+        "create_snapshot",
+        "terminated",
+        True,
+    )
+    assert execution["parameters"]["snapshot_id"] == "nightly-1"
+    with pytest.raises(StoreError, match="already exists"):
+        run(CreateConfig(search.url, fs_root, snapshot_id="nightly-1", progress=False))
+    _loaded.clear()  # the server now holds more than the generated manager
+
+
+# --------------------------------------------------------------------- server stopped mid-job
+SECOND_PORT = 9212
+
+
+def _server(action: str) -> None:
+    subprocess.run(
+        [str(SEARCH_SERVER), action, "--port", str(SECOND_PORT)],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+
+
+@pytest.mark.server
+def test_server_stopped_mid_job(
+    root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A second real server is stopped from a hook once 1,000 documents are written; it comes
+    back ~25 s later, as a manager's search server restarted by its supervisor would. The job
+    fails at once, leaves no archive, and the snapshot's failed status is recorded when the
+    server answers again (the failure recorder retries for `status_timeout` seconds)."""
+    _server("start")
+    url = f"http://127.0.0.1:{SECOND_PORT}"
+    try:
+        spec = sized(root, Version.V3_3, 6000, seed=7)
+        with SearchClient(url) as client:
+            wipe(client)
+            load_manager(spec, client, tmp_path / "fs")
+        seen = {"docs": 0}
+        restarted: list[threading.Thread] = []
+        real_report = progress.report
+
+        def hook(docs: int = 0, nbytes: int = 0) -> None:
+            seen["docs"] += docs
+            if seen["docs"] >= 1000 and not restarted:
+                _server("stop")
+                restarted.append(threading.Thread(target=_server, args=("start",)))
+                restarted[0].start()
+            real_report(docs, nbytes)
+
+        monkeypatch.setattr(progress, "report", hook)
+        from cli import app
+
+        result = CliRunner().invoke(
+            app, ["create", "--es", url, "--fs-root", str(tmp_path / "fs"), "--snapshot-id", "s1"]
+        )
+        assert restarted, "the hook never fired"
+        restarted[0].join()
+        assert result.exit_code == 1
+        assert f"error: create failed: search server {url}" in result.output
+        store = tmp_path / "fs" / "snapshots" / "s1"
+        assert not (store / "s1.zip").exists()
+        assert list(store.iterdir()) == []  # no staging, no partial archive
+        with SearchClient(url) as client:
+            snapshot = client.get(STORAGE_INDEX, "snapshot", "s1")
+            assert snapshot is not None and snapshot["status"] == "failed"
+            assert snapshot["error"].startswith(f"create failed: search server {url}")
+            executions = [
+                h["_source"]
+                for h in client.scan(STORAGE_INDEX, ["execution"])
+                if h["_source"]["parameters"].get("snapshot_id") == "s1"
+            ]
+            assert [(e["status"], e["error"]) for e in executions] == [
+                ("failed", snapshot["error"])
+            ]
+    finally:
+        _server("stop")
+
+
+# ----------------------------------------------------------------------------------- CLI
+def test_cli_create_help_has_every_option_and_an_example() -> None:
+    from cli import app
+
+    result = CliRunner().invoke(app, ["create", "--help"])
+    assert result.exit_code == 0
+    for option in (
+        "--es",
+        "--fs-root",
+        "--output",
+        "--snapshot-id",
+        "--exclude-credentials",
+        "--exclude-events",
+        "--exclude-logs",
+        "--source-version",
+        "Example: cfysnap create",
+    ):
+        assert option in result.output
