@@ -1,0 +1,170 @@
+"""Our pipelines on a real distributed runner: Beam's FlinkRunner with an embedded Flink cluster.
+
+`make test-distributed` (pytest -m distributed). The job server comes from Maven Central through
+`scripts/flink-job-server fetch` (cached in ~/.cache/cfysnap; fetched here when missing, and the
+test fails with Maven's error when it cannot be). Workers are LOOPBACK: Flink runs the Python
+stages in this process's SDK worker pool, so the local staging folders are shared by all workers.
+
+Each job runs twice, on the FnApiRunner and on Flink (parallelism 2), and the two archives must
+hold the same documents (as multisets), the same members byte for byte and the same manifest
+document counts. es_data's line order is not compared: shards are concatenated in path order and
+shard paths are random per bundle, so the order differs between any two runs.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections import Counter
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import apache_beam as beam
+import pytest
+
+from pipelines.io.archive import ES_DATA, MANIFEST, SnapshotReader
+from pipelines.io.search import SearchClient
+from pipelines.model import Version
+from pipelines.options import beam_options
+from pipelines.sample.archive import write_sample_archive
+from pipelines.sample.generate import ManagerSpec
+from pipelines.sample.load import load_manager
+from pipelines.validate import validate_archive
+from tests.conftest import REPO, wipe
+from transforms.shards import (
+    ArchiveMember,
+    ReadShards,
+    SplitEsDataIntoShards,
+    WriteShards,
+    WriteSnapshotArchive,
+)
+
+pytestmark = [
+    pytest.mark.distributed,
+    # When a job ends the job server hangs up on the LOOPBACK worker's data channel ("Multiplexer
+    # hanging up"): Beam's worker thread reports the cancelled stream after the job succeeded.
+    pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning"),
+]
+
+FLINK_JOB_SERVER = REPO / "scripts" / "flink-job-server"
+
+
+def flink_args(jar: str, parallelism: int = 2) -> list[str]:
+    """Beam flags for the embedded Flink cluster inside the job server, workers in this process."""
+    return [
+        "--runner=FlinkRunner",
+        "--flink_master=[local]",
+        f"--flink_job_server_jar={jar}",
+        "--environment_type=LOOPBACK",
+        f"--parallelism={parallelism}",
+    ]
+
+
+@pytest.fixture(scope="session")
+def flink() -> list[str]:
+    """Flink runner flags; fetches the job server with Maven on first use (fails if it can't)."""
+    try:
+        proc = subprocess.run(
+            [str(FLINK_JOB_SERVER), "fetch"], capture_output=True, text=True, timeout=1500
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail("scripts/flink-job-server fetch took over 25 minutes", pytrace=False)
+    if proc.returncode != 0:
+        pytest.fail(
+            f"scripts/flink-job-server fetch failed (exit {proc.returncode}):\n{proc.stderr}",
+            pytrace=False,
+        )
+    jar = proc.stdout.strip().splitlines()[-1]
+    assert Path(jar).is_file(), jar
+    return flink_args(jar)
+
+
+# ------------------------------------------------------------------------------------ helpers
+def contents(path: Path) -> dict[str, Any]:
+    """What an archive holds, independent of es_data line order and of manifest checksums."""
+    assert validate_archive(path) == []
+    with SnapshotReader(path) as snap:
+        hits = Counter(json.dumps(hit, sort_keys=True) for _, hit in snap.iter_hits())
+        members = {
+            name: snap.open(name).read()
+            for name in snap.file_names()
+            if name not in (ES_DATA, MANIFEST)
+        }
+        manifest = snap.manifest() or {}
+    return {"hits": hits, "members": members, "documents": manifest.get("documents")}
+
+
+def copy_through_shards(source: Path, output: Path, staging: Path, args: list[str]) -> None:
+    """split → read → write → assemble: the shard transforms alone, every member carried."""
+    with SnapshotReader(source) as snap:
+        carried = [
+            ArchiveMember(name, data=snap.open(name).read())
+            for name in snap.file_names()
+            if name not in (ES_DATA, MANIFEST)
+        ]
+    (staging / "in").mkdir(parents=True)
+    (staging / "out").mkdir()
+    with beam.Pipeline(options=beam_options(args)) as p:
+        shard_infos = (
+            p
+            | "Archive" >> beam.Create([str(source)])
+            | "Split" >> SplitEsDataIntoShards(str(staging / "in"), lines_per_shard=40)
+            | "Read" >> ReadShards()
+            | "Write" >> WriteShards(str(staging / "out"))
+        )
+        members = p | "Members" >> beam.Create(carried)
+        _ = (shard_infos, members) | "Assemble" >> WriteSnapshotArchive(str(output))
+
+
+# -------------------------------------------------------------------------------------- tests
+def test_shard_transforms_give_the_same_archive_on_flink(flink: list[str], tmp_path: Path) -> None:
+    source = tmp_path / "sample-3.3.zip"
+    write_sample_archive(ManagerSpec.sized(Version.V3_3, 600, seed=7), source)
+
+    copy_through_shards(source, tmp_path / "local.zip", tmp_path / "st-local", [])
+    copy_through_shards(source, tmp_path / "flink.zip", tmp_path / "st-flink", flink)
+
+    expected = contents(source)
+    assert contents(tmp_path / "local.zip") == expected
+    assert contents(tmp_path / "flink.zip") == expected
+
+
+def test_convert_gives_the_same_archive_on_flink(flink: list[str], tmp_path: Path) -> None:
+    from pipelines.convert import ConvertConfig, run
+
+    source = tmp_path / "sample-3.2.zip"
+    write_sample_archive(ManagerSpec.sized(Version.V3_2, 600, seed=3), source)
+    config = ConvertConfig(
+        source=source, output=tmp_path / "local.zip", target=Version.V3_4, lines_per_shard=64,
+        show_progress=False,
+    )
+    local = run(config, [])
+    on_flink = run(replace(config, output=tmp_path / "flink.zip"), flink)
+
+    assert contents(tmp_path / "flink.zip") == contents(tmp_path / "local.zip")
+    assert on_flink.documents == local.documents
+    assert on_flink.documents_read == local.documents_read == sum(local.documents.values())
+    assert on_flink.documents_changed == local.documents_changed > 0
+
+
+@pytest.mark.server
+def test_create_gives_the_same_archive_on_flink(
+    flink: list[str], search: SearchClient, tmp_path: Path
+) -> None:
+    from pipelines.create import CreateConfig, run
+
+    spec = replace(
+        ManagerSpec.sized(Version.V3_3, 600, seed=5), keys_dir=str(tmp_path / "keys")
+    )
+    wipe(search)
+    load_manager(spec, search, tmp_path / "fs")
+    config = CreateConfig(
+        es_url=search.url, fs_root=tmp_path / "fs", output=tmp_path / "local.zip", progress=False
+    )
+    local = run(config, [])
+    on_flink = run(replace(config, output=tmp_path / "flink.zip"), flink)
+
+    assert contents(tmp_path / "flink.zip") == contents(tmp_path / "local.zip")
+    assert on_flink.documents == local.documents
+    assert sum(local.documents.values()) > 500
