@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 from types import TracebackType
+from typing import Any
 
 __all__ = ["Progress", "report"]
 
@@ -46,8 +47,8 @@ class Progress:
         self._enabled = enabled
         self._interval = interval
         self._last_line = self.started
-        self._bar = None
-        self._task = None
+        self._bar: Any = None
+        self._task: Any = None
         self._tty = enabled and sys.stderr.isatty()
 
     @property

@@ -30,6 +30,7 @@ from pipelines.io.archive import (
     MANIFEST,
     METADATA,
     SnapshotReader,
+    buffered_lines,
     parse_hit,
     unsafe_member_reason,
 )
@@ -203,8 +204,7 @@ def _check_es_data(
         finder = _DuplicateFinder(Path(tmp))
         try:
             with snap.open(ES_DATA) as raw:
-                stream = _LineReader(raw)
-                for lineno, line in enumerate(stream, 1):
+                for lineno, line in enumerate(buffered_lines(raw), 1):
                     sha.update(line)
                     size += len(line)
                     lines = lineno
@@ -264,15 +264,3 @@ def _check_manifest(
     for name in digests:
         if name not in listed:
             yield Problem(name, None, "not listed in manifest.json")
-
-
-class _LineReader:
-    """Iterate the raw lines (with newline) of a binary stream in large reads."""
-
-    def __init__(self, raw: object) -> None:
-        import io
-
-        self._stream = io.BufferedReader(raw, 1 << 20)  # type: ignore[arg-type]
-
-    def __iter__(self) -> Iterator[bytes]:
-        return iter(self._stream)

@@ -185,7 +185,7 @@ class _WriteShardFn(beam.DoFn):
         self._out.close()
         self._written.inc(sum(self._counts.values()))
         info = ShardInfo(self._path, tuple(sorted(self._counts.items())), self._nbytes)
-        yield WindowedValue(info, MIN_TIMESTAMP, [GlobalWindow()])
+        yield WindowedValue(info, MIN_TIMESTAMP, (GlobalWindow(),))
 
 
 class WriteShards(beam.PTransform):
