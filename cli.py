@@ -742,6 +742,93 @@ def clear(
 
 
 # [commands: export]
+class ExportFormat(str, Enum):
+    parquet = "parquet"
+
+
+@app.command(context_settings=BEAM_ARGS)
+def export(
+    ctx: typer.Context,
+    paths: Annotated[
+        list[Path],
+        typer.Argument(
+            help="[ARCHIVE] OUT_DIR: the snapshot archive to read (omit it with --es) and the "
+            "dataset folder to write (must not exist, or be empty).",
+            metavar="[ARCHIVE] OUT_DIR",
+        ),
+    ],
+    es: Annotated[
+        str | None,
+        typer.Option("--es", help="Read a live manager's search server instead of an archive."),
+    ] = None,
+    fs_root: Annotated[
+        Path | None,
+        typer.Option(
+            "--fs-root",
+            help="The manager's file-server root (accepted with --es; export reads documents only).",
+            exists=True,
+            file_okay=False,
+        ),
+    ] = None,
+    format_: Annotated[
+        ExportFormat, typer.Option("--format", help="Output format.")
+    ] = ExportFormat.parquet,
+    types: Annotated[
+        str,
+        typer.Option(
+            "--types",
+            help="Comma-separated types: events, logs, any document type (node_instance, "
+            "execution, ...), or all.",
+        ),
+    ] = "events,logs",
+    rows_per_group: Annotated[
+        int, typer.Option("--rows-per-group", min=1, help="Rows per Parquet row group (memory bound).")
+    ] = 50_000,
+    layout: LayoutOption = LayoutChoice.auto,
+) -> None:
+    """Export events and logs (or every document type) as a Parquet dataset for analytics,
+    partitioned hive-style by type and day (type=cloudify_event/day=2016-03-14/part-*.parquet).
+    Columns: timestamp (UTC, ms), event_type, level, deployment_id, execution_id, workflow_id,
+    node_id, message, _index, _id, and doc (the whole _source as JSON). Day is the document's UTC
+    date (@timestamp/timestamp for events and logs, created_at for other types), else none.
+    Read it with pyarrow.dataset or DuckDB. Written atomically; counts are reconciled. Beam
+    runner flags go after `--`.
+
+    Example: cfysnap export snapshot.zip events-parquet --types events,logs -- --direct_num_workers=2 --direct_running_mode=multi_processing
+    """
+    from pipelines.export import ExportConfig, parse_types, run
+
+    # Click gives positional words after `--` to the arguments first: they are Beam flags.
+    beam_args = [str(p) for p in paths if str(p).startswith("-")] + list(ctx.args)
+    paths = [p for p in paths if not str(p).startswith("-")]
+    if es is None and len(paths) != 2:
+        raise typer.BadParameter("give ARCHIVE OUT_DIR, or --es URL and OUT_DIR")
+    if es is not None and len(paths) != 1:
+        raise typer.BadParameter("with --es give only OUT_DIR (no archive)")
+    if es is None and fs_root is not None:
+        raise typer.BadParameter("--fs-root goes with --es")
+    archive = paths[0] if es is None else None
+    if archive is not None and not archive.is_file():
+        raise typer.BadParameter(f"archive {archive} is not a file")
+    try:
+        selected = parse_types(types)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+    def body() -> None:
+        config = ExportConfig(
+            output=paths[-1],
+            archive=archive,
+            es_url=es,
+            layout=_layout(layout),
+            types=selected,
+            format=format_.value,
+            rows_per_group=rows_per_group,
+        )
+        summary = run(config, beam_args)
+        typer.echo(summary.render())
+
+    _run(body)
 
 
 def main() -> None:
