@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import stat
 import subprocess
@@ -22,12 +23,15 @@ from typing import Any
 import pytest
 from apache_beam.io.filesystem import CompressionTypes, FileMetadata, FileSystem
 from apache_beam.io.filesystems import FileSystems
+from typer.testing import CliRunner
 
+from cli import app
 from pipelines.errors import StoreError
 from pipelines.io.search import SearchClient
-from pipelines.model import STORAGE_INDEX, Version
+from pipelines.model import FILE_FOLDERS, STORAGE_INDEX, Version
 from pipelines.sample.archive import write_sample_archive
-from pipelines.sample.generate import ManagerSpec
+from pipelines.sample.generate import ManagerSpec, manager_hits, snapshot_hits
+from pipelines.sample.load import load_manager
 from pipelines.store import (
     MARKER,
     CreatorMarker,
@@ -37,6 +41,8 @@ from pipelines.store import (
     check_snapshot_id,
     now_stamp,
 )
+
+runner = CliRunner()
 
 # ---- a mem:// filesystem ----------------------------------------------------------------------
 
@@ -397,3 +403,150 @@ def test_mem_filesystem_round_trip(
         store.download("m", "mem://out/m.zip")
     with pytest.raises(StoreError, match="does not exist"):
         store.upload("m2", "mem://in/missing.zip")
+
+
+# ---- the CLI walk-through on a loaded manager ---------------------------------------------------
+
+
+def manager_keys(client: SearchClient) -> set[tuple[str, str, str]]:
+    client.refresh()
+    keys: set[tuple[str, str, str]] = set()
+    for index in (STORAGE_INDEX, "cloudify_events", "logstash-*"):
+        keys |= {(h["_index"], h["_type"], h["_id"]) for h in client.scan(index)}
+    return keys
+
+
+def file_tree(fs_root: Path) -> set[str]:
+    return {
+        str(p.relative_to(fs_root))
+        for folder in FILE_FOLDERS
+        for p in (fs_root / folder).rglob("*")
+        if p.is_file()
+    }
+
+
+@pytest.mark.server
+def test_cli_walk_through_create_list_download_delete_upload_restore(
+    search: SearchClient, tmp_path: Path
+) -> None:
+    spec = ManagerSpec(
+        version=Version.V3_3,
+        blueprints=1,
+        deployments_per_blueprint=2,
+        events=4,
+        logs=4,
+        keys_dir=str(tmp_path / "keys"),
+    )
+    fs_root = tmp_path / "fs"
+    load_manager(spec, search, fs_root)
+    store = SnapshotStore(search, fs_root)
+    where = ["--es", search.url, "--fs-root", str(fs_root)]
+    sample_snapshots = [
+        SnapshotRecord.from_doc(h["_source"]).to_doc()
+        for h in manager_hits(spec)
+        if h["_type"] == "snapshot"
+    ]
+    files_before = file_tree(fs_root)
+
+    # create --snapshot-id: the archive in the store, the document `created`
+    created = runner.invoke(app, ["create", *where, "--snapshot-id", "s1"])
+    assert created.exit_code == 0, created.output
+    s1 = store.require("s1")
+    assert s1.status == "created" and store.path("s1").is_file()
+
+    # list: exact rows, oldest first
+    listed = runner.invoke(app, ["snapshots", "list", *where, "--json"])
+    assert listed.exit_code == 0, listed.output
+    assert json.loads(listed.output) == [*sample_snapshots, s1.to_doc()]
+    table = runner.invoke(app, ["snapshots", "list", *where])
+    lines = table.output.splitlines()
+    assert lines[0].split() == ["id", "created_at", "status", "error"]
+    assert lines[-2].split() == ["s1", *s1.created_at.split(), "created"]
+    assert lines[-1] == "3 snapshot(s)"
+
+    # download: the same bytes
+    out = tmp_path / "out.zip"
+    downloaded = runner.invoke(app, ["snapshots", "download", "s1", "-o", str(out), *where])
+    assert downloaded.exit_code == 0, downloaded.output
+    assert sha256(out) == sha256(store.path("s1"))
+    assert f"sha256 {sha256(out)}" in downloaded.output
+
+    # delete: document and folder gone
+    deleted = runner.invoke(app, ["snapshots", "delete", "s1", *where])
+    assert deleted.exit_code == 0, deleted.output
+    assert deleted.output == "deleted snapshot s1 (status created)\n"
+    assert store.get("s1") is None and not store.folder("s1").exists()
+    assert [r.id for r in store.list()] == [r["id"] for r in sample_snapshots]
+
+    # upload: validated, stored, `uploaded`; a second upload of the id is refused
+    uploaded = runner.invoke(app, ["snapshots", "upload", str(out), "-s", "s2", *where])
+    assert uploaded.exit_code == 0, uploaded.output
+    s2 = store.require("s2")
+    assert (s2.status, s2.error) == ("uploaded", "")
+    assert sha256(store.path("s2")) == sha256(out)
+    again = runner.invoke(app, ["snapshots", "upload", str(out), "-s", "s2", *where])
+    assert again.exit_code == 1
+    assert again.output == "error: snapshot s2: a snapshot with this id already exists\n"
+
+    # clear, then restore by id into the same manager: every snapshot document is back
+    cleared = runner.invoke(app, ["clear", *where, "--yes"])
+    assert cleared.exit_code == 0, cleared.output
+    kept = {k for k in manager_keys(search)}
+    assert {t for _, t, _ in kept} == {"provider_context", "snapshot"}
+    assert file_tree(fs_root) == set()
+    restored = runner.invoke(
+        app,
+        [
+            "snapshots",
+            "restore",
+            "s2",
+            *where,
+            "--credentials-dir",
+            str(tmp_path / "credentials"),
+            "--target-version",
+            "3.3",
+        ],
+    )
+    assert restored.exit_code == 0, restored.output
+    expected = {(h["_index"], h["_type"], h["_id"]) for h in snapshot_hits(spec)}
+    assert manager_keys(search) == expected | kept
+    assert file_tree(fs_root) == files_before
+
+    # a failed snapshot: listed, not restorable nor downloadable, deletable
+    store.mark("s2", Status.FAILED, "boom")
+    refused = runner.invoke(
+        app,
+        ["snapshots", "restore", "s2", *where, "--credentials-dir", str(tmp_path / "c2")],
+    )
+    assert refused.exit_code == 1
+    assert refused.output == (
+        "error: snapshot s2: status is failed (boom): a failed snapshot cannot be restored; "
+        "delete it\n"
+    )
+    refused = runner.invoke(
+        app, ["snapshots", "download", "s2", "-o", str(tmp_path / "x.zip"), *where]
+    )
+    assert refused.exit_code == 1 and "cannot be downloaded" in refused.output
+    assert runner.invoke(app, ["snapshots", "delete", "s2", *where]).exit_code == 0
+    assert store.get("s2") is None
+
+
+@pytest.mark.server
+def test_cli_reaps_a_creating_snapshot_whose_creator_died(
+    search: SearchClient, tmp_path: Path
+) -> None:
+    store = SnapshotStore(search, tmp_path / "fs")
+    put_record(search, SnapshotRecord("crashed", now_stamp(), "creating"))
+    me = CreatorMarker.current()
+    pid = dead_pid()
+    store._write_marker("crashed", CreatorMarker(me.host, pid, me.started))
+
+    listed = runner.invoke(
+        app, ["snapshots", "list", "--es", search.url, "--fs-root", str(tmp_path / "fs"), "--json"]
+    )
+
+    assert listed.exit_code == 0, listed.output
+    reason = f"creation interrupted: its creator (pid {pid} on {me.host}) is gone"
+    assert f"warning: snapshot crashed marked failed: {reason}" in listed.output
+    rows = json.loads(listed.output[listed.output.index("[") :])
+    assert [(r["id"], r["status"], r["error"]) for r in rows] == [("crashed", "failed", reason)]
