@@ -251,9 +251,7 @@ class SnapshotStore:
             "_id": record.id,
             "_source": record.to_doc(),
         }
-        result = self.client.bulk(
-            [hit], op_type="create" if create else "index", refresh=True
-        )
+        result = self.client.bulk([hit], op_type="create" if create else "index", refresh=True)
         if result.failed:
             item = result.failed[0]
             if create and item.status == 409:
@@ -539,9 +537,7 @@ def _copy_to(source: IO[bytes], dest: str, *, overwrite: bool) -> tuple[int, str
             if FileSystems.get_scheme(temp) is None:
                 os.chmod(temp, 0o600)  # archives hold agent keys and broker credentials
             size, digest = _copy_stream(source, target)
-        if overwrite and FileSystems.exists(dest) and "://" in dest:
-            FileSystems.delete([dest])  # object stores' rename will not replace
-        FileSystems.rename([temp], [dest])
+        FileSystems.rename([temp], [dest])  # local: os.rename; object stores: copy + delete
     except BaseException as exc:
         with contextlib.suppress(Exception):
             if FileSystems.exists(temp):

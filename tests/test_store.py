@@ -401,6 +401,9 @@ def test_mem_filesystem_round_trip(
     assert sorted(mem) == ["mem://in/snap.zip", "mem://out/m.zip"]  # temporary renamed away
     with pytest.raises(StoreError, match="already exists"):
         store.download("m", "mem://out/m.zip")
+    mem["mem://out/m.zip"] = b"old"
+    store.download("m", "mem://out/m.zip", overwrite=True)
+    assert mem["mem://out/m.zip"] == data and len(mem) == 2
     with pytest.raises(StoreError, match="does not exist"):
         store.upload("m2", "mem://in/missing.zip")
 
@@ -491,7 +494,7 @@ def test_cli_walk_through_create_list_download_delete_upload_restore(
     # clear, then restore by id into the same manager: every snapshot document is back
     cleared = runner.invoke(app, ["clear", *where, "--yes"])
     assert cleared.exit_code == 0, cleared.output
-    kept = {k for k in manager_keys(search)}
+    kept = manager_keys(search)
     assert {t for _, t, _ in kept} == {"provider_context", "snapshot"}
     assert file_tree(fs_root) == set()
     restored = runner.invoke(
