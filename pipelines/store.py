@@ -29,6 +29,7 @@ Contracts:
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import hashlib
 import json
@@ -357,7 +358,7 @@ class SnapshotStore:
             )
         return None
 
-    def reap_stale(self, now: datetime | None = None) -> list[SnapshotRecord]:
+    def reap_stale(self, now: datetime | None = None) -> builtins.list[SnapshotRecord]:
         """Mark `failed` every stale `creating` snapshot (see the module docstring); remove its
         marker and any partial archive of the crashed creator. Returns the records it changed."""
         reaped = []

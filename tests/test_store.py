@@ -297,8 +297,9 @@ def test_reap_stale_fails_snapshots_whose_creator_is_gone(
     me = CreatorMarker.current()
     now = datetime.now(UTC)
     old, recent = now_stamp(now - timedelta(hours=2)), now_stamp(now - timedelta(minutes=1))
+    crashed_marker = CreatorMarker(me.host, dead_pid(), me.started)
     cases = {
-        "crashed": (recent, CreatorMarker(me.host, dead_pid(), me.started)),
+        "crashed": (recent, crashed_marker),
         "recycled": (recent, CreatorMarker(me.host, me.pid, me.started - 3600)),
         "alive": (recent, me),
         "elsewhere": (old, CreatorMarker("another-host", 1, 0.0)),
@@ -325,11 +326,10 @@ def test_reap_stale_fails_snapshots_whose_creator_is_gone(
         "elsewhere": "creating",
         "new-unmarked": "creating",
     }
-    crashed = store.require("crashed")
-    assert (
-        crashed.error
-        == f"creation interrupted: its creator (pid {cases['crashed'][1].pid} on {me.host}) is gone"
-    )  # type: ignore[union-attr]
+    crashed_pid = crashed_marker.pid
+    assert store.require("crashed").error == (
+        f"creation interrupted: its creator (pid {crashed_pid} on {me.host}) is gone"
+    )
     assert store.require("old-unmarked").error.startswith(
         "creation interrupted: no creator recorded"
     )
