@@ -337,6 +337,33 @@ def test_reap_stale_fails_snapshots_whose_creator_is_gone(
     assert store.reap_stale() == []  # idempotent
 
 
+@pytest.mark.server
+def test_a_creator_killed_mid_create_leaves_failed_not_creating(
+    store: SnapshotStore, search: SearchClient
+) -> None:
+    code = (
+        "import os, sys\n"
+        "from pipelines.io.search import SearchClient\n"
+        "from pipelines.store import SnapshotStore\n"
+        "store = SnapshotStore(SearchClient(sys.argv[1]), sys.argv[2])\n"
+        "with store.creating('killed') as archive:\n"
+        "    archive.parent.joinpath('.killed.zip.1234.partial').write_bytes(b'half')\n"
+        "    os._exit(9)  # no cleanup, no status: as if the machine lost the process\n"
+    )
+    repo = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": str(repo)}
+    proc = subprocess.run(
+        [sys.executable, "-c", code, search.url, str(store.fs_root)], cwd=repo, env=env
+    )
+    assert proc.returncode == 9
+    assert store.require("killed").status == "creating"
+
+    assert [r.id for r in store.reap_stale()] == ["killed"]
+    record = store.require("killed")
+    assert record.status == "failed" and record.error.startswith("creation interrupted")
+    assert sorted(p.name for p in store.folder("killed").iterdir()) == []
+
+
 # ---- uploads and downloads ---------------------------------------------------------------------------
 
 
