@@ -354,6 +354,7 @@ def copy_files(
     A child is extracted into a hidden sibling and renamed into place, so it appears whole or
     not at all; nothing lands outside `fs_root` (`safe_target_path`). Returns (copied, kept)."""
     copied, kept = [], []
+    modes = {info.filename: (info.external_attr >> 16) & 0o777 for info in reader.infos()}
     for child, members in file_children(reader).items():
         if child in state.files:
             (copied if state.files[child] == "copied" else kept).append(child)
@@ -372,7 +373,7 @@ def copy_files(
             rel = member[len(child) :]
             target = safe_target_path(fs_root, f"{folder}/{_PARTIAL}{name}{rel}")
             target.parent.mkdir(parents=True, exist_ok=True)
-            mode = (reader._infos[member].external_attr >> 16) & 0o777  # noqa: SLF001
+            mode = modes.get(member, 0o644)
             with reader.open(member) as src, open(target, "wb") as dst:
                 shutil.copyfileobj(src, dst, 1 << 20)
                 dst.flush()
