@@ -353,7 +353,8 @@ def copy_files(
 
     A child is extracted into a hidden sibling and renamed into place, so it appears whole or
     not at all; nothing lands outside `fs_root` (`safe_target_path`). Returns (copied, kept)."""
-    copied, kept = [], []
+    copied: list[str] = []
+    kept: list[str] = []
     modes = {info.filename: (info.external_attr >> 16) & 0o777 for info in reader.infos()}
     for child, members in file_children(reader).items():
         if child in state.files:

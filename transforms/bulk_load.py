@@ -104,7 +104,7 @@ class _BulkLoadFn(beam.DoFn):
 
     def finish_bundle(self) -> Iterator[WindowedValue]:
         if self._hits:
-            yield WindowedValue(self._flush(), MIN_TIMESTAMP, [GlobalWindow()])
+            yield WindowedValue(self._flush(), MIN_TIMESTAMP, (GlobalWindow(),))
 
     def _flush(self) -> LoadedBatch:
         hits, lines, nbytes = self._hits, self._lines, self._size
