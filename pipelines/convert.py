@@ -35,7 +35,7 @@ import uuid
 from array import array
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -89,7 +89,8 @@ class ConvertConfig:
     lines_per_shard: int = LINES_PER_SHARD
     """es_data lines per staged shard: the unit of parallel work."""
     staging: Path | None = None
-    """Where shards are staged; default: a hidden folder beside `output`, removed at the end."""
+    """Folder in which a hidden staging folder for shards is made (and removed at the end);
+    default: beside `output`. Needs about twice es_data's uncompressed size."""
     show_progress: bool = True
 
     def __post_init__(self) -> None:
@@ -117,6 +118,8 @@ class ConvertSummary:
     members_carried: int
     documents: dict[tuple[str, str], int] = field(default_factory=dict)
     seconds: float = 0.0
+    validate_seconds: float = 0.0
+    """Part of `seconds` spent validating the source before converting."""
 
     @property
     def docs_per_second(self) -> float:
@@ -142,7 +145,8 @@ class ConvertSummary:
             + (f" ({self.duplicates_differing:,} differed in content)" if self.duplicates_differing else ""),
             f"documents written    {self.documents_written:,}",
             f"members carried over {self.members_carried:,}",
-            f"time                 {self.seconds:.1f} s ({self.docs_per_second:,.0f} docs/s)",
+            f"time                 {self.seconds:.1f} s ({self.docs_per_second:,.0f} docs/s;"
+            f" {self.validate_seconds:.1f} s of it validating the source)",
             "documents per type:",
         ]
         for doc_type, (n, indices) in self.by_type().items():
@@ -165,6 +169,7 @@ class ConvertSummary:
             "members_carried": self.members_carried,
             "documents": {f"{i}/{t}": n for (i, t), n in sorted(self.documents.items())},
             "seconds": round(self.seconds, 3),
+            "validate_seconds": round(self.validate_seconds, 3),
             "docs_per_second": round(self.docs_per_second, 1),
         }
 
@@ -311,11 +316,12 @@ def run(config: ConvertConfig, beam_args: Sequence[str] = ()) -> ConvertSummary 
     started = time.monotonic()
     _check_paths(config)
     version, steps = _validated_plan(config)
+    validated = time.monotonic()
 
     output = config.output
     output.parent.mkdir(parents=True, exist_ok=True)
     token = uuid.uuid4().hex[:8]
-    staging = config.staging or output.parent / f".{output.name}.{token}.staging"
+    staging = (config.staging or output.parent) / f".{output.name}.{token}.staging"
     partial = output.parent / f".{output.name}.{token}.converted"
     staging.mkdir(parents=True, exist_ok=False)
     done: dict[str, Any] = {"validated": config.source.name, "archive written": "no"}
@@ -349,13 +355,7 @@ def run(config: ConvertConfig, beam_args: Sequence[str] = ()) -> ConvertSummary 
         raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return _with_seconds(summary, time.monotonic() - started)
-
-
-def _with_seconds(summary: ConvertSummary, seconds: float) -> ConvertSummary:
-    from dataclasses import replace
-
-    return replace(summary, seconds=seconds)
+    return replace(summary, seconds=time.monotonic() - started, validate_seconds=validated - started)
 
 
 def _run_pipeline(
