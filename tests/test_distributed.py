@@ -168,3 +168,26 @@ def test_create_gives_the_same_archive_on_flink(
     assert contents(tmp_path / "flink.zip") == contents(tmp_path / "local.zip")
     assert on_flink.documents == local.documents
     assert sum(local.documents.values()) > 500
+
+
+def test_export_gives_the_same_dataset_on_flink(flink: list[str], tmp_path: Path) -> None:
+    import pyarrow.dataset as ds
+
+    from pipelines.export import ExportConfig, run
+
+    source = tmp_path / "sample-3.3.zip"
+    write_sample_archive(ManagerSpec.sized(Version.V3_3, 600, seed=9), source)
+    config = ExportConfig(
+        output=tmp_path / "local", archive=source, types=None, lines_per_shard=64,
+        rows_per_group=50, show_progress=False,
+    )
+    local = run(config, [])
+    on_flink = run(replace(config, output=tmp_path / "flink"), flink)
+
+    def rows(folder: Path) -> Counter[str]:
+        table = ds.dataset(folder, format="parquet", partitioning="hive").to_table()
+        return Counter(json.dumps(r, sort_keys=True, default=str) for r in table.to_pylist())
+
+    assert on_flink.rows == local.rows
+    assert sum(local.rows.values()) > 500
+    assert rows(tmp_path / "flink") == rows(tmp_path / "local")
