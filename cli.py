@@ -265,7 +265,7 @@ def convert(
     force: Annotated[bool, typer.Option("--force", help="Replace OUTPUT if it exists.")] = False,
     lines_per_shard: Annotated[
         int, typer.Option("--lines-per-shard", min=1, help="es_data lines per parallel work unit.")
-    ] = 50_000,
+    ] = 10_000,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary (or dry-run report) as JSON.")] = False,
 ) -> None:
     """Upgrade a snapshot archive to a newer format (3.2 -> 3.3 -> 3.4), archive to archive.

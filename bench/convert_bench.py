@@ -1,7 +1,7 @@
 """Convert throughput against a plain single-process loop, and convert's peak memory.
 
 Usage:
-    .venv/bin/python -m bench.convert_bench speed  [--documents 300000] [--lines-per-shard 50000]
+    .venv/bin/python -m bench.convert_bench speed  [--documents 300000] [--lines-per-shard 10000]
     .venv/bin/python -m bench.convert_bench memory [--small 50000] [--large 500000]
 
 `speed` generates a 3.2 archive (pipelines.sample) and converts it to 3.4 three ways in the same
@@ -152,7 +152,7 @@ def main() -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     p_speed = sub.add_parser("speed", help="docs/s: plain loop vs Beam with 1 and 2 workers")
     p_speed.add_argument("--documents", type=int, default=300_000)
-    p_speed.add_argument("--lines-per-shard", type=int, default=50_000)
+    p_speed.add_argument("--lines-per-shard", type=int, default=10_000)
     p_speed.add_argument("--check", action="store_true", help="also validate the last output")
     p_mem = sub.add_parser("memory", help="peak RSS of convert for a small and a large archive")
     p_mem.add_argument("--small", type=int, default=50_000)
