@@ -200,7 +200,9 @@ def _first_source(client: SearchClient, doc_type: str) -> Doc | None:
     try:
         hit = next(scan, None)
     finally:
-        scan.close()
+        close = getattr(scan, "close", None)
+        if close is not None:  # a generator: closing it clears the scroll
+            close()
     return None if hit is None else hit["_source"]
 
 

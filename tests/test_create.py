@@ -43,9 +43,12 @@ from transforms.agents import (
     DeploymentFact,
     InstanceFact,
     NodeFact,
+    agent_facts,
     agent_v32,
     agent_v33,
+    decode_fact,
     deployment_agents,
+    encode_fact,
 )
 from transforms.read_manager import is_excluded, list_file_tree
 
@@ -165,6 +168,31 @@ def test_deployment_agents_lists_compute_instances_only_and_empty_deployments() 
     }
     assert deployment_agents([DeploymentFact()], DEFAULTS_33) == {}
     assert deployment_agents([NODE], DEFAULTS_33) is None  # no such deployment
+
+
+def test_agent_facts_are_small_projections_of_hosts_only() -> None:
+    instance = {
+        "id": "vm_1",
+        "node_id": "vm",
+        "deployment_id": "d",
+        "host_id": "vm_1",
+        "state": "started",
+        "runtime_properties": {
+            "ip": "1.1.1.1",
+            "other": "x" * 100,
+            "cloudify_agent": {"name": "vm_1"},
+        },
+    }
+    hosted = {**instance, "id": "app_1", "node_id": "app", "host_id": "vm_1"}
+
+    def hit(t: str, doc: dict[str, Any]) -> dict[str, Any]:
+        return {"_index": STORAGE_INDEX, "_type": t, "_id": doc["id"], "_source": doc}
+
+    facts = list(agent_facts(hit("node_instance", instance)))
+    assert facts == [("d", InstanceFact("vm_1", "vm", "started", {"name": "vm_1"}, "1.1.1.1"))]
+    assert list(agent_facts(hit("node_instance", hosted))) == []
+    for _, fact in facts + [("d", NODE), ("d", DeploymentFact())]:
+        assert decode_fact(encode_fact(fact)) == fact
 
 
 def test_is_excluded_drops_context_snapshots_and_own_execution_only() -> None:

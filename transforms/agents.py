@@ -44,6 +44,8 @@ __all__ = [
     "WINDOWS_TYPE",
     "agent_defaults",
     "agent_facts",
+    "encode_fact",
+    "decode_fact",
     "agent_v33",
     "agent_v32",
     "deployment_agents",
@@ -90,8 +92,38 @@ class InstanceFact:
 Fact = DeploymentFact | NodeFact | InstanceFact
 
 
+EncodedFact = tuple[Any, ...]
+"""A fact as shuffled: a tuple of primitives (dicts as JSON text), ~5x smaller than a pickle."""
+
+
+def encode_fact(fact: Fact) -> EncodedFact:
+    if isinstance(fact, DeploymentFact):
+        return ("d",)
+    if isinstance(fact, NodeFact):
+        return ("n", fact.node_id, fact.windows, json.dumps(fact.agent_properties), fact.ip)
+    agent = None if fact.runtime_agent is None else json.dumps(fact.runtime_agent)
+    return ("i", fact.instance_id, fact.node_id, fact.state, agent, fact.ip)
+
+
+def decode_fact(encoded: EncodedFact) -> Fact:
+    kind = encoded[0]
+    if kind == "d":
+        return DeploymentFact()
+    if kind == "n":
+        _, node_id, windows, props, ip = encoded
+        return NodeFact(node_id, windows, json.loads(props), ip)
+    _, instance_id, node_id, state, agent, ip = encoded
+    return InstanceFact(
+        instance_id, node_id, state, None if agent is None else json.loads(agent), ip
+    )
+
+
 def agent_facts(hit: Hit) -> Iterator[tuple[str, Fact]]:
-    """(deployment id, fact) of one hit: deployments, Compute nodes and node instances only."""
+    """(deployment id, fact) of one hit: deployments, Compute nodes and the instances of hosts.
+
+    Only host instances (`host_id` is the instance's own id: Cloudify makes every instance of a
+    Compute node its own host, and only those) can be in agents.json, so only they are kept.
+    """
     if hit.get("_index") != STORAGE_INDEX:
         return
     doc: Doc = hit.get("_source") or {}
@@ -108,12 +140,15 @@ def agent_facts(hit: Hit) -> Iterator[tuple[str, Fact]]:
             NodeFact(str(doc.get("id")), WINDOWS_TYPE in hierarchy, agent, props.get("ip")),
         )
     elif doc_type == "node_instance":
+        instance_id = str(doc.get("id", hit["_id"]))
+        if doc.get("host_id") != instance_id:
+            return
         runtime = doc.get("runtime_properties") or {}
         agent = runtime.get("cloudify_agent")
         yield (
             str(doc.get("deployment_id")),
             InstanceFact(
-                str(doc.get("id", hit["_id"])),
+                instance_id,
                 str(doc.get("node_id")),
                 str(doc.get("state")),
                 agent if isinstance(agent, dict) else None,
@@ -246,7 +281,7 @@ class _WriteFragmentsFn(beam.DoFn):
     def finish_bundle(self) -> Iterator[WindowedValue]:
         if self._out is not None:
             self._out.close()
-            yield WindowedValue(self._path, MIN_TIMESTAMP, [GlobalWindow()])
+            yield WindowedValue(self._path, MIN_TIMESTAMP, (GlobalWindow(),))
 
 
 class _AssembleAgentsFn(beam.DoFn):
@@ -290,7 +325,8 @@ class BuildAgentsJson(beam.PTransform):
         defaults = self._defaults
         deployment_to_facts = (
             hits
-            | "ProjectAgentFacts" >> beam.FlatMap(agent_facts)
+            | "ProjectAgentFacts"
+            >> beam.FlatMap(lambda hit: ((d, encode_fact(f)) for d, f in agent_facts(hit)))
             | "GroupByDeployment" >> beam.GroupByKey()
         )
         fragment_files = (
@@ -299,7 +335,7 @@ class BuildAgentsJson(beam.PTransform):
             >> beam.FlatMap(
                 lambda kv: (
                     [agents_fragment(kv[0], value)]
-                    if (value := deployment_agents(kv[1], defaults)) is not None
+                    if (value := deployment_agents(map(decode_fact, kv[1]), defaults)) is not None
                     else []
                 )
             )
