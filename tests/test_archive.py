@@ -194,6 +194,17 @@ def test_writer_refuses_unsafe_names(tmp_path: Path) -> None:
     assert not (tmp_path / "x.zip").exists()
 
 
+def test_credentials_members_are_owner_only(tmp_path: Path) -> None:
+    out = tmp_path / "k.zip"
+    with SnapshotWriter(out) as w:
+        w.write_bytes("snapshot-credentials/dep1_vm/agent_key", b"-----BEGIN FAKE KEY-----\n")
+        w.write_bytes("blueprints/bp1/blueprint.yaml", b"x: 1\n")
+    with zipfile.ZipFile(out) as zf:
+        modes = {i.filename: (i.external_attr >> 16) & 0o777 for i in zf.infolist()}
+    assert modes["snapshot-credentials/dep1_vm/agent_key"] == 0o600
+    assert modes["blueprints/bp1/blueprint.yaml"] == 0o644
+
+
 def test_safe_target_path(tmp_path: Path) -> None:
     assert safe_target_path(tmp_path, "blueprints/a/b.yaml") == (tmp_path / "blueprints/a/b.yaml").resolve()
     for bad in ("../x", "/etc/passwd", "a/../../x"):

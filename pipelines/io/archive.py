@@ -308,7 +308,9 @@ class SnapshotWriter:
         info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
         info.compress_type = zipfile.ZIP_DEFLATED
         info._compresslevel = self._compresslevel  # type: ignore[attr-defined]  # honoured by ZipFile.open
-        info.external_attr = 0o644 << 16
+        # agent keys keep owner-only permissions inside the archive too
+        mode = 0o600 if name.startswith(CREDENTIALS_PREFIX) else 0o644
+        info.external_attr = (stat.S_IFREG | mode) << 16
         target = self._zip.open(info, "w", force_zip64=True)
         self._open = name
 
