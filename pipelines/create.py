@@ -49,7 +49,7 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import DirectOptions
 
 from pipelines.errors import CfysnapError, JobFailed, SearchServerError, StoreError
-from pipelines.io.archive import METADATA, SnapshotReader, safe_target_path
+from pipelines.io.archive import METADATA, SnapshotReader
 from pipelines.io.search import Layout, SearchClient
 from pipelines.model import (
     EVENT_TYPES,
@@ -63,6 +63,7 @@ from pipelines.model import (
 )
 from pipelines.options import beam_options
 from pipelines.progress import Progress
+from pipelines.store import SnapshotStore, Status, archive_path
 from transforms.agents import AgentDefaults, BuildAgentsJson, agent_defaults
 from transforms.read_manager import (
     DROPPED_NAMESPACE,
@@ -83,8 +84,6 @@ __all__ = [
     "detect_version",
     "inspect_source",
     "file_folders",
-    "snapshot_archive_path",
-    "set_snapshot_status",
     "set_execution_status",
     "start_snapshot",
     "SNAPSHOTS_FOLDER",
@@ -283,27 +282,9 @@ def _expected_counts(client: SearchClient, sources: Sequence[Source]) -> Counts:
 
 
 # ------------------------------------------------------------------------------ the store
-def snapshot_archive_path(fs_root: Path, snapshot_id: str) -> Path:
-    """`<fs_root>/snapshots/<id>/<id>.zip` (§1); UnsafePath if the id would escape the root."""
-    if not snapshot_id or "/" in snapshot_id or snapshot_id in (".", ".."):
-        from pipelines.errors import UnsafePath
-
-        raise UnsafePath(snapshot_id or "''", "not a valid snapshot id")
-    return safe_target_path(Path(fs_root), f"{SNAPSHOTS_FOLDER}/{snapshot_id}/{snapshot_id}.zip")
-
-
 def _now() -> str:
     """`str(datetime.now())` as the REST service stores it (UTC here)."""
     return str(datetime.now(UTC).replace(tzinfo=None))
-
-
-def set_snapshot_status(
-    client: SearchClient, snapshot_id: str, status: str, error: str = ""
-) -> None:
-    """PATCH /snapshots/<id> as the workflow does (§7.1): `status` and `error`."""
-    client.update_fields(
-        STORAGE_INDEX, "snapshot", snapshot_id, {"status": status, "error": error}, refresh=True
-    )
 
 
 def set_execution_status(
@@ -349,7 +330,9 @@ def start_snapshot(client: SearchClient, config: CreateConfig, version: Version)
     assert snapshot_id is not None
     if version == Version.V3_2:
         raise StoreError(snapshot_id, "3.2 managers have no snapshot store; use --output")
-    if client.get(STORAGE_INDEX, "snapshot", snapshot_id) is not None:
+    store = SnapshotStore(client, config.fs_root)
+    store.reap_stale()  # a crashed earlier create must not stay `creating` forever
+    if store.get(snapshot_id) is not None:
         raise StoreError(snapshot_id, "already exists")
     active = client.count(
         STORAGE_INDEX, "execution", {"terms": {"status": list(ACTIVE_EXECUTION_STATUSES)}}
@@ -380,6 +363,7 @@ def start_snapshot(client: SearchClient, config: CreateConfig, version: Version)
         {"_index": STORAGE_INDEX, "_type": "execution", "_id": execution_id, "_source": execution},
     ]
     client.bulk(hits, op_type="create", refresh=True).raise_on_failure()
+    store.claim(snapshot_id)  # the creator marker lets the next command reap a crashed create
     return execution_id
 
 
@@ -404,7 +388,7 @@ def _record_failure(config: CreateConfig, execution_id: str | None, error: str) 
     with SearchClient(config.es_url, layout=config.layout, max_retries=0, timeout=10) as client:
 
         def mark() -> None:
-            set_snapshot_status(client, config.snapshot_id or "", "failed", error)
+            SnapshotStore(client, config.fs_root).mark(config.snapshot_id or "", Status.FAILED, error)
             if execution_id:
                 set_execution_status(client, execution_id, "failed", error)
 
@@ -421,7 +405,7 @@ def run(config: CreateConfig, beam_args: Sequence[str] = ()) -> CreateSummary:
     """
     started = time.monotonic()
     output = (
-        snapshot_archive_path(config.fs_root, config.snapshot_id)
+        archive_path(config.fs_root, config.snapshot_id)
         if config.snapshot_id
         else Path(config.output or "").absolute()
     )
@@ -446,7 +430,7 @@ def run(config: CreateConfig, beam_args: Sequence[str] = ()) -> CreateSummary:
                 raise
             raise error from None
         if config.snapshot_id and execution_id:
-            set_snapshot_status(client, config.snapshot_id, "created")
+            SnapshotStore(client, config.fs_root).mark(config.snapshot_id, Status.CREATED)
             set_execution_status(client, execution_id, "terminated")
     return summary
 

@@ -185,6 +185,12 @@ class Transfer:
     sha256: str
 
 
+def archive_path(fs_root: Path | str, snapshot_id: str) -> Path:
+    """`<fs_root>/snapshots/<id>/<id>.zip` (§1), refusing ids that would escape the store."""
+    check_snapshot_id(snapshot_id)
+    return safe_target_path(Path(fs_root), f"{SNAPSHOTS_FOLDER}/{snapshot_id}/{snapshot_id}.zip")
+
+
 class SnapshotStore:
     """Snapshot documents in `client`'s server plus archives under `fs_root/snapshots/`.
 
@@ -218,8 +224,7 @@ class SnapshotStore:
 
     def path(self, snapshot_id: str) -> Path:
         """`<fs_root>/snapshots/<id>/<id>.zip` (§1)."""
-        check_snapshot_id(snapshot_id)
-        return safe_target_path(self.fs_root, f"{SNAPSHOTS_FOLDER}/{snapshot_id}/{snapshot_id}.zip")
+        return archive_path(self.fs_root, snapshot_id)
 
     def marker_path(self, snapshot_id: str) -> Path:
         return self.folder(snapshot_id) / MARKER

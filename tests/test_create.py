@@ -21,7 +21,6 @@ from pipelines.create import (
     CreateConfig,
     _reconcile,
     run,
-    snapshot_archive_path,
 )
 from pipelines.errors import JobFailed, StoreError, UnsafePath
 from pipelines.io.archive import SnapshotReader
@@ -36,6 +35,7 @@ from pipelines.sample.generate import (
     snapshot_hits,
 )
 from pipelines.sample.load import load_manager
+from pipelines.store import archive_path
 from pipelines.validate import validate_archive
 from tests.conftest import SEARCH_SERVER, wipe
 from transforms.agents import (
@@ -229,10 +229,10 @@ def test_file_tree_refuses_links_leaving_the_root(tmp_path: Path) -> None:
 
 
 def test_snapshot_archive_path_stays_in_the_store(tmp_path: Path) -> None:
-    assert snapshot_archive_path(tmp_path, "s1") == (tmp_path / "snapshots/s1/s1.zip").resolve()
+    assert archive_path(tmp_path, "s1") == (tmp_path / "snapshots/s1/s1.zip").resolve()
     for bad in ("../x", "a/b", "..", ""):
-        with pytest.raises(UnsafePath):
-            snapshot_archive_path(tmp_path, bad)
+        with pytest.raises(StoreError):
+            archive_path(tmp_path, bad)
 
 
 # ------------------------------------------------------------------------ real server: create
