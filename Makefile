@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 ES_PORT ?= 9200
-ES_PORT_B ?= 9210
+DEMO_PORTS ?= 9220 9221
 DEMO := demo-out
 
 .PHONY: venv server server-stop demo test test-distributed lint bench clean
@@ -25,8 +25,8 @@ server:
 server-stop:
 	scripts/search-server stop --port $(ES_PORT)
 
-demo: venv server
-	bash scripts/demo $(ES_PORT) $(ES_PORT_B)
+demo: venv
+	bash scripts/demo $(DEMO_PORTS)
 
 test: venv server
 	CFYSNAP_ES_URL=$$(scripts/search-server url --port $(ES_PORT)) $(VENV)/bin/pytest -q
