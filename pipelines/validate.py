@@ -34,7 +34,7 @@ from pipelines.io.archive import (
     parse_hit,
     unsafe_member_reason,
 )
-from pipelines.model import parse_version
+from pipelines.model import Hit, parse_version
 
 __all__ = ["Problem", "validate_archive", "MAX_PROBLEMS"]
 
@@ -90,16 +90,25 @@ class _DuplicateFinder:
 
 
 def validate_archive(
-    path: str | Path, *, on_line: Callable[[int], None] | None = None
+    path: str | Path,
+    *,
+    on_line: Callable[[int], None] | None = None,
+    on_hit: Callable[[int, Hit], None] | None = None,
 ) -> list[Problem]:
     """Every problem found in the archive at `path` (empty list: valid). Never raises for bad input.
 
-    `on_line(n)` is called every 10,000 es_data lines (progress).
+    `on_line(n)` is called every 10,000 es_data lines (progress). `on_hit(lineno, hit)` is called
+    with every es_data line that parses, so a caller can gather its own facts in the same pass
+    (meaningful only when the result is empty).
     """
-    return list(_problems(Path(path), on_line))
+    return list(_problems(Path(path), on_line, on_hit))
 
 
-def _problems(path: Path, on_line: Callable[[int], None] | None) -> Iterator[Problem]:
+def _problems(
+    path: Path,
+    on_line: Callable[[int], None] | None,
+    on_hit: Callable[[int, Hit], None] | None = None,
+) -> Iterator[Problem]:
     try:
         snap = SnapshotReader(path)
     except CorruptArchive as exc:
@@ -107,7 +116,7 @@ def _problems(path: Path, on_line: Callable[[int], None] | None) -> Iterator[Pro
         return
     with snap:
         count = 0
-        for problem in _check_archive(snap, on_line):
+        for problem in _check_archive(snap, on_line, on_hit):
             count += 1
             if count > MAX_PROBLEMS:
                 yield Problem(str(path), None, f"more than {MAX_PROBLEMS} problems; stopped listing")
@@ -115,7 +124,11 @@ def _problems(path: Path, on_line: Callable[[int], None] | None) -> Iterator[Pro
             yield problem
 
 
-def _check_archive(snap: SnapshotReader, on_line: Callable[[int], None] | None) -> Iterator[Problem]:
+def _check_archive(
+    snap: SnapshotReader,
+    on_line: Callable[[int], None] | None,
+    on_hit: Callable[[int, Hit], None] | None = None,
+) -> Iterator[Problem]:
     infos = snap.infos()
     seen_names: set[str] = set()
     for info in infos:
@@ -150,7 +163,7 @@ def _check_archive(snap: SnapshotReader, on_line: Callable[[int], None] | None) 
     if not snap.has(ES_DATA):
         yield Problem(ES_DATA, None, "es_data is missing")
     else:
-        yield from _check_es_data(snap, digests, on_line)
+        yield from _check_es_data(snap, digests, on_line, on_hit)
 
     if manifest is not None:
         yield from _check_manifest(manifest, digests, infos)
@@ -198,6 +211,7 @@ def _check_es_data(
     snap: SnapshotReader,
     digests: dict[str, tuple[int, str]],
     on_line: Callable[[int], None] | None,
+    on_hit: Callable[[int, Hit], None] | None = None,
 ) -> Iterator[Problem]:
     sha, size, lines = hashlib.sha256(), 0, 0
     with tempfile.TemporaryDirectory(prefix="cfysnap-validate-") as tmp:
@@ -218,6 +232,8 @@ def _check_es_data(
                         yield Problem(ES_DATA, lineno, exc.reason)
                         continue
                     finder.add(_key_digest(hit["_index"], hit["_type"], hit["_id"]))
+                    if on_hit is not None:
+                        on_hit(lineno, hit)
         except (zipfile.BadZipFile, EOFError, OSError) as exc:
             yield Problem(ES_DATA, lines + 1 if lines else None, f"cannot be read to the end ({exc})")
             return
