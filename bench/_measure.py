@@ -32,6 +32,6 @@ def peak_rss_mb(argv: Sequence[str], env: dict[str, str] | None = None) -> tuple
         os._exit(0)
     os.close(write_fd)
     with os.fdopen(read_fd) as pipe:
-        peak_kb, seconds, rc = pipe.read().split()
+        fields = pipe.read().split()
     os.waitpid(pid, 0)
-    return int(peak_kb) / 1024, float(seconds), int(rc)
+    return int(fields[0]) / 1024, float(fields[1]), int(fields[2])

@@ -258,7 +258,7 @@ class _WriteParquetPartsFn(beam.DoFn):
         while self._open:
             self._close(*self._open.popitem(last=False))
         for part in self._done:
-            yield WindowedValue(part, MIN_TIMESTAMP, [GlobalWindow()])
+            yield WindowedValue(part, MIN_TIMESTAMP, (GlobalWindow(),))
 
 
 class WriteParquetParts(beam.PTransform):
