@@ -99,7 +99,7 @@ def beam_convert(source: Path, output: Path, lines_per_shard: int, *beam_args: s
 def speed(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory(prefix="cfysnap-convert-bench-") as tmp:
         work = Path(tmp)
-        source = work / "in-3.2.zip"
+        source = args.archive or work / "in-3.2.zip"
         t0 = time.monotonic()
         docs = generate(source, args.documents)
         print(f"generated {docs:,} documents (3.2) in {time.monotonic() - t0:.1f} s; "
@@ -154,6 +154,9 @@ def main() -> None:
     p_speed.add_argument("--documents", type=int, default=300_000)
     p_speed.add_argument("--lines-per-shard", type=int, default=10_000)
     p_speed.add_argument("--check", action="store_true", help="also validate the last output")
+    p_speed.add_argument(
+        "--archive", type=Path, help="the 3.2 source archive: generated there when missing, kept (reused across runs)"
+    )
     p_mem = sub.add_parser("memory", help="peak RSS of convert for a small and a large archive")
     p_mem.add_argument("--small", type=int, default=50_000)
     p_mem.add_argument("--large", type=int, default=500_000)

@@ -2,8 +2,8 @@
 
     validate ─▶ plan(source version, target) ─▶ Beam pipeline ─▶ reconcile counts ─▶ rename into place
 
-    archive ─SplitEsDataIntoShards─▶ Shard ─ReadShards─▶ hits ─UpgradeDocuments(steps)─▶ hits
-            ─WriteShards─▶ ShardInfo ─DeduplicateByKey─▶ ShardInfo ─┐
+    archive ─SplitEsDataIntoShards─▶ Shard ─UpgradeShards(steps)─▶ ShardInfo + key digests
+            ─DeduplicateShards─▶ ShardInfo ─────────────────────────┐
     other members (metadata.json and agents.json upgraded, the rest  ├─WriteSnapshotArchive─▶ archive
     carried over byte for byte, manifest.json rebuilt) ──────────────┘
 
@@ -51,16 +51,14 @@ from pipelines.validate import validate_archive
 from transforms.shards import (
     LINES_PER_SHARD,
     ArchiveMember,
-    ReadShards,
     ShardInfo,
     SplitEsDataIntoShards,
-    WriteShards,
     WriteSnapshotArchive,
 )
 from transforms.upgrade import (
     COUNTER_NAMESPACE,
-    DeduplicateByKey,
-    UpgradeDocuments,
+    DeduplicateShards,
+    UpgradeShards,
     key_digest,
 )
 from transforms.versions import Step, describe, plan, step_changes, upgrade_agents, upgrade_metadata
@@ -242,8 +240,8 @@ class DryRunReport:
 class ConvertEsData(beam.PTransform):
     """archive path → `ShardInfo`s of its upgraded es_data, each (index, type, id) once.
 
-    Only shard paths, small `ShardInfo`s and key digests cross a shuffle; documents stay within
-    one fused stage from reading to their staged output file.
+    Only shard paths, small `ShardInfo`s and packed key digests cross a shuffle, and documents
+    are never Beam elements: each shard is read, upgraded and written by one DoFn call.
     """
 
     def __init__(self, staging: str, steps: Sequence[Step], lines_per_shard: int = LINES_PER_SHARD) -> None:
@@ -252,10 +250,10 @@ class ConvertEsData(beam.PTransform):
 
     def expand(self, archive_paths: beam.PCollection[str]) -> beam.PCollection[ShardInfo]:
         shards = archive_paths | "SplitEsDataIntoShards" >> SplitEsDataIntoShards(self._staging, self._lines)
-        hits = shards | "ReadShards" >> ReadShards()
-        upgraded_hits = hits | "UpgradeDocuments" >> UpgradeDocuments(self._steps)
-        upgraded_shards = upgraded_hits | "WriteShards" >> WriteShards(self._staging, "upgraded")
-        return (upgraded_hits, upgraded_shards) | "DeduplicateByKey" >> DeduplicateByKey(self._staging)
+        upgraded = shards | "UpgradeShards" >> UpgradeShards(self._staging, self._steps)
+        return (upgraded.key_digests, upgraded.shard_infos) | "DeduplicateShards" >> DeduplicateShards(
+            self._staging
+        )
 
 
 # ---------------------------------------------------------------------------------- members

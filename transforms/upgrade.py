@@ -1,21 +1,27 @@
 """Upgrade es_data documents through version steps and drop the duplicates that may create.
 
-    shards ─ReadShards─▶ hits ─UpgradeDocuments(steps)─▶ upgraded hits ─WriteShards─▶ ShardInfo
-                                        │                                               │
-                                        └──────────── DeduplicateByKey ◀────────────────┘
-                                                           │
-                                                           ▼
-                                          ShardInfo (each (index, type, id) once)
+    Shard ─UpgradeShards(steps)─▶ ShardInfo (one upgraded file per shard) ─┐
+                       └──────▶ key digests (packed, per bucket) ─────────┴─DeduplicateShards─▶
+                                                       ShardInfo (each (index, type, id) once)
 
-`UpgradeDocuments` applies the pure step functions of `transforms.versions` to every hit.
+`UpgradeShards` is the convert hot path: one DoFn call per staged shard reads its lines, applies
+the pure step functions of `transforms.versions` (`upgraded_line`) and writes the upgraded shard
+file itself. Documents never become Beam elements: Beam's per-element cost on the FnApiRunner
+(~10 µs for each of read, upgrade, write, digest) was more than the work itself. It emits only a
+`ShardInfo` and the 8-byte key digests of the shard, packed. A line no step changes is written
+as it was read, byte for byte; a changed line is `json.dumps` of the upgraded hit (see
+`upgraded_line`).
 
-`DeduplicateByKey` never moves whole documents through a shuffle (STYLE principle 12). Upgrading
+`UpgradeDocuments` (hits → hits) and `DeduplicateByKey` (hits and their staged shards) are the
+same steps for pipelines whose documents already are elements.
+
+Deduplication never moves whole documents through a shuffle (STYLE principle 12). Upgrading
 can make two hits share a key: 3.2's `cloudify_events` hits move to `logstash-<day>`, where a hit
 with the same `_type` and `_id` may already live. So:
 
-1. `FindDuplicatedKeys`: every upgraded hit gives an 8-byte digest of its (index, type, id);
-   digests are packed per bundle into byte blobs per bucket, grouped by bucket, sorted (numpy) and
-   the digests seen twice come out: the (usually empty) duplicated set. Shuffle cost: 8 bytes a
+1. `FindRepeatedDigests`: every upgraded hit gives an 8-byte digest of its (index, type, id);
+   digests are packed into byte blobs per bucket, grouped by bucket, sorted (numpy) and the
+   digests seen twice come out: the (usually empty) duplicated set. Shuffle cost: 8 bytes a
    document.
 2. `DropDuplicatedLines`: the set is a side input of a pass over the staged `ShardInfo`s (file
    paths, not documents). When it is empty every shard goes straight through, untouched. Otherwise
@@ -38,7 +44,7 @@ import uuid
 from array import array
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import apache_beam as beam
 import numpy as np
@@ -47,15 +53,22 @@ from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.timestamp import MIN_TIMESTAMP
 from apache_beam.utils.windowed_value import WindowedValue
 
-from pipelines.io.archive import parse_hit
+from pipelines import progress
+from pipelines.errors import CorruptArchive
+from pipelines.io.archive import ES_DATA, dump_hit, parse_hit
 from pipelines.model import Hit, HitKey, hit_key
-from transforms.shards import ShardInfo
+from transforms.shards import Shard, ShardInfo
 from transforms.versions import Step, upgrade_hit
 
 __all__ = [
+    "UpgradeShards",
+    "UpgradedShards",
+    "DeduplicateShards",
     "UpgradeDocuments",
     "DeduplicateByKey",
     "FindDuplicatedKeys",
+    "FindRepeatedDigests",
+    "upgraded_line",
     "key_digest",
     "repeated_digests",
     "keep_one",
@@ -69,6 +82,8 @@ _DIGEST_FLUSH = 1 << 16
 
 DuplicateLine = tuple[HitKey, bytes]
 """A staged es_data line (with its newline) whose key is duplicated, keyed by that key."""
+DigestBlob = tuple[int, bytes]
+"""(bucket, packed little-endian int64 key digests): how key digests travel between workers."""
 
 
 def key_digest(key: HitKey) -> int:
@@ -102,6 +117,113 @@ def keep_one(lines: Iterable[bytes]) -> tuple[bytes, int, int]:
     return kept, len(forms) - 1, differing
 
 
+def _steps_chain(steps: Sequence[Step]) -> tuple[Step, ...]:
+    steps = tuple(steps)
+    for earlier, later in zip(steps, steps[1:], strict=False):
+        if earlier.target is not later.source:
+            raise ValueError(f"steps do not chain: {earlier.name} then {later.name}")
+    return steps
+
+
+def upgraded_line(line: bytes, lineno: int | None, steps: Sequence[Step]) -> tuple[bytes, HitKey, bool]:
+    """One es_data line (no newline) → (the upgraded line, its key, whether a step changed it).
+
+    A hit no step changes keeps its line byte for byte; a changed hit is written as `dump_hit`.
+    Pure. Raises `CorruptArchive` naming `lineno` for a line that is not a hit, or that a step
+    refuses (an event with no usable time).
+    """
+    hit = parse_hit(line, lineno)
+    try:
+        upgraded = upgrade_hit(hit, steps)
+    except CorruptArchive as exc:
+        raise CorruptArchive(ES_DATA, lineno, exc.reason) from None
+    if upgraded is hit:
+        return line, hit_key(hit), False
+    return dump_hit(upgraded).encode(), hit_key(upgraded), True
+
+
+def _digest_blobs(digests: array) -> Iterator[DigestBlob]:
+    """Packed digests split into their buckets (`digest % DIGEST_BUCKETS`), non-empty ones only."""
+    values = np.frombuffer(digests, dtype=np.int64) if digests else np.empty(0, np.int64)
+    buckets = values % DIGEST_BUCKETS  # numpy's % is non-negative for a positive divisor, as Python's
+    for bucket in range(DIGEST_BUCKETS):
+        selected = values[buckets == bucket]
+        if len(selected):
+            yield bucket, selected.astype("<i8").tobytes()
+
+
+# ------------------------------------------------------------------------- upgrade shards
+class _UpgradeShardFn(beam.DoFn):
+    """Shard → its upgraded file's ShardInfo (main output) and its key digests ("digests")."""
+
+    DIGESTS = "digests"
+    _REPORT_EVERY = 5_000
+
+    def __init__(self, staging: str, steps: Sequence[Step]) -> None:
+        self._staging, self._steps = staging, tuple(steps)
+        self._read = beam.metrics.Metrics.counter(COUNTER_NAMESPACE, "documents_read")
+        self._changed = beam.metrics.Metrics.counter(COUNTER_NAMESPACE, "documents_changed")
+        self._written = beam.metrics.Metrics.counter(COUNTER_NAMESPACE, "documents_written")
+
+    def process(self, shard: Shard) -> Iterator[Any]:
+        path = FileSystems.join(self._staging, f"upgraded-{uuid.uuid4().hex}.jsonl")
+        steps, first = self._steps, shard.first_line
+        counts: Counter[tuple[str, str]] = Counter()
+        digests = array("q")
+        written = changed = nbytes = reported = reported_bytes = 0
+        with FileSystems.open(shard.path) as src, FileSystems.create(path) as out:
+            for offset, raw in enumerate(src):
+                line = raw.rstrip(b"\r\n")
+                if not line.strip():
+                    continue
+                new, key, was_changed = upgraded_line(line, first + offset, steps)
+                out.write(new + b"\n")
+                counts[(key[0], key[1])] += 1
+                digests.append(key_digest(key))
+                changed += was_changed
+                written += 1
+                nbytes += len(new) + 1
+                if written - reported >= self._REPORT_EVERY:
+                    progress.report(written - reported, nbytes - reported_bytes)
+                    reported, reported_bytes = written, nbytes
+        progress.report(written - reported, nbytes - reported_bytes)
+        self._read.inc(written)
+        self._changed.inc(changed)
+        self._written.inc(written)
+        yield ShardInfo(path, tuple(sorted(counts.items())), nbytes)
+        for blob in _digest_blobs(digests):
+            yield beam.pvalue.TaggedOutput(self.DIGESTS, blob)
+
+
+class UpgradedShards(NamedTuple):
+    """What `UpgradeShards` produces: the upgraded files and the key digests of their documents."""
+
+    shard_infos: beam.PCollection  # PCollection[ShardInfo]
+    key_digests: beam.PCollection  # PCollection[DigestBlob]
+
+
+class UpgradeShards(beam.PTransform):
+    """`Shard` → `UpgradedShards`: each staged shard upgraded by `steps` into a new file in
+    `staging`, in one DoFn call (see the module docstring).
+
+    Element shapes: in `Shard`; out `ShardInfo` (one per shard) and `DigestBlob`s. Memory: one
+    line plus 8 bytes per document of the shard. Counters: `documents_read`, `documents_changed`,
+    `documents_written`. A retried shard writes a new file (a fresh name), so nothing is doubled.
+    A bad line or an event that cannot be placed fails the job with `CorruptArchive` naming its
+    es_data line.
+    """
+
+    def __init__(self, staging: str, steps: Sequence[Step]) -> None:
+        super().__init__()
+        self._staging, self._steps = staging, _steps_chain(steps)
+
+    def expand(self, shards: beam.PCollection[Shard]) -> UpgradedShards:  # type: ignore[override]
+        outputs = shards | "UpgradeShardFiles" >> beam.ParDo(
+            _UpgradeShardFn(self._staging, self._steps)
+        ).with_outputs(_UpgradeShardFn.DIGESTS, main="shard_infos")
+        return UpgradedShards(outputs["shard_infos"], outputs[_UpgradeShardFn.DIGESTS])
+
+
 # ------------------------------------------------------------------------------ upgrade
 class _UpgradeFn(beam.DoFn):
     def __init__(self, steps: Sequence[Step]) -> None:
@@ -125,10 +247,7 @@ class UpgradeDocuments(beam.PTransform):
 
     def __init__(self, steps: Sequence[Step]) -> None:
         super().__init__()
-        self._steps = tuple(steps)
-        for earlier, later in zip(self._steps, self._steps[1:], strict=False):
-            if earlier.target is not later.source:
-                raise ValueError(f"steps do not chain: {earlier.name} then {later.name}")
+        self._steps = _steps_chain(steps)
 
     def expand(self, hits: beam.PCollection[Hit]) -> beam.PCollection[Hit]:
         if not self._steps:
@@ -167,6 +286,18 @@ class _DigestKeysFn(beam.DoFn):
             yield _windowed(blob)
 
 
+class FindRepeatedDigests(beam.PTransform):
+    """`DigestBlob`s → the digests that occur more than once (usually none). Only the packed
+    digests are shuffled: 8 bytes a document."""
+
+    def expand(self, digest_blobs: beam.PCollection[DigestBlob]) -> beam.PCollection[int]:
+        return (
+            digest_blobs
+            | "GroupDigestsByBucket" >> beam.GroupByKey()
+            | "RepeatedInBucket" >> beam.FlatMap(lambda bucket_blobs: repeated_digests(bucket_blobs[1]))
+        )
+
+
 class FindDuplicatedKeys(beam.PTransform):
     """hits → the digests (`key_digest`) of keys that occur more than once. Only digests are
     shuffled (8 bytes a hit, packed); the output is usually empty."""
@@ -175,8 +306,7 @@ class FindDuplicatedKeys(beam.PTransform):
         return (
             hits
             | "DigestKeys" >> beam.ParDo(_DigestKeysFn())
-            | "GroupDigestsByBucket" >> beam.GroupByKey()
-            | "FindRepeatedDigests" >> beam.FlatMap(lambda bucket_blobs: repeated_digests(bucket_blobs[1]))
+            | "FindRepeatedDigests" >> FindRepeatedDigests()
         )
 
 
@@ -253,13 +383,13 @@ class _WriteLinesFn(beam.DoFn):
             yield _windowed(ShardInfo(self._path, tuple(sorted(self._counts.items())), self._nbytes))
 
 
-class DeduplicateByKey(beam.PTransform):
-    """(hits, their staged `ShardInfo`s) → `ShardInfo`s in which each (index, type, id) occurs once.
+class DeduplicateShards(beam.PTransform):
+    """(`DigestBlob`s, staged `ShardInfo`s) → `ShardInfo`s in which each (index, type, id) occurs once.
 
-    `hits` are exactly the documents `shard_infos` hold (both from the same `WriteShards` input).
-    Documents never go through a shuffle unless their key is duplicated; see the module docstring.
-    Counters: `duplicates_dropped`, `duplicates_differing`. Idempotent: rewritten shards get new
-    file names, so a retried bundle cannot clobber another one's output.
+    The blobs are the key digests of exactly the documents `shard_infos` hold. Documents never go
+    through a shuffle unless their key is duplicated; see the module docstring. Counters:
+    `duplicates_dropped`, `duplicates_differing`. Idempotent: rewritten shards get new file
+    names, so a retried bundle cannot clobber another one's output.
     """
 
     def __init__(self, staging: str) -> None:
@@ -267,10 +397,10 @@ class DeduplicateByKey(beam.PTransform):
         self._staging = staging
 
     def expand(
-        self, inputs: tuple[beam.PCollection[Hit], beam.PCollection[ShardInfo]]
+        self, inputs: tuple[beam.PCollection[DigestBlob], beam.PCollection[ShardInfo]]
     ) -> beam.PCollection[ShardInfo]:
-        hits, shard_infos = inputs
-        duplicated_digests = hits | "FindDuplicatedKeys" >> FindDuplicatedKeys()
+        digest_blobs, shard_infos = inputs
+        duplicated_digests = digest_blobs | "FindRepeatedDigests" >> FindRepeatedDigests()
         split = shard_infos | "DropDuplicatedLines" >> beam.ParDo(
             _DropDuplicatedLinesFn(self._staging), beam.pvalue.AsList(duplicated_digests)
         ).with_outputs(_DropDuplicatedLinesFn.DUPLICATES, main="unique")
@@ -281,3 +411,22 @@ class DeduplicateByKey(beam.PTransform):
             | "WriteKeptDuplicates" >> beam.ParDo(_WriteLinesFn(self._staging))
         )
         return (split["unique"], kept_duplicates) | "AllUniqueShards" >> beam.Flatten()
+
+
+class DeduplicateByKey(beam.PTransform):
+    """(hits, their staged `ShardInfo`s) → `ShardInfo`s in which each (index, type, id) occurs once.
+
+    `hits` are exactly the documents `shard_infos` hold (both from the same `WriteShards` input):
+    their key digests, then `DeduplicateShards`.
+    """
+
+    def __init__(self, staging: str) -> None:
+        super().__init__()
+        self._staging = staging
+
+    def expand(
+        self, inputs: tuple[beam.PCollection[Hit], beam.PCollection[ShardInfo]]
+    ) -> beam.PCollection[ShardInfo]:
+        hits, shard_infos = inputs
+        digest_blobs = hits | "DigestKeys" >> beam.ParDo(_DigestKeysFn())
+        return (digest_blobs, shard_infos) | "DeduplicateShards" >> DeduplicateShards(self._staging)
