@@ -1,15 +1,16 @@
 """`restore`: load a snapshot archive into a target manager — checked first, resumable, never
 duplicating (issue 5; spec §3, §4, §6, §7.2, §9).
 
-    run(config) ─ check ─▶ validate archive · version gate · plan pass over es_data
-                           (expected counts, blueprint/deployment ids, event days)
+    run(config) ─ check ─▶ version gate · validate archive, gathering the plan in the same
+                           es_data pass (expected counts, blueprint/deployment ids, event days)
                            · dirty target? · clashing ids?            (nothing written yet)
                 ─ write ─▶ journal `started`, `checked`
                            files: each top-level child copied unless it exists (kept)
                            keys:  <credentials-dir>/<dep>_<node>/agent_key, 0600 in 0700
+                           indices: every target (index, type) created up front
                            documents (Beam):
-        archive ─SplitEsDataIntoShards─▶ Shard ─ReadNumberedShards─▶ (line, hit)
-                ─SkipLoadedLines─▶ ─UpgradeDocuments─▶ ─ApplyRestoreChanges(agents)─▶ ─BulkLoad─▶
+        archive ─SplitEsDataIntoShards─▶ Shard ─RestoreDocuments(agents)─▶ (line, restored hit)
+                (skip loaded lines · upgrade · restore changes, one fused step) ─BulkLoad─▶
                            reconcile: loaded (journal) == expected (plan pass), per (index, type)
                 ─ done ──▶ journal `agents`, `finished`; summary
 
@@ -30,7 +31,7 @@ import shutil
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,10 +73,7 @@ __all__ = [
     "default_journal_path",
     "restore_context",
     "RestoreContext",
-    "ReadNumberedShards",
-    "SkipLoadedLines",
-    "UpgradeDocuments",
-    "ApplyRestoreChanges",
+    "RestoreDocuments",
     "LoadDocuments",
     "check_target",
     "create_indices",
@@ -444,99 +442,73 @@ def write_keys(
 
 
 # ------------------------------------------------------------------------------- transforms
-class _ReadNumberedShardFn(beam.DoFn):
-    def process(self, shard: Shard) -> Iterator[NumberedHit]:
-        with FileSystems.open(shard.path) as f:
-            for offset, line in enumerate(f):
-                if line.strip():
-                    lineno = shard.first_line + offset
-                    yield lineno, parse_hit(line, lineno)
+class _RestoreShardFn(beam.DoFn):
+    """One shard → its `(line, restored hit)`s: parse, skip lines already loaded (journal),
+    version upgrade, the restore's own changes. One fused step: Beam's per-step cost is paid
+    once per shard, not four times per document."""
 
-
-class ReadNumberedShards(beam.PTransform):
-    """`Shard` → `(es_data line, hit)`: like `ReadShards`, keeping each hit's line number (the
-    journal records loaded batches by line)."""
-
-    def expand(self, shards: beam.PCollection[Shard]) -> beam.PCollection[NumberedHit]:
-        return shards | "ParseNumberedLines" >> beam.ParDo(_ReadNumberedShardFn())
-
-
-class _SkipLoadedFn(beam.DoFn):
-    def __init__(self, ranges: list[tuple[int, int]]) -> None:
-        self._starts = [a for a, _ in ranges]
-        self._ends = [b for _, b in ranges]
-
-    def process(self, element: NumberedHit) -> Iterator[NumberedHit]:
-        i = bisect.bisect_right(self._starts, element[0]) - 1
-        if i < 0 or element[0] > self._ends[i]:
-            yield element
-
-
-class SkipLoadedLines(beam.PTransform):
-    """Drop `(line, hit)` whose line is in an acknowledged batch of the journal (resume)."""
-
-    def __init__(self, ranges: list[tuple[int, int]]) -> None:
-        super().__init__()
-        self._ranges = sorted(ranges)
-
-    def expand(self, hits: beam.PCollection[NumberedHit]) -> beam.PCollection[NumberedHit]:
-        if not self._ranges:
-            return hits
-        return hits | "DropLoaded" >> beam.ParDo(_SkipLoadedFn(self._ranges))
-
-
-class _UpgradeFn(beam.DoFn):
-    def __init__(self, source: Version, target: Version) -> None:
-        self._source, self._target = source, target
+    def __init__(
+        self,
+        source: Version,
+        target: Version,
+        key_paths: dict[str, str],
+        loaded: list[tuple[int, int]],
+    ) -> None:
+        self._source, self._target, self._key_paths = source, target, key_paths
+        self._starts = [a for a, _ in loaded]
+        self._ends = [b for _, b in loaded]
+        self._read = beam.metrics.Metrics.counter("cfysnap", "documents_read")
 
     def setup(self) -> None:
         self._steps = plan(self._source, self._target)
 
-    def process(self, element: NumberedHit) -> Iterator[NumberedHit]:
-        line, hit = element
-        try:
-            yield line, upgrade_hit(hit, self._steps)
-        except CorruptArchive as exc:
-            raise CorruptArchive(exc.member, line, exc.reason) from None
-
-
-class UpgradeDocuments(beam.PTransform):
-    """`(line, hit)` → `(line, upgraded hit)` by the version chain from `source` to `target`."""
-
-    def __init__(self, source: Version, target: Version) -> None:
-        super().__init__()
-        plan(source, target)  # bad versions fail here, not mid-pipeline
-        self._source, self._target = source, target
-
-    def expand(self, hits: beam.PCollection[NumberedHit]) -> beam.PCollection[NumberedHit]:
-        return hits | "UpgradeHit" >> beam.ParDo(_UpgradeFn(self._source, self._target))
-
-
-class _RestoreChangesFn(beam.DoFn):
-    def __init__(self, key_paths: dict[str, str]) -> None:
-        self._key_paths = key_paths
+    def _loaded(self, line: int) -> bool:
+        i = bisect.bisect_right(self._starts, line) - 1
+        return i >= 0 and line <= self._ends[i]
 
     def process(
-        self, element: NumberedHit, agents: dict[str, tuple[str, Agent]]
+        self, shard: Shard, agents: dict[str, tuple[str, Agent]]
     ) -> Iterator[NumberedHit]:
-        line, hit = element
-        try:
-            yield line, restore_hit(hit, key_paths=self._key_paths, agents=agents)
-        except CorruptArchive as exc:
-            raise CorruptArchive(exc.member, line, exc.reason) from None
+        steps, key_paths, skip = self._steps, self._key_paths, bool(self._starts)
+        n = 0
+        with FileSystems.open(shard.path) as f:
+            for offset, line in enumerate(f):
+                lineno = shard.first_line + offset
+                if not line.strip() or (skip and self._loaded(lineno)):
+                    continue
+                try:
+                    hit = upgrade_hit(parse_hit(line, lineno), steps)
+                    hit = restore_hit(hit, key_paths=key_paths, agents=agents)
+                except CorruptArchive as exc:
+                    raise CorruptArchive(exc.member, lineno, exc.reason) from None
+                n += 1
+                yield lineno, hit
+        self._read.inc(n)
 
 
-class ApplyRestoreChanges(beam.PTransform):
-    """`(line, hit)` → `(line, hit as restored)`: event index by own day, node key paths,
-    agents.json merged into node instances (`agents` is a small side input)."""
+class RestoreDocuments(beam.PTransform):
+    """`Shard` → `(es_data line, hit as restored)`: lines of batches the journal records as
+    loaded are skipped (resume); the rest are upgraded from `source` to `target` and given the
+    restore's own changes (event index by own day, node key paths, agents.json merged into node
+    instances; `agents` is a small side input). The line number stays with each hit: the journal
+    records loaded batches by line."""
 
-    def __init__(self, key_paths: dict[str, str], agents: beam.PCollection) -> None:
+    def __init__(
+        self,
+        source: Version,
+        target: Version,
+        key_paths: dict[str, str],
+        agents: beam.PCollection,
+        loaded_lines: Sequence[tuple[int, int]] = (),
+    ) -> None:
         super().__init__()
-        self._key_paths, self._agents = key_paths, agents
+        plan(source, target)  # bad versions fail here, not mid-pipeline
+        self._fn = _RestoreShardFn(source, target, key_paths, sorted(loaded_lines))
+        self._agents = agents
 
-    def expand(self, hits: beam.PCollection[NumberedHit]) -> beam.PCollection[NumberedHit]:
-        return hits | "RestoreHit" >> beam.ParDo(
-            _RestoreChangesFn(self._key_paths), beam.pvalue.AsSingleton(self._agents)
+    def expand(self, shards: beam.PCollection[Shard]) -> beam.PCollection[NumberedHit]:
+        return shards | "ParseUpgradeRestore" >> beam.ParDo(
+            self._fn, beam.pvalue.AsSingleton(self._agents)
         )
 
 
@@ -562,10 +534,8 @@ class LoadDocuments(beam.PTransform):
             archive_paths
             | "SplitEsDataIntoShards"
             >> SplitEsDataIntoShards(self._staging, config.lines_per_shard)
-            | "ReadNumberedShards" >> ReadNumberedShards()
-            | "SkipLoadedLines" >> SkipLoadedLines(self._loaded)
-            | "UpgradeDocuments" >> UpgradeDocuments(ctx.source, ctx.target)
-            | "ApplyRestoreChanges" >> ApplyRestoreChanges(ctx.key_paths, agents)
+            | "RestoreDocuments"
+            >> RestoreDocuments(ctx.source, ctx.target, ctx.key_paths, agents, self._loaded)
             | "BulkLoad"
             >> BulkLoad(
                 _ClientFactory(config.es_url, config.layout),

@@ -13,6 +13,7 @@ import sys
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import apache_beam as beam
@@ -164,10 +165,13 @@ def test_journal_replays_events_ignores_a_torn_line_and_merges_line_ranges(tmp_p
 class _FakeClient:
     """Fault injection only: fails one document permanently (a mapping error, status 400)."""
 
-    def bulk(self, hits: list[Hit]) -> BulkResult:
-        failed = [BulkItemError(h["_index"], h["_type"], h["_id"], 400, "mapper_parsing_exception")
-                  for h in hits if h["_id"] == "bad"]
-        return BulkResult(len(hits) - len(failed), failed)
+    def bulk_entry(self, hit: Hit) -> Any:
+        return SimpleNamespace(index=hit["_index"], doc_type=hit["_type"], doc_id=hit["_id"], size=1)
+
+    def bulk_entries(self, entries: list[Any]) -> BulkResult:
+        failed = [BulkItemError(e.index, e.doc_type, e.doc_id, 400, "mapper_parsing_exception")
+                  for e in entries if e.doc_id == "bad"]
+        return BulkResult(len(entries) - len(failed), failed)
 
     def close(self) -> None:
         pass

@@ -26,6 +26,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import random
+import re
 import time
 import urllib.parse
 from collections.abc import Iterable, Iterator, Sequence
@@ -156,8 +157,18 @@ def _parse_version(text: str) -> tuple[int, int, int]:
     return (numbers[0], numbers[1], numbers[2])
 
 
+_VALUE_PREVIEW = re.compile(r"(Preview of field's value:).*", re.DOTALL)
+"""Elasticsearch 7+ quotes the rejected field value in parse errors; it may be a broker password
+or a key, so it is cut from every reason (the field name and document id stay)."""
+
+
 def _error_reason(body: Any) -> str:
-    """A short reason from an error body: `type: reason` when the server says so."""
+    """A short reason from an error body: `type: reason` when the server says so. Never holds
+    a document's field value (see `_VALUE_PREVIEW`)."""
+    return _VALUE_PREVIEW.sub(r"\1 (withheld)", _raw_error_reason(body))
+
+
+def _raw_error_reason(body: Any) -> str:
     if isinstance(body, dict):
         error = body.get("error", body)
         if isinstance(error, dict):
@@ -603,6 +614,19 @@ class SearchClient:
             result.merge(self._bulk_entries(chunk, refresh))
         return result
 
+    def bulk_entry(self, hit: Hit, *, op_type: str = "index") -> _Entry:
+        """`hit` serialised once as a bulk item (its two NDJSON lines; `.size` is their length),
+        for callers that bound batches by bytes and then send them with `bulk_entries`."""
+        if op_type not in ("index", "create"):
+            raise ValueError(f"bulk_entry: op_type must be 'index' or 'create', not {op_type!r}")
+        return self._entry(hit, op_type)
+
+    def bulk_entries(self, entries: Sequence[_Entry], *, refresh: bool | str = False) -> BulkResult:
+        """`bulk` for items made by `bulk_entry` (same checks, retries and index creation)."""
+        if not entries:
+            return BulkResult()
+        return self._bulk_entries(list(entries), refresh)
+
     def _entry(self, hit: Hit, op_type: str) -> _Entry:
         try:
             index, doc_type, doc_id, source = (
@@ -612,7 +636,8 @@ class SearchClient:
                 hit["_source"],
             )
         except KeyError as e:
-            raise ValueError(f"bulk: hit without {e.args[0]}: {str(hit)[:200]}") from None
+            # the hit's keys only: its `_source` may hold broker passwords
+            raise ValueError(f"bulk: hit without {e.args[0]} (keys: {sorted(hit)})") from None
         meta: dict[str, Any] = {"_index": self.physical_index(index, doc_type), "_id": str(doc_id)}
         if self.layout is Layout.TYPED:
             meta["_type"] = doc_type
