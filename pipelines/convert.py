@@ -257,12 +257,16 @@ class ConvertEsData(beam.PTransform):
 
 
 # ---------------------------------------------------------------------------------- members
-def converted_members(snap: SnapshotReader, steps: Sequence[Step]) -> list[ArchiveMember]:
+def converted_members(
+    snap: SnapshotReader, steps: Sequence[Step], staging: Path | None = None
+) -> list[ArchiveMember]:
     """Every member of the output but es_data and manifest.json, in the source's order.
 
     metadata.json and agents.json go through the steps (kept byte for byte when no step changes
     them); directory entries stay directory entries; everything else is streamed from the source
-    archive byte for byte when the archive is written.
+    archive byte for byte when the archive is written. A changed JSON member is written to a file
+    in `staging` when given (so a multi-MB agents.json is not pickled into the pipeline graph),
+    else held as bytes.
     """
     members: list[ArchiveMember] = []
     source = str(snap.path)
@@ -275,20 +279,26 @@ def converted_members(snap: SnapshotReader, steps: Sequence[Step]) -> list[Archi
         elif name == METADATA:
             meta = snap.metadata()
             new_meta = upgrade_metadata(meta, steps)
-            members.append(_json_member(name, meta, new_meta, source))
+            members.append(_json_member(name, meta, new_meta, source, staging))
         elif name == AGENTS:
             agents = snap.agents()
             new_agents = upgrade_agents(agents, steps)
-            members.append(_json_member(name, agents, new_agents, source))
+            members.append(_json_member(name, agents, new_agents, source, staging))
+            del agents, new_agents
         else:
             members.append(ArchiveMember(name, archive=source))
     return members
 
 
-def _json_member(name: str, before: Any, after: Any, source: str) -> ArchiveMember:
+def _json_member(name: str, before: Any, after: Any, source: str, staging: Path | None) -> ArchiveMember:
     if after is before or after == before:
         return ArchiveMember(name, archive=source)
-    return ArchiveMember(name, data=json.dumps(after).encode())
+    data = json.dumps(after).encode()
+    if staging is None:
+        return ArchiveMember(name, data=data)
+    path = staging / f"member-{uuid.uuid4().hex}.json"
+    path.write_bytes(data)
+    return ArchiveMember(name, source=str(path))
 
 
 # --------------------------------------------------------------------------------------- run
@@ -333,7 +343,7 @@ def run(config: ConvertConfig, beam_args: Sequence[str] = ()) -> ConvertSummary 
     done: dict[str, Any] = {"validated": config.source.name, "archive written": "no"}
     try:
         with SnapshotReader(config.source) as snap:
-            members = converted_members(snap, steps)
+            members = converted_members(snap, steps, staging)
             source_manifest = snap.manifest()
         expected_total = _manifest_total(source_manifest)
         with progress_mod.Progress("convert", total=expected_total, enabled=config.show_progress):
