@@ -131,7 +131,7 @@ def _check_archive(
 ) -> Iterator[Problem]:
     infos = snap.infos()
     seen_names: set[str] = set()
-    for info in infos:
+    for info in snap.entries():  # every entry: `infos()` keeps one per name, hiding repeats
         reason = unsafe_member_reason(info.filename, info)
         if reason:
             yield Problem(info.filename, None, reason)

@@ -267,3 +267,44 @@ def test_inspect_reports_counts_from_es_data(tmp_path: Path) -> None:
     data = json.loads(result.output)
     assert data["total_documents"] == sum(expected.values())
     assert data["snapshot_version"] == "3.2"
+
+
+# ------------------------------------------------------------------------ review regressions
+def test_duplicate_entry_names_are_reported(tmp_path: Path) -> None:
+    """A second `metadata.json` entry (no manifest to catch it) shadows the first one: invalid."""
+    path = tmp_path / "a.zip"
+    with pytest.warns(UserWarning, match="Duplicate name"), zipfile.ZipFile(path, "w") as zf:
+        for member, data in good_members().items():
+            zf.writestr(member, data)
+        zf.writestr("metadata.json", json.dumps({**META_33, "has_cloudify_events": True}))
+    code, lines = run_validate(path)
+    assert code == 1
+    assert lines == ["metadata.json: entry appears twice in the archive", f"invalid: {path}: 1 problem(s)"]
+
+
+def test_writer_removes_its_temporary_file_when_commit_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pipelines.io.archive as archive_mod
+
+    def failing_fsync(fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(archive_mod.os, "fsync", failing_fsync)
+    with pytest.raises(OSError, match="No space left"), SnapshotWriter(tmp_path / "out.zip") as w:
+        w.write_json("metadata.json", META_33)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_written_archive_is_owner_only(tmp_path: Path) -> None:
+    """Archives carry broker passwords and agent keys: the file itself is 0600 whatever the umask."""
+    import os
+
+    out = tmp_path / "k.zip"
+    old = os.umask(0o022)
+    try:
+        with SnapshotWriter(out) as w:
+            w.write_json("metadata.json", META_33)
+    finally:
+        os.umask(old)
+    assert out.stat().st_mode & 0o777 == 0o600

@@ -7,7 +7,7 @@ counts per (index, type), the cfysnap version: an extra member real managers ign
 
 Contracts:
 - Reading never holds a member in memory: `iter_hits()` yields one parsed line at a time.
-- Writing goes to a hidden temporary file beside the target and is renamed into place only by
+- Writing goes to a hidden temporary file (mode 0600) beside the target and is renamed into place only by
   `commit()` (or a clean exit of the `with` block); an error or `abort()` removes it, so a failed
   job never leaves a half-written archive at the output path.
 - Every archive is written with ZIP64 allowed (3.4.2 behaviour), deflated.
@@ -137,11 +137,17 @@ class SnapshotReader:
             raise CorruptArchive(
                 str(self.path), None, f"not a readable zip archive (truncated or corrupt: {exc})"
             ) from None
-        self._infos = {i.filename: i for i in self._zip.infolist()}
+        self._entries = self._zip.infolist()
+        self._infos = {i.filename: i for i in self._entries}
 
     # -- members ---------------------------------------------------------------------------
     def infos(self) -> list[zipfile.ZipInfo]:
+        """One info per member name (a repeated name: its last entry, the one `open` reads)."""
         return list(self._infos.values())
+
+    def entries(self) -> list[zipfile.ZipInfo]:
+        """Every entry of the central directory in archive order, repeated names included."""
+        return list(self._entries)
 
     def names(self) -> list[str]:
         return list(self._infos)
@@ -282,9 +288,21 @@ class SnapshotWriter:
         self.path = Path(path)
         self.temp_path = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex[:8]}.partial")
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._zip = zipfile.ZipFile(
-            self.temp_path, "w", zipfile.ZIP_DEFLATED, allowZip64=True, compresslevel=compresslevel
-        )
+        # owner-only from the first byte: archives hold broker passwords and agent keys
+        fd = os.open(self.temp_path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        self._file = os.fdopen(fd, "w+b")
+        try:
+            self._zip = zipfile.ZipFile(
+                self._file,
+                "w",
+                zipfile.ZIP_DEFLATED,
+                allowZip64=True,
+                compresslevel=compresslevel,
+            )
+        except BaseException:
+            self._file.close()
+            self.temp_path.unlink(missing_ok=True)
+            raise
         self._with_manifest = manifest
         self._compresslevel = compresslevel
         self._members: dict[str, dict[str, Any]] = {}
@@ -367,8 +385,19 @@ class SnapshotWriter:
 
     # -- completion ------------------------------------------------------------------------
     def commit(self) -> Path:
+        """Write the manifest, close, fsync and rename into place; on any failure the temporary
+        file is removed (`abort`) and the error propagates."""
         if self._done:
             return self.path
+        try:
+            self._finish()
+        except BaseException:
+            self.abort()
+            raise
+        self._done = True
+        return self.path
+
+    def _finish(self) -> None:
         if self._with_manifest:
             manifest = {
                 "cfysnap_version": CFYSNAP_VERSION,
@@ -377,21 +406,21 @@ class SnapshotWriter:
             }
             data = json.dumps(manifest, indent=1, sort_keys=True).encode()
             self._zip.writestr(zipfile.ZipInfo(MANIFEST, date_time=(1980, 1, 1, 0, 0, 0)), data)
-        self._zip.close()
-        with open(self.temp_path, "rb") as f:
-            os.fsync(f.fileno())
+        self._zip.close()  # a ZipFile given a file object leaves it open
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
         os.replace(self.temp_path, self.path)
-        self._done = True
-        return self.path
 
     def abort(self) -> None:
         if self._done:
             return
         self._done = True
-        try:
-            self._zip.close()
-        except Exception:  # noqa: BLE001 - the archive is being thrown away anyway
-            pass
+        for close in (self._zip.close, self._file.close):
+            try:
+                close()
+            except Exception:  # noqa: BLE001 - the archive is being thrown away anyway
+                pass
         self.temp_path.unlink(missing_ok=True)
 
     def __enter__(self) -> SnapshotWriter:
