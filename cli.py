@@ -90,6 +90,9 @@ def _configure_logging(debug: bool) -> None:
     # Beam and the HTTP stack are chatty at INFO; cfysnap's own lines stay.
     for noisy in ("apache_beam", "root", "elastic_transport", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.DEBUG if debug else logging.ERROR)
+    # A failing DoFn is logged by Beam with its traceback and then re-raised to the job, which
+    # `_run` reports as one line: without --debug that traceback is noise on stderr.
+    logging.getLogger("apache_beam.runners").setLevel(logging.DEBUG if debug else logging.CRITICAL)
     logging.getLogger().setLevel(logging.DEBUG if debug else logging.ERROR)
     logging.getLogger("cfysnap").setLevel(logging.DEBUG if debug else logging.INFO)
 
@@ -349,6 +352,7 @@ def create(
         typer.Option("--slices", min=1, help="Scroll slices per index (default: max(2, Beam workers))."),
     ] = None,
     layout: LayoutOption = LayoutChoice.auto,
+    force: Annotated[bool, typer.Option("--force", help="Replace OUTPUT if it exists.")] = False,
 ) -> None:
     """Create a snapshot archive of a live Cloudify 3.2/3.3/3.4 manager: its search-server
     documents (minus provider_context, snapshot records and the running create's execution),
@@ -378,6 +382,7 @@ def create(
             else Version(source_version.value),
             layout=_layout(layout),
             slices=slices,
+            force=force,
         )
         summary = run(config, ctx.args)
         typer.echo(summary.render())

@@ -116,6 +116,8 @@ class CreateConfig:
     status_timeout: float = 120.0
     """How long to keep trying to record a failed snapshot status on the server."""
     progress: bool = True
+    force: bool = False
+    """Replace an existing `output` (without it an existing file is refused, untouched)."""
 
     def __post_init__(self) -> None:
         if (self.output is None) == (self.snapshot_id is None):
@@ -399,8 +401,8 @@ def _record_failure(config: CreateConfig, execution_id: str | None, error: str) 
 def run(config: CreateConfig, beam_args: Sequence[str] = ()) -> CreateSummary:
     """Create a snapshot archive of the manager described by `config`.
 
-    Raises a `CfysnapError`: `SearchServerError` when the server cannot be used before the
-    pipeline starts, `StoreError` for a refused `snapshot_id`, `JobFailed` when the pipeline or
+    Raises a `CfysnapError`: `JobFailed` at once when `output` exists and `force` is not set,
+    `SearchServerError` when the server cannot be used before the pipeline starts, `StoreError` for a refused `snapshot_id`, `JobFailed` when the pipeline or
     the count reconciliation fails (nothing is then left at the output path).
     """
     started = time.monotonic()
@@ -409,6 +411,8 @@ def run(config: CreateConfig, beam_args: Sequence[str] = ()) -> CreateSummary:
         if config.snapshot_id
         else Path(config.output or "").absolute()
     )
+    if config.output is not None and output.exists() and not config.force:
+        raise JobFailed("create", f"{output} exists (use --force to replace it)")
     with SearchClient(config.es_url, layout=config.layout) as client:
         source = inspect_source(client, config.source_version)
         execution_id = (

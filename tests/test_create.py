@@ -426,6 +426,37 @@ def test_cli_create_help_has_every_option_and_an_example() -> None:
         "--exclude-events",
         "--exclude-logs",
         "--source-version",
+        "--force",
         "Example: cfysnap create",
     ):
         assert option in result.output
+
+
+def test_cli_create_refuses_an_existing_output_before_touching_anything(tmp_path: Path) -> None:
+    """An existing --output (say, last week's snapshot) is left as it was: refused before the
+    server is even asked (here there is none), exit 1, one line."""
+    from cli import app
+
+    out = tmp_path / "previous.zip"
+    out.write_bytes(b"last week's snapshot")
+    (tmp_path / "fs").mkdir()
+    result = CliRunner().invoke(
+        app, ["create", "--es", "http://127.0.0.1:1", "--fs-root", str(tmp_path / "fs"), "-o", str(out)]
+    )
+    assert result.exit_code == 1
+    assert result.output == f"error: create failed: {out} exists (use --force to replace it)\n"
+    assert out.read_bytes() == b"last week's snapshot"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fs", "previous.zip"]
+
+
+@pytest.mark.server
+def test_create_force_replaces_an_existing_output(
+    search: SearchClient, root: Path, tmp_path: Path
+) -> None:
+    spec = sized(root, Version.V3_3, 2_000)
+    fs_root = manager(search, spec)
+    out = tmp_path / "snap.zip"
+    out.write_bytes(b"old")
+    run(CreateConfig(search.url, fs_root, output=out, progress=False, force=True))
+    assert archive_hits(out) == hit_multiset(snapshot_hits(spec))
+    assert [p.name for p in tmp_path.iterdir()] == ["snap.zip"]
