@@ -276,3 +276,34 @@ def test_cli_export_help_and_run(archive_33: Path, tmp_path: Path) -> None:
     again = runner.invoke(app, ["export", str(archive_33), str(out)])
     assert again.exit_code == 1 and "not an empty folder" in again.output
     assert runner.invoke(app, ["export", str(out)]).exit_code == 2  # no archive, no --es
+
+
+# ------------------------------------------------------------------------ review regressions
+def test_cli_export_of_a_damaged_archive_is_one_line_naming_it(
+    archive_33: Path, tmp_path: Path
+) -> None:
+    """es_data whose deflated bytes are damaged (central directory intact): one stderr line that
+    names the archive and the member, exit 1, no traceback, nothing written."""
+    import subprocess
+    import sys
+
+    damaged = tmp_path / "damaged.zip"
+    data = bytearray(archive_33.read_bytes())
+    with zipfile.ZipFile(archive_33) as zf:
+        info = zf.getinfo("es_data")
+    start = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra)
+    for k in range(64):  # the stored (uncompressed) tail of a deflate block: the CRC catches it
+        data[start + info.compress_size - 200 + k] ^= 0x55
+    damaged.write_bytes(bytes(data))
+    out = tmp_path / "out"
+    cli = Path(sys.executable).parent / "cfysnap"
+    proc = subprocess.run(
+        [str(cli), "export", str(damaged), str(out)], capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 1
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith(f"error: {damaged}: es_data: cannot be read to the end (Bad CRC-32 for file 'es_data'; ")
+    assert lines[0].endswith(" lines read)")
+    assert not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["damaged.zip"]

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import contextlib
 import uuid
+import zipfile
+import zlib
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -29,7 +31,15 @@ from apache_beam.utils.timestamp import MIN_TIMESTAMP
 from apache_beam.utils.windowed_value import WindowedValue
 
 from pipelines import progress
-from pipelines.io.archive import ES_DATA, SnapshotReader, SnapshotWriter, dump_hit, parse_hit
+from pipelines.errors import CorruptArchive
+from pipelines.io.archive import (
+    ES_DATA,
+    SnapshotReader,
+    SnapshotWriter,
+    buffered_lines,
+    dump_hit,
+    parse_hit,
+)
 from pipelines.model import Hit
 
 __all__ = [
@@ -90,17 +100,22 @@ class _SplitEsData(beam.DoFn):
 
     def process(self, archive_path: str) -> Iterator[Shard]:
         with SnapshotReader(archive_path) as snap, snap.open(ES_DATA) as raw:
-            shard_no, first, count, out = 0, 1, 0, None
-            for lineno, line in enumerate(raw, 1):
-                if out is None:
-                    path = FileSystems.join(self._staging, f"in-{shard_no:06d}.jsonl")
-                    out, first = FileSystems.create(path), lineno
-                out.write(line if line.endswith(b"\n") else line + b"\n")
-                count += 1
-                if count >= self._lines:
-                    out.close()
-                    yield Shard(path, first)
-                    out, count, shard_no = None, 0, shard_no + 1
+            shard_no, first, count, out, lineno = 0, 1, 0, None, 0
+            try:
+                for lineno, line in enumerate(buffered_lines(raw), 1):
+                    if out is None:
+                        path = FileSystems.join(self._staging, f"in-{shard_no:06d}.jsonl")
+                        out, first = FileSystems.create(path), lineno
+                    out.write(line if line.endswith(b"\n") else line + b"\n")
+                    count += 1
+                    if count >= self._lines:
+                        out.close()
+                        yield Shard(path, first)
+                        out, count, shard_no = None, 0, shard_no + 1
+            except (zipfile.BadZipFile, EOFError, zlib.error) as exc:
+                # a damaged member (bad CRC, truncated deflate stream): a typed, one-line error
+                reason = f"cannot be read to the end ({exc}; {lineno} lines read)"
+                raise CorruptArchive(ES_DATA, None, reason, archive_path) from None
             if out is not None:
                 out.close()
                 yield Shard(path, first)
