@@ -437,3 +437,39 @@ def test_a_4xx_item_is_not_resent(fake_bulk: FakeBulkServer) -> None:
     assert result.succeeded == 2
     assert [(f.doc_id, f.status) for f in result.failed] == [("a", 400)]
     assert fake_bulk.requests == [["a", "b", "c"], ["b", "c"]]
+
+
+# ------------------------------------------------------------------------ review regressions
+@pytest.mark.server
+def test_a_rejected_field_value_never_reaches_the_error(search: SearchClient) -> None:
+    """ES 7+ quotes the rejected value ("Preview of field's value: ..."): a broker password in a
+    document that does not fit the target's mapping must not end up in the message."""
+    search.request(
+        "PUT",
+        "/cloudify_storage-node_instance",
+        {"mappings": {"properties": {"runtime_properties": {"properties": {
+            "cloudify_agent": {"properties": {"broker_pass": {"type": "long"}}}}}}}},
+    )
+    secret = "c10udify-TOPSECRET"
+    hit = {
+        "_index": "cloudify_storage",
+        "_type": "node_instance",
+        "_id": "vm_1",
+        "_source": {"id": "vm_1", "runtime_properties": {"cloudify_agent": {"broker_pass": secret}}},
+    }
+    result = search.bulk([hit], refresh=True)
+    [failure] = result.failed
+    assert (failure.doc_id, failure.status) == ("vm_1", 400)
+    assert "broker_pass" in failure.reason  # the field is named ...
+    assert secret not in failure.reason  # ... its value is not
+    with pytest.raises(BulkLoadError) as err:
+        result.raise_on_failure()
+    assert secret not in str(err.value)
+
+
+def test_a_malformed_hit_error_does_not_show_its_source() -> None:
+    client = SearchClient("http://127.0.0.1:1", layout=Layout.TYPELESS)
+    hit = {"_type": "node_instance", "_id": "vm_1", "_source": {"broker_pass": "TOPSECRET"}}
+    with pytest.raises(ValueError) as err:
+        client.bulk([hit])
+    assert str(err.value) == "bulk: hit without _index (keys: ['_id', '_source', '_type'])"
