@@ -72,6 +72,7 @@ __all__ = [
     "archive_sha256",
     "default_journal_path",
     "restore_context",
+    "restore_agents",
     "RestoreContext",
     "RestoreDocuments",
     "LoadDocuments",
@@ -245,6 +246,16 @@ def key_names(reader: SnapshotReader) -> list[str]:
             if middle and "/" not in middle:
                 names.append(middle)
     return sorted(names)
+
+
+def restore_agents(
+    archive: str | Path, source: Version, target: Version
+) -> dict[str, tuple[str, Agent]]:
+    """agents.json of `archive`, upgraded from `source` to `target` and flattened (instance id →
+    (deployment, entry)); broken deployments left out, as `restore_context` reports them."""
+    with SnapshotReader(archive) as reader:
+        agents, _ = flatten_agents(upgrade_agents(reader.agents(), plan(source, target)))
+    return agents
 
 
 def restore_context(
@@ -529,7 +540,11 @@ class LoadDocuments(beam.PTransform):
 
     def expand(self, archive_paths: beam.PCollection[str]) -> beam.PCollection:
         ctx, config = self._ctx, self._config
-        agents = archive_paths.pipeline | "AgentsJson" >> beam.Create([ctx.agents])
+        # read in the pipeline from the archive, not pickled into it: agents.json is a few MB
+        # at 100k documents, and beam.Create would infer its type and bz2-pickle it (~4 s)
+        agents = archive_paths | "ReadAgentsJson" >> beam.Map(
+            restore_agents, ctx.source, ctx.target
+        )
         return (
             archive_paths
             | "SplitEsDataIntoShards"
