@@ -426,13 +426,13 @@ def restore(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Check and print what would be written; write nothing.")
     ] = False,
-    batch_docs: Annotated[int, typer.Option("--batch-docs", min=1, help="Documents per bulk request, at most.")] = 1000,
+    batch_docs: Annotated[int, typer.Option("--batch-docs", min=1, help="Documents per bulk request, at most.")] = 2000,
     batch_bytes: Annotated[
         int, typer.Option("--batch-bytes", min=1, help="Bytes of documents per bulk request, at most.")
-    ] = 5_000_000,
+    ] = 8_000_000,
     shard_lines: Annotated[
         int, typer.Option("--shard-lines", min=1, help="es_data lines per parallel shard.")
-    ] = 50_000,
+    ] = 10_000,
     layout: LayoutOption = LayoutChoice.auto,
 ) -> None:
     """Restore a snapshot into a target manager: check first (archive valid, not newer than the

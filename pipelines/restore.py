@@ -104,9 +104,9 @@ class RestoreConfig:
     journal: Path | None = None
     dry_run: bool = False
     layout: str | None = None
-    batch_docs: int = 1000
-    batch_bytes: int = 5_000_000
-    lines_per_shard: int = 50_000
+    batch_docs: int = 2000
+    batch_bytes: int = 8_000_000
+    lines_per_shard: int = 10_000
     progress: bool = True
 
     def __post_init__(self) -> None:
