@@ -3,15 +3,19 @@
 All three load the same generated archive's documents into the same real search server in the
 same run (the server is wiped of non-system indices before each):
 
-1. `cfysnap restore` (pipelines.restore.run): validate + plan pass + files + keys + the Beam
-   pipeline (split, parse, upgrade, restore changes, BulkLoad) + reconcile; once on the default
-   in-process runner and once with 2 worker processes.
+1. `cfysnap restore` (pipelines.restore.run): validation (with the plan gathered in the same
+   pass) + target checks + files + keys + index creation + the Beam pipeline (split, parse,
+   upgrade, restore changes, BulkLoad) + reconcile; once on the default in-process runner and
+   once with 2 worker processes.
 2. plain loop: read the zip, parse each es_data line, `SearchClient.bulk` 1000 at a time, one
-   process, no checks, no journal, no document changes.
+   process, no checks, no journal, no document changes (it creates indices as it meets them).
 3. elasticdump (npm package, installed on first use into ~/.cache/cfysnap/elasticdump): the same
    documents as an NDJSON file in its `--type=data` format (`{"_index", "_id", "_source"}`,
    physical typeless index names), `--limit=5000 --noRefresh`, indices pre-created with the same
-   mapping cfysnap uses.
+   mapping cfysnap uses (untimed; reported as a second row with that time added).
+
+With psutil installed, each line also shows the server process's CPU seconds during the load:
+on a 2-core machine the server and the loader share the cores.
 
 Usage:
     scripts/search-server start --port 9203
@@ -45,6 +49,26 @@ from pipelines.sample.archive import write_sample_archive  # noqa: E402
 from pipelines.sample.generate import ManagerSpec  # noqa: E402
 
 ELASTICDUMP_DIR = Path.home() / ".cache" / "cfysnap" / "elasticdump"
+
+
+def server_process(url: str) -> object | None:
+    """The local process listening on the server's port (psutil), to read its CPU time."""
+    try:
+        import psutil
+    except ImportError:
+        return None
+    port = int(url.rsplit(":", 1)[1].split("/")[0])
+    for conn in psutil.net_connections(kind="tcp"):
+        if conn.status == psutil.CONN_LISTEN and conn.laddr.port == port and conn.pid:
+            return psutil.Process(conn.pid)
+    return None
+
+
+def cpu_seconds(proc: object | None) -> float:
+    if proc is None:
+        return 0.0
+    times = proc.cpu_times()  # type: ignore[attr-defined]
+    return float(times.user + times.system)
 
 
 def wipe(client: SearchClient) -> None:
@@ -155,6 +179,7 @@ def main() -> None:
         write_sample_archive(spec, archive)
         print(f"archive: {archive.stat().st_size / 1e6:.1f} MB, ~{args.documents} documents (3.4)")
         bench_plain(archive, args.es)  # warm-up, untimed
+        server = server_process(args.es)
         rounds: dict[str, list[tuple[int, float]]] = {}
         for round_no in range(args.repeat):
             for name, load in (
@@ -162,17 +187,21 @@ def main() -> None:
                 ("cfysnap restore (2 processes)", lambda: bench_restore(archive, args.es, work, two)),
                 ("plain bulk loop", lambda: bench_plain(archive, args.es)),
             ):
+                cpu = cpu_seconds(server)
                 n, seconds = load()
+                cpu = cpu_seconds(server) - cpu
                 rounds.setdefault(name, []).append((n, seconds))
-                print(f"  round {round_no + 1}: {name:<32} {seconds:7.1f} s {n / seconds:8.0f} docs/s",
-                      flush=True)
+                print(f"  round {round_no + 1}: {name:<32} {seconds:7.1f} s {n / seconds:8.0f} docs/s"
+                      f"  server CPU {cpu:5.1f} s ({cpu / seconds:.0%} of one core)", flush=True)
             if not args.skip_elasticdump:
+                cpu = cpu_seconds(server)
                 n, seconds, created, status = bench_elasticdump(archive, args.es, work)
+                cpu = cpu_seconds(server) - cpu
                 rounds.setdefault(f"elasticdump ({status})", []).append((n, seconds))
                 rounds.setdefault("elasticdump + creating its indices", []).append(
                     (n, seconds + created))
                 print(f"  round {round_no + 1}: elasticdump {seconds:7.1f} s (+{created:.1f} s "
-                      f"creating indices)", flush=True)
+                      f"creating indices)  server CPU {cpu:5.1f} s (incl. setup)", flush=True)
         rows = {name: min(runs, key=lambda r: r[1]) for name, runs in rounds.items()}
         for name, (n, seconds) in rows.items():
             print(f"{name:<40} {n:>9} docs {seconds:>8.1f} s {n / seconds:>9.0f} docs/s")

@@ -123,7 +123,7 @@ class _BulkLoadFn(beam.DoFn):
             for batch in self._submit():
                 yield WindowedValue(batch, MIN_TIMESTAMP, (GlobalWindow(),))
         while self._pending:  # the bundle ends only when every batch is acknowledged
-            yield WindowedValue(self._pending.popleft().result(), MIN_TIMESTAMP, (GlobalWindow(),))
+            yield WindowedValue(self._acknowledged(), MIN_TIMESTAMP, (GlobalWindow(),))
 
     def _submit(self) -> Iterator[LoadedBatch]:
         """Hand the current batch to the sender; yield batches already acknowledged. At most
@@ -131,10 +131,18 @@ class _BulkLoadFn(beam.DoFn):
         entries, lines, nbytes = self._entries, self._lines, self._size
         self._entries, self._lines, self._size = [], [], 0
         while len(self._pending) >= self._in_flight:
-            yield self._pending.popleft().result()  # re-raises the sender's BulkLoadError
+            yield self._acknowledged()
         self._pending.append(self._sender.submit(self._send, entries, lines, nbytes))
         while self._pending and self._pending[0].done():
-            yield self._pending.popleft().result()
+            yield self._acknowledged()
+
+    def _acknowledged(self) -> LoadedBatch:
+        """The oldest batch once the server acknowledged it (re-raises the sender's
+        BulkLoadError); Beam counters are updated here, on the bundle's thread."""
+        batch = self._pending.popleft().result()
+        self._loaded.inc(batch.documents)
+        self._batches.inc()
+        return batch
 
     def _send(self, entries: list[Any], lines: list[int], nbytes: int) -> LoadedBatch:
         """Runs on the sender thread: one bulk request, every item checked, then journaled."""
@@ -155,8 +163,6 @@ class _BulkLoadFn(beam.DoFn):
                     "counts": dict(batch.counts),
                 }
             )
-        self._loaded.inc(len(entries))
-        self._batches.inc()
         progress.report(len(entries), nbytes)
         return batch
 
