@@ -1,6 +1,7 @@
 """`convert`: upgrade a snapshot archive to a newer format version, archive to archive (§2, §3, §6).
 
-    validate ─▶ plan(source version, target) ─▶ Beam pipeline ─▶ reconcile counts ─▶ rename into place
+    plan(source version, target) ─▶ Beam pipeline into staging ─▶ reconcile counts ─┐
+    validate (child process, alongside) ────────────────────────────────────────────┴▶ rename into place
 
     archive ─SplitEsDataIntoShards─▶ Shard ─UpgradeShards(steps)─▶ ShardInfo + key digests
             ─DeduplicateShards─▶ ShardInfo ─────────────────────────┐
@@ -8,13 +9,18 @@
     carried over byte for byte, manifest.json rebuilt) ──────────────┘
 
 Contracts:
-- Nothing is written before the source validates (`pipelines.validate`) and the plan exists
-  (a downgrade raises `DowngradeRefused`).
+- Nothing appears at `output` unless the source validates (`pipelines.validate`); the validation
+  runs in a child process while the pipeline converts into staging, and the job waits for it
+  before the rename. An invalid source fails with its first problem and leaves nothing behind.
+  A downgrade raises `DowngradeRefused` before any work.
 - Every step only adds what is missing: converting an archive already at the target leaves its
   documents identical, and 3.2 → 3.4 equals 3.2 → 3.3 → 3.4. Unknown types, fields and members
   pass through untouched.
 - Memory does not grow with the number of documents, apart from the duplicate search's 8 bytes
-  per document of key digests (see `transforms.upgrade`).
+  per document of key digests (see `transforms.upgrade`) and agents.json, which validation and
+  the agents step load whole (it grows with the deployments' compute instances, not with events
+  or logs: ~3 MB for a `ManagerSpec.sized` archive of 300k documents; its upgraded form is
+  staged as a file, not held in the pipeline).
 - Counts are reconciled (read = written + duplicates dropped, and the source manifest's total
   when there is one) before the archive appears at `output`; a failed job leaves no archive and
   removes its staging folder.
@@ -26,10 +32,13 @@ name; it is as fast as validating the archive once more.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
+import subprocess
+import sys
 import time
 import uuid
 from array import array
@@ -47,7 +56,7 @@ from pipelines.errors import CfysnapError, CorruptArchive, JobFailed
 from pipelines.io.archive import AGENTS, ES_DATA, MANIFEST, METADATA, SnapshotReader, parse_hit
 from pipelines.model import Version, hit_key, parse_version
 from pipelines.options import beam_options
-from pipelines.validate import validate_archive
+from pipelines.validate import Problem, validate_archive
 from transforms.shards import (
     LINES_PER_SHARD,
     ArchiveMember,
@@ -125,7 +134,9 @@ class ConvertSummary:
     documents: dict[tuple[str, str], int] = field(default_factory=dict)
     seconds: float = 0.0
     validate_seconds: float = 0.0
-    """Part of `seconds` spent validating the source before converting."""
+    """How long validating the source took; it runs in a child process while converting."""
+    validate_wait_seconds: float = 0.0
+    """Part of `seconds` spent only waiting for that validation to finish."""
 
     @property
     def docs_per_second(self) -> float:
@@ -152,7 +163,8 @@ class ConvertSummary:
             f"documents written    {self.documents_written:,}",
             f"members carried over {self.members_carried:,}",
             f"time                 {self.seconds:.1f} s ({self.docs_per_second:,.0f} docs/s;"
-            f" {self.validate_seconds:.1f} s of it validating the source)",
+            f" source validated alongside in {self.validate_seconds:.1f} s,"
+            f" {self.validate_wait_seconds:.1f} s waited for)",
             "documents per type:",
         ]
         for doc_type, (n, indices) in self.by_type().items():
@@ -176,6 +188,7 @@ class ConvertSummary:
             "documents": {f"{i}/{t}": n for (i, t), n in sorted(self.documents.items())},
             "seconds": round(self.seconds, 3),
             "validate_seconds": round(self.validate_seconds, 3),
+            "validate_wait_seconds": round(self.validate_wait_seconds, 3),
             "docs_per_second": round(self.docs_per_second, 1),
         }
 
@@ -309,16 +322,81 @@ def _check_paths(config: ConvertConfig) -> None:
         raise JobFailed("convert", f"{config.output} exists (use --force to replace it)")
 
 
-def _validated_plan(config: ConvertConfig) -> tuple[Version, list[Step]]:
-    """Refuse an invalid source (first problem, and how many) or a downgrade; return the plan."""
-    problems = validate_archive(config.source)
+def _refuse_problems(config: ConvertConfig, problems: Sequence[Problem]) -> None:
+    """Raise the first problem of an invalid source (and how many there are); nothing if valid."""
     if problems:
         first = problems[0]
         more = f" (and {len(problems) - 1} more problem(s); see `cfysnap validate`)" if len(problems) > 1 else ""
         raise CorruptArchive(first.member, first.line, first.reason + more, str(config.source))
+
+
+def _validated_plan(config: ConvertConfig) -> tuple[Version, list[Step]]:
+    """Refuse an invalid source (first problem, and how many) or a downgrade; return the plan."""
+    _refuse_problems(config, validate_archive(config.source))
     with SnapshotReader(config.source) as snap:
         version = snap.version
     return version, plan(version, config.target)
+
+
+_VALIDATE_CHILD = """
+import json, sys, time
+started = time.monotonic()
+from pipelines.validate import validate_archive
+problems = [[p.member, p.line, p.reason] for p in validate_archive(sys.argv[1])]
+json.dump({"problems": problems, "seconds": time.monotonic() - started}, sys.stdout)
+"""
+
+
+class _ConcurrentValidation:
+    """`validate_archive(source)` in a child Python process (a second core), while the job runs.
+
+    A fresh interpreter (`python -c`, the parent's `sys.path`), neither forked (the parent may
+    hold Beam/gRPC threads) nor multiprocessing-spawned (that re-imports the caller's main
+    module, which a script calling `run` need not guard). The child imports only
+    `pipelines.validate` and prints the problems as JSON. `problems()` waits for them;
+    `cancel()` kills the child when the job stops early.
+    """
+
+    def __init__(self, source: Path) -> None:
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+        self._process = subprocess.Popen(
+            [sys.executable, "-c", _VALIDATE_CHILD, str(source)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+        )
+        self._problems: list[Problem] | None = None
+        self.seconds = 0.0
+        """How long the validation took in its process (imports included)."""
+        self.waited = 0.0
+        """Seconds the job spent waiting for the validation (the rest ran concurrently)."""
+
+    def problems(self) -> list[Problem]:
+        if self._problems is None:
+            waiting = time.monotonic()
+            out, err = self._process.communicate()
+            self.waited = time.monotonic() - waiting
+            if self._process.returncode != 0:
+                last = (err.decode(errors="replace").strip().splitlines() or ["no output"])[-1]
+                raise JobFailed("convert", f"validating the source failed: {last}")
+            result = json.loads(out)
+            self.seconds = result["seconds"]
+            self._problems = [Problem(m, line, r) for m, line, r in result["problems"]]
+        return self._problems
+
+    def cancel(self) -> None:
+        if self._process.poll() is None:
+            self._process.kill()
+        self._process.communicate()
+
+
+def _new_folders(folder: Path) -> list[Path]:
+    """`folder` and its missing ancestors, deepest first: what `mkdir(parents=True)` would make."""
+    missing = []
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    return missing
 
 
 def run(config: ConvertConfig, beam_args: Sequence[str] = ()) -> ConvertSummary | DryRunReport:
@@ -326,28 +404,73 @@ def run(config: ConvertConfig, beam_args: Sequence[str] = ()) -> ConvertSummary 
 
     With `config.dry_run` this is `dry_run(config)`. Raises `CorruptArchive` (invalid source),
     `DowngradeRefused`, `UnsupportedVersion`, or `JobFailed` (nothing is left at `output`).
+
+    The source is validated in a child process while the pipeline converts it into staging.
+    "Check before write" holds for the output: the converted archive is renamed to `output` only
+    after the validation found no problem; an invalid source leaves nothing behind (staging, the
+    partial archive and any folder made for the output are removed) and its first problem is the
+    error, whatever the pipeline did or raised meanwhile.
     """
     if config.dry_run:
         return dry_run(config)
     started = time.monotonic()
     _check_paths(config)
-    version, steps = _validated_plan(config)
-    validated = time.monotonic()
+    output = config.output
+    new_folders = _new_folders(output.parent)
+    validation = _ConcurrentValidation(config.source)
+    try:
+        summary = _convert(config, beam_args, validation)
+    except BaseException:
+        validation.cancel()
+        for folder in new_folders:
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only when empty: nothing of anyone else's is removed
+        raise
+    return replace(
+        summary,
+        seconds=time.monotonic() - started,
+        validate_seconds=validation.seconds,
+        validate_wait_seconds=validation.waited,
+    )
 
+
+def _source_plan(config: ConvertConfig, validation: _ConcurrentValidation) -> tuple[Version, list[Step]]:
+    """The source's version and the plan; when the source cannot even be read, the error is the
+    validation's first problem (as if it had been validated first)."""
+    try:
+        with SnapshotReader(config.source) as snap:
+            version = snap.version
+    except CfysnapError:
+        _refuse_problems(config, validation.problems())
+        raise
+    return version, plan(version, config.target)
+
+
+def _convert(
+    config: ConvertConfig, beam_args: Sequence[str], validation: _ConcurrentValidation
+) -> ConvertSummary:
+    version, steps = _source_plan(config, validation)
     output = config.output
     output.parent.mkdir(parents=True, exist_ok=True)
     token = uuid.uuid4().hex[:8]
     staging = (config.staging or output.parent) / f".{output.name}.{token}.staging"
     partial = output.parent / f".{output.name}.{token}.converted"
     staging.mkdir(parents=True, exist_ok=False)
-    done: dict[str, Any] = {"validated": config.source.name, "archive written": "no"}
+    done: dict[str, Any] = {"validated": "no", "archive written": "no"}
     try:
-        with SnapshotReader(config.source) as snap:
-            members = converted_members(snap, steps, staging)
-            source_manifest = snap.manifest()
-        expected_total = _manifest_total(source_manifest)
-        with progress_mod.Progress("convert", total=expected_total, enabled=config.show_progress):
-            counters = _run_pipeline(config, steps, members, str(staging), str(partial), beam_args, done)
+        try:
+            with SnapshotReader(config.source) as snap:
+                members = converted_members(snap, steps, staging)
+                source_manifest = snap.manifest()
+            expected_total = _manifest_total(source_manifest)
+            with progress_mod.Progress("convert", total=expected_total, enabled=config.show_progress):
+                counters = _run_pipeline(config, steps, members, str(staging), str(partial), beam_args, done)
+        except BaseException:
+            # an invalid source may fail the pipeline first: its validation problem is the error
+            _refuse_problems(config, validation.problems())
+            raise
+        _refuse_problems(config, validation.problems())
+        done["validated"] = config.source.name
         with SnapshotReader(partial) as produced:
             written = _manifest_documents(produced.manifest())
         summary = ConvertSummary(
@@ -371,7 +494,7 @@ def run(config: ConvertConfig, beam_args: Sequence[str] = ()) -> ConvertSummary 
         raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return replace(summary, seconds=time.monotonic() - started, validate_seconds=validated - started)
+    return summary
 
 
 def _run_pipeline(

@@ -255,6 +255,18 @@ def test_an_invalid_archive_is_refused_before_anything_is_written(tmp_path: Path
     assert not out_dir.exists()
 
 
+def test_an_invalid_archive_the_pipeline_could_convert_is_still_refused_and_leaves_nothing(tmp_path: Path) -> None:
+    """Validation runs alongside the pipeline; a source that converts fine but does not validate
+    (here: a key twice, which the dedupe would quietly drop) must still leave no output."""
+    doc = {"_index": "cloudify_storage", "_type": "execution", "_id": "e1", "_source": {}}
+    source = write_archive(tmp_path / "in.zip", {"snapshot_version": "3.3"}, [doc, doc])
+    out_dir = tmp_path / "new" / "folder"
+    with pytest.raises(CorruptArchive, match="duplicate document cloudify_storage/execution/e1") as err:
+        convert(source, out_dir / "out.zip", Version.V3_4)
+    assert (err.value.member, err.value.line) == ("es_data", 2)
+    assert leftovers(tmp_path) == ["in.zip"]  # no output, partial, staging, nor the folders made for it
+
+
 def test_a_downgrade_is_refused_with_a_typed_error(tmp_path: Path) -> None:
     source = zip_tree(GOLDEN / "v3_3_to_v3_4" / "input", tmp_path / "in.zip")
     with pytest.raises(DowngradeRefused, match="cannot convert a 3.3 snapshot to 3.2"):
