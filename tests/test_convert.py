@@ -34,8 +34,9 @@ from transforms.upgrade import (
     keep_one,
     key_digest,
     repeated_digests,
+    upgraded_line,
 )
-from transforms.versions import DowngradeRefused, plan
+from transforms.versions import DowngradeRefused, plan, upgrade_hit
 
 GOLDEN = Path(__file__).parent / "golden" / "archives"
 PAIRS = sorted(p.name for p in GOLDEN.iterdir() if p.is_dir())
@@ -145,6 +146,20 @@ def test_golden_pair(pair: str, tmp_path: Path) -> None:
     assert summary.documents_read == summary.documents_written == len(want)
     assert summary.duplicates_dropped == 0
     assert validate_archive(output) == []
+
+
+def test_output_lines_are_exactly_what_a_plain_loop_writes(sample32: Path, tmp_path: Path) -> None:
+    """Lines as 3.x wrote them (json.dumps): every output line is `json.dumps(upgraded hit)`,
+    whether it was kept, had its `_index` replaced or was re-serialised."""
+    steps = plan(Version.V3_2, Version.V3_4)
+    with SnapshotReader(sample32) as snap:
+        expected = Counter(json.dumps(upgrade_hit(hit, steps)).encode() for _, hit in snap.iter_hits())
+    output = tmp_path / "out.zip"
+    summary = convert(sample32, output, Version.V3_4, *TWO_PROCESSES, lines_per_shard=700)
+    assert es_lines(output) == expected
+    with SnapshotReader(sample32) as snap:
+        unchanged = sum(1 for _, hit in snap.iter_hits() if upgrade_hit(hit, steps) is hit)
+    assert summary.documents_changed == summary.documents_read - unchanged
 
 
 def test_golden_pairs_cover_every_step_and_the_whole_chain() -> None:
@@ -332,6 +347,59 @@ def test_dry_run_counts_the_duplicates_a_run_drops(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------------ transforms, pure parts
+STEPS_32_34 = plan(Version.V3_2, Version.V3_4)
+MOVED = {"_index": "cloudify_events", "_type": "cloudify_event", "_id": "e", "_source": {
+    "@timestamp": "2015-12-01T10:00:00Z", "message": {"text": "caf\u00e9 \"_index\": x"}}}
+
+
+@pytest.mark.parametrize(
+    ("line", "spliced"),
+    [
+        # as 3.x wrote it: only the _index value is replaced, which is json.dumps(upgraded)
+        (json.dumps(MOVED).replace("caf\\u00e9", "cafe").encode(), True),
+        # non-ASCII text escaped as 3.x wrote it (\\u00e9): still only the _index value replaced
+        (json.dumps(MOVED).encode(), True),
+        # an escape of a letter could spell a second key: re-serialised
+        (json.dumps(MOVED).replace("caf\\u00e9", "\\u0063afe").encode(), False),
+        # other separators after the first key: the rest is kept as it was
+        (b'{"_index": "cloudify_events", "_type":"cloudify_event","_id":"e",'
+         b'"_source":{"@timestamp":"2015-12-01T10:00:00Z"}}', True),
+        # compact from the start: re-serialised
+        (json.dumps(MOVED, separators=(",", ":")).encode(), False),
+        # a second _index key (json keeps the last): re-serialised
+        (b'{"_index": "cloudify_events", "_type": "t", "_id": "e", "_source": {"@timestamp":'
+         b' "2015-12-01T10:00:00Z"}, "_index": "cloudify_events"}', False),
+        # the same, spelled with an escape: re-serialised
+        (b'{"_index": "cloudify_events", "_type": "t", "_id": "e", "_source": {"@timestamp":'
+         b' "2015-12-01T10:00:00Z"}, "\\u005findex": "cloudify_events"}', False),
+        # _index inside _source: re-serialised
+        (b'{"_index": "cloudify_events", "_type": "t", "_id": "e", "_source": {"@timestamp":'
+         b' "2015-12-01T10:00:00Z", "_index": "x"}}', False),
+        # _index not first: re-serialised
+        (b'{"_type": "t", "_index": "cloudify_events", "_id": "e", "_source": {"@timestamp":'
+         b' "2015-12-01T10:00:00Z"}}', False),
+    ],
+    ids=["canonical", "non-ascii", "letter-escape", "other-separators", "compact", "key-twice", "escaped-key", "nested", "not-first"],
+)
+def test_upgraded_line_moves_events_exactly(line: bytes, spliced: bool) -> None:
+    upgraded = upgrade_hit(json.loads(line), STEPS_32_34)
+    new, key, changed = upgraded_line(line, 7, STEPS_32_34)
+    assert changed and key == ("logstash-2015.12.01", upgraded["_type"], "e")
+    assert json.loads(new) == upgraded  # always the upgraded document
+    if spliced:
+        assert new == line.replace(b"cloudify_events", b"logstash-2015.12.01", 1)
+    else:
+        assert new == json.dumps(upgraded).encode()
+
+
+def test_upgraded_line_keeps_unchanged_lines_byte_for_byte_and_names_bad_lines() -> None:
+    line = b'{"_index":"cloudify_storage","_type":"mine","_id":"u","_source":{"f":1.50}}'
+    assert upgraded_line(line, 3, STEPS_32_34) == (line, ("cloudify_storage", "mine", "u"), False)
+    with pytest.raises(CorruptArchive) as err:
+        upgraded_line(b'{"_index": "cloudify_events", "_type": "e", "_id": "x", "_source": {}}', 9, STEPS_32_34)
+    assert (err.value.member, err.value.line) == ("es_data", 9)
+
+
 def test_keep_one_is_order_independent() -> None:
     a = b'{"_id": "x", "_source": {"v": 1}}\n'
     b = b'{"_source": {"v": 2}, "_id": "x"}\n'

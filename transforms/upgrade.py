@@ -9,8 +9,9 @@ the pure step functions of `transforms.versions` (`upgraded_line`) and writes th
 file itself. Documents never become Beam elements: Beam's per-element cost on the FnApiRunner
 (~10 µs for each of read, upgrade, write, digest) was more than the work itself. It emits only a
 `ShardInfo` and the 8-byte key digests of the shard, packed. A line no step changes is written
-as it was read, byte for byte; a changed line is `json.dumps` of the upgraded hit (see
-`upgraded_line`).
+as it was read, byte for byte; a changed line is `json.dumps` of the upgraded hit, except a
+3.2 event moved to its daily index: its line is the original with only the `_index` value
+replaced, when that provably is the same document (see `upgraded_line`).
 
 `UpgradeDocuments` (hits → hits) and `DeduplicateByKey` (hits and their staged shards) are the
 same steps for pipelines whose documents already are elements.
@@ -40,6 +41,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import uuid
 from array import array
 from collections import Counter
@@ -139,7 +141,35 @@ def upgraded_line(line: bytes, lineno: int | None, steps: Sequence[Step]) -> tup
         raise CorruptArchive(ES_DATA, lineno, exc.reason) from None
     if upgraded is hit:
         return line, hit_key(hit), False
-    return dump_hit(upgraded).encode(), hit_key(upgraded), True
+    moved = _moved_line(line, hit, upgraded)
+    return moved or dump_hit(upgraded).encode(), hit_key(upgraded), True
+
+
+_ESCAPED_LETTER = re.compile(rb"\\u00[4-7]")
+"""A JSON escape of a character from "@" to DEL, which includes every letter of `_index`."""
+
+
+def _moved_line(line: bytes, hit: Hit, upgraded: Hit) -> bytes | None:
+    """`line` with only its `_index` value replaced, when that is exactly `upgraded` (a 3.2 event
+    moved to its daily index) and provably so; else None (then the hit is re-serialised).
+
+    Saves `json.dumps` for most documents of a 3.2 archive. For a line as 3.x wrote it
+    (`json.dumps(hit)`), the result is byte for byte `json.dumps(upgraded)`; for any other line
+    it parses to `upgraded` and keeps the rest of the line as it was. Proof obligations, all
+    checked: `upgraded` differs from `hit` only in the value of `_index` (same keys, same order,
+    the other values the same objects); the line starts with `{"_index": <old value as json.dumps
+    writes it>, ` (so that is the top-level key); `"_index"` occurs once in the line (no other
+    key of that name: inside a JSON string a quote is always escaped) and no `\\u0040`-`\\u007f`
+    escape could spell another one (json.dumps escapes non-ASCII text, never those).
+    """
+    if list(upgraded) != list(hit):
+        return None
+    if any(upgraded[k] is not v for k, v in hit.items() if k != "_index"):
+        return None
+    prefix = b'{"_index": ' + json.dumps(hit["_index"]).encode() + b", "
+    if not line.startswith(prefix) or line.count(b'"_index"') != 1 or _ESCAPED_LETTER.search(line):
+        return None
+    return b'{"_index": ' + json.dumps(upgraded["_index"]).encode() + b", " + line[len(prefix) :]
 
 
 def _digest_blobs(digests: array) -> Iterator[DigestBlob]:
