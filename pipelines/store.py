@@ -419,7 +419,7 @@ class SnapshotStore:
         if "://" not in dest and Path(dest).is_dir():
             dest = str(Path(dest) / f"{snapshot_id}.zip")
         with archive.open("rb") as source:
-            size, digest = _copy_to(source, dest, overwrite=overwrite)
+            size, digest = _copy_to(source, dest, overwrite=overwrite, snapshot_id=snapshot_id)
         return Transfer(snapshot_id, dest, size, digest)
 
     def upload(self, snapshot_id: str, source: str) -> Transfer:
@@ -524,20 +524,22 @@ def _open_source(snapshot_id: str, source: str) -> Iterator[IO[bytes]]:
         handle.close()
 
 
-def _copy_to(source: IO[bytes], dest: str, *, overwrite: bool) -> tuple[int, str]:
+def _copy_to(
+    source: IO[bytes], dest: str, *, overwrite: bool, snapshot_id: str
+) -> tuple[int, str]:
     """Stream `source` to `dest` via a temporary name beside it and a rename."""
     from apache_beam.io.filesystem import CompressionTypes
     from apache_beam.io.filesystems import FileSystems
 
     try:
         if FileSystems.exists(dest) and not overwrite:
-            raise StoreError(_name(dest), f"{dest} already exists (use --force to replace it)")
+            raise StoreError(snapshot_id, f"{dest} already exists (use --force to replace it)")
         folder, name = FileSystems.split(dest)
         temp = FileSystems.join(folder, f".{name}.{uuid.uuid4().hex[:8]}.partial")
     except CfysnapError:
         raise
     except Exception as exc:  # noqa: BLE001
-        raise StoreError(_name(dest), f"cannot write {dest}: {_short(exc)}") from None
+        raise StoreError(snapshot_id, f"cannot write {dest}: {_short(exc)}") from None
     try:
         with FileSystems.create(temp, compression_type=CompressionTypes.UNCOMPRESSED) as target:
             if FileSystems.get_scheme(temp) is None:
@@ -549,13 +551,9 @@ def _copy_to(source: IO[bytes], dest: str, *, overwrite: bool) -> tuple[int, str
             if FileSystems.exists(temp):
                 FileSystems.delete([temp])
         if isinstance(exc, Exception) and not isinstance(exc, CfysnapError):
-            raise StoreError(_name(dest), f"cannot write {dest}: {_short(exc)}") from None
+            raise StoreError(snapshot_id, f"cannot write {dest}: {_short(exc)}") from None
         raise
     return size, digest
-
-
-def _name(path: str) -> str:
-    return path.rstrip("/").rsplit("/", 1)[-1]
 
 
 def _short(exc: BaseException) -> str:

@@ -426,8 +426,11 @@ def test_mem_filesystem_round_trip(
     assert mem["mem://out/m.zip"] == data
     assert transfer.sha256 == hashlib.sha256(data).hexdigest()
     assert sorted(mem) == ["mem://in/snap.zip", "mem://out/m.zip"]  # temporary renamed away
-    with pytest.raises(StoreError, match="already exists"):
+    with pytest.raises(StoreError) as refused:
         store.download("m", "mem://out/m.zip")
+    assert str(refused.value) == (
+        "snapshot m: mem://out/m.zip already exists (use --force to replace it)"
+    )
     mem["mem://out/m.zip"] = b"old"
     store.download("m", "mem://out/m.zip", overwrite=True)
     assert mem["mem://out/m.zip"] == data and len(mem) == 2
