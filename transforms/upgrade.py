@@ -39,6 +39,7 @@ real key, so both documents are kept.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -90,8 +91,12 @@ DigestBlob = tuple[int, bytes]
 
 def key_digest(key: HitKey) -> int:
     """A signed 64-bit digest of (index, type, id) (Beam's int coder is signed); equal keys, equal digests."""
-    raw = "\x00".join(key).encode()
-    return int.from_bytes(hashlib.blake2b(raw, digest_size=8).digest(), "little", signed=True)
+    return int.from_bytes(_digest_bytes(key), "little", signed=True)
+
+
+def _digest_bytes(key: HitKey) -> bytes:
+    """`key_digest` as the 8 little-endian bytes it is packed as."""
+    return hashlib.blake2b("\x00".join(key).encode(), digest_size=8).digest()
 
 
 def repeated_digests(blobs: Iterable[bytes]) -> list[int]:
@@ -164,17 +169,26 @@ def _moved_line(line: bytes, hit: Hit, upgraded: Hit) -> bytes | None:
     """
     if list(upgraded) != list(hit):
         return None
-    if any(upgraded[k] is not v for k, v in hit.items() if k != "_index"):
-        return None
-    prefix = b'{"_index": ' + json.dumps(hit["_index"]).encode() + b", "
+    for k, v in hit.items():
+        if upgraded[k] is not v and k != "_index":
+            return None
+    prefix = _index_prefix(hit["_index"])
     if not line.startswith(prefix) or line.count(b'"_index"') != 1 or _ESCAPED_LETTER.search(line):
         return None
-    return b'{"_index": ' + json.dumps(upgraded["_index"]).encode() + b", " + line[len(prefix) :]
+    return _index_prefix(upgraded["_index"]) + line[len(prefix) :]
 
 
-def _digest_blobs(digests: array) -> Iterator[DigestBlob]:
-    """Packed digests split into their buckets (`digest % DIGEST_BUCKETS`), non-empty ones only."""
-    values = np.frombuffer(digests, dtype=np.int64) if digests else np.empty(0, np.int64)
+@functools.lru_cache(maxsize=4096)
+def _index_prefix(index: str) -> bytes:
+    """How `json.dumps` begins a hit whose first key is `_index`, through the separator after it
+    (cached: an archive has one index per day of events)."""
+    return b'{"_index": ' + json.dumps(index).encode() + b", "
+
+
+def _digest_blobs(digests: bytes | bytearray) -> Iterator[DigestBlob]:
+    """Packed digests (little-endian int64s) split into their buckets (`digest % DIGEST_BUCKETS`),
+    non-empty ones only."""
+    values = np.frombuffer(digests, dtype="<i8") if digests else np.empty(0, "<i8")
     buckets = values % DIGEST_BUCKETS  # numpy's % is non-negative for a positive divisor, as Python's
     for bucket in range(DIGEST_BUCKETS):
         selected = values[buckets == bucket]
@@ -187,7 +201,7 @@ class _UpgradeShardFn(beam.DoFn):
     """Shard → its upgraded file's ShardInfo (main output) and its key digests ("digests")."""
 
     DIGESTS = "digests"
-    _REPORT_EVERY = 5_000
+    _REPORT_EVERY = 1_000
 
     def __init__(self, staging: str, steps: Sequence[Step]) -> None:
         self._staging, self._steps = staging, tuple(steps)
@@ -195,28 +209,39 @@ class _UpgradeShardFn(beam.DoFn):
         self._changed = beam.metrics.Metrics.counter(COUNTER_NAMESPACE, "documents_changed")
         self._written = beam.metrics.Metrics.counter(COUNTER_NAMESPACE, "documents_written")
 
+    @staticmethod
+    def _flush(lines: list[bytes], out: Any) -> int:
+        """Write `lines` (each with a newline) in one call; report progress; return the bytes."""
+        if not lines:
+            return 0
+        data = b"\n".join(lines) + b"\n"
+        out.write(data)
+        progress.report(len(lines), len(data))
+        return len(data)
+
     def process(self, shard: Shard) -> Iterator[Any]:
         path = FileSystems.join(self._staging, f"upgraded-{uuid.uuid4().hex}.jsonl")
         steps, first = self._steps, shard.first_line
         counts: Counter[tuple[str, str]] = Counter()
-        digests = array("q")
-        written = changed = nbytes = reported = reported_bytes = 0
+        digests = bytearray()
+        batch: list[bytes] = []
+        written = changed = nbytes = 0
         with FileSystems.open(shard.path) as src, FileSystems.create(path) as out:
             for offset, raw in enumerate(src):
                 line = raw.rstrip(b"\r\n")
-                if not line.strip():
+                if not line or line.isspace():
                     continue
                 new, key, was_changed = upgraded_line(line, first + offset, steps)
-                out.write(new + b"\n")
-                counts[(key[0], key[1])] += 1
-                digests.append(key_digest(key))
+                batch.append(new)
+                counts[key[:2]] += 1  # type: ignore[index]
+                digests += _digest_bytes(key)
                 changed += was_changed
-                written += 1
-                nbytes += len(new) + 1
-                if written - reported >= self._REPORT_EVERY:
-                    progress.report(written - reported, nbytes - reported_bytes)
-                    reported, reported_bytes = written, nbytes
-        progress.report(written - reported, nbytes - reported_bytes)
+                if len(batch) >= self._REPORT_EVERY:
+                    nbytes += self._flush(batch, out)
+                    written += len(batch)
+                    batch = []
+            nbytes += self._flush(batch, out)
+            written += len(batch)
         self._read.inc(written)
         self._changed.inc(changed)
         self._written.inc(written)
