@@ -114,9 +114,9 @@ def speed(args: argparse.Namespace) -> None:
 
         for label, beam_args in (("beam 1 worker", ()), ("beam 2 processes", TWO_PROCESSES)):
             out = work / f"{label.replace(' ', '-')}.zip"
-            c0 = time.monotonic(), cpu_seconds()
+            c0 = cpu_seconds()
             s = beam_convert(source, out, args.lines_per_shard, *beam_args)
-            cpu = cpu_seconds() - c0[1]
+            cpu = cpu_seconds() - c0
             print(
                 f"{label:<20} {s.seconds:7.1f} s  {s.docs_per_second:9,.0f} docs/s  cpu {cpu:6.1f} s"
                 f"  ratio {s.docs_per_second / plain_rate:4.2f}"

@@ -312,7 +312,7 @@ class UpgradeDocuments(beam.PTransform):
 
 # ---------------------------------------------------------------------------- duplicates
 def _windowed(value: Any) -> WindowedValue:
-    return WindowedValue(value, MIN_TIMESTAMP, [GlobalWindow()])
+    return WindowedValue(value, MIN_TIMESTAMP, (GlobalWindow(),))
 
 
 class _DigestKeysFn(beam.DoFn):
