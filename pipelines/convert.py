@@ -327,7 +327,9 @@ def _refuse_problems(config: ConvertConfig, problems: Sequence[Problem]) -> None
     if problems:
         first = problems[0]
         more = f" (and {len(problems) - 1} more problem(s); see `cfysnap validate`)" if len(problems) > 1 else ""
-        raise CorruptArchive(first.member, first.line, first.reason + more, str(config.source))
+        # a problem with the whole file is already named by its path: don't name it twice
+        archive = "" if first.member == str(config.source) else str(config.source)
+        raise CorruptArchive(first.member, first.line, first.reason + more, archive)
 
 
 def _validated_plan(config: ConvertConfig) -> tuple[Version, list[Step]]:
@@ -455,7 +457,7 @@ def _convert(
     token = uuid.uuid4().hex[:8]
     staging = (config.staging or output.parent) / f".{output.name}.{token}.staging"
     partial = output.parent / f".{output.name}.{token}.converted"
-    staging.mkdir(parents=True, exist_ok=False)
+    staging.mkdir(mode=0o700, parents=True, exist_ok=False)  # shards hold broker secrets
     done: dict[str, Any] = {"validated": "no", "archive written": "no"}
     try:
         try:

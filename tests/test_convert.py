@@ -483,3 +483,16 @@ def test_cli_convert_dry_run_and_downgrade(tmp_path: Path) -> None:
     result = runner.invoke(app, ["convert", str(output), str(tmp_path / "back.zip"), "--to", "3.3"])
     assert result.exit_code == 1
     assert "error: cannot convert a 3.4 snapshot to 3.3" in result.output
+
+
+def test_a_truncated_archive_is_one_line_naming_it_once(tmp_path: Path) -> None:
+    whole = tmp_path / "whole.zip"
+    write_sample_archive(ManagerSpec.sized(Version.V3_2, 200), whole)
+    cut = tmp_path / "cut.zip"
+    cut.write_bytes(whole.read_bytes()[:4000])
+    result = CliRunner().invoke(app, ["convert", str(cut), str(tmp_path / "out.zip"), "--to", "3.4"])
+    assert result.exit_code == 1
+    assert result.output == (
+        f"error: {cut}: not a readable zip archive (truncated or corrupt: File is not a zip file)\n"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cut.zip", "whole.zip"]
