@@ -28,14 +28,17 @@ server-stop:
 demo: venv
 	bash scripts/demo $(DEMO_PORTS)
 
-test: venv server
-	CFYSNAP_ES_URL=$$(scripts/search-server url --port $(ES_PORT)) $(VENV)/bin/pytest -q
+# The whole suite: lint, types, then every test — the Flink ones (`distributed`) included, since
+# they fit comfortably in CI's time (the job server is fetched once by scripts/flink-job-server).
+test: lint server
+	CFYSNAP_ES_URL=$$(scripts/search-server url --port $(ES_PORT)) $(VENV)/bin/pytest -q -o addopts=-ra
 
 test-distributed: venv server
 	CFYSNAP_ES_URL=$$(scripts/search-server url --port $(ES_PORT)) $(VENV)/bin/pytest -q -m distributed -o addopts=-ra
 
 lint: venv
 	$(VENV)/bin/ruff check cli.py pipelines transforms tests bench
+	$(VENV)/bin/mypy cli.py pipelines transforms bench
 
 clean:
 	rm -rf $(DEMO)

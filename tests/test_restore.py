@@ -18,7 +18,7 @@ from typing import Any
 
 import apache_beam as beam
 import pytest
-from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.test_pipeline import TestPipeline as BeamPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from pipelines import restore, verify
@@ -185,7 +185,7 @@ def _numbered(n: int, bad: bool = False) -> list[tuple[int, Hit]]:
 
 def test_bulk_load_fails_the_job_naming_the_document_that_failed() -> None:
     with pytest.raises(Exception) as info:  # noqa: PT011 - the runner wraps the DoFn's error
-        with TestPipeline() as p:
+        with BeamPipeline() as p:
             _ = p | beam.Create(_numbered(10, bad=True)) | BulkLoad(_FakeClient, max_docs=3)
     assert "cloudify_storage/execution/bad: 400 mapper_parsing_exception" in str(info.value)
     assert isinstance(restore._domain_error(info.value), BulkLoadError) or "BulkLoadError" in str(
@@ -195,7 +195,7 @@ def test_bulk_load_fails_the_job_naming_the_document_that_failed() -> None:
 @pytest.mark.server
 def test_bulk_load_into_the_real_server_batches_by_count_and_keeps_ids(search: SearchClient) -> None:
     url = search.url
-    with TestPipeline() as p:
+    with BeamPipeline() as p:
         batches = (p | beam.Create(_numbered(25)) | BulkLoad(lambda: SearchClient(url), max_docs=10)
                    | beam.Map(lambda b: (b.documents <= 10, b.documents)))
         total = batches | beam.Map(lambda t: t[1]) | beam.CombineGlobally(sum)
