@@ -35,7 +35,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -52,7 +51,7 @@ import apache_beam as beam
 import numpy as np
 
 from pipelines import progress as progress_mod
-from pipelines.errors import CfysnapError, CorruptArchive, JobFailed
+from pipelines.errors import CfysnapError, CorruptArchive, JobFailed, job_error
 from pipelines.io.archive import AGENTS, ES_DATA, MANIFEST, METADATA, SnapshotReader, parse_hit
 from pipelines.model import Version, hit_key, parse_version
 from pipelines.options import beam_options
@@ -520,7 +519,7 @@ def _run_pipeline(
         result = pipeline.run()
         result.wait_until_finish()
     except Exception as exc:  # noqa: BLE001 - turned into a typed error right here
-        raise _job_error(exc, done) from None
+        raise job_error("convert", exc, done) from None
     return _counters(result)
 
 
@@ -565,26 +564,6 @@ def _manifest_documents(manifest: dict[str, Any] | None) -> dict[tuple[str, str]
         index, _, doc_type = key.rpartition("/")
         documents[(index, doc_type)] = int(n)
     return documents
-
-
-_BEAM_CONTEXT = re.compile(r" \[while running '[^']*'\]")
-
-
-def _job_error(exc: BaseException, done: dict[str, Any]) -> CfysnapError:
-    """A typed error for a failed pipeline. In-process runners re-raise the DoFn's own error with
-    Beam's step name inserted into its first argument (removed here); multi-process runners raise
-    a RuntimeError holding the worker's traceback as text, of which only the last line is kept."""
-    if isinstance(exc, CfysnapError):
-        args = [_BEAM_CONTEXT.sub("", a) if isinstance(a, str) else a for a in exc.args]
-        try:
-            return type(exc)(*args)
-        except TypeError:
-            return exc
-    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
-    last = _BEAM_CONTEXT.sub("", lines[-1]) if lines else type(exc).__name__
-    match = re.match(r"^(?:[\w]+\.)*(\w+): (.*)$", last)
-    reason = f"{match.group(2)} ({match.group(1)})" if match else last
-    return JobFailed("convert", reason, done)
 
 
 # ----------------------------------------------------------------------------------- dry run

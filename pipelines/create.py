@@ -34,11 +34,10 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import shutil
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -48,7 +47,7 @@ import apache_beam as beam
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import DirectOptions
 
-from pipelines.errors import CfysnapError, JobFailed, SearchServerError, StoreError
+from pipelines.errors import CfysnapError, JobFailed, SearchServerError, StoreError, job_error
 from pipelines.io.archive import METADATA, SnapshotReader
 from pipelines.io.search import Layout, SearchClient
 from pipelines.model import (
@@ -575,33 +574,7 @@ def _reconcile(
         raise JobFailed("create", f"document counts do not reconcile: {shown}")
 
 
-_ERROR_LINE = re.compile(
-    r"(?:pipelines\.errors\.)?(SearchServerError|JobFailed|UnsafePath|CorruptArchive|BulkLoadError)"
-    r": (.+)"
-)
-
-
-def _causes(exc: BaseException) -> Iterator[BaseException]:
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        yield current
-        current = current.__cause__ or current.__context__
-
-
 def _as_job_error(exc: BaseException) -> CfysnapError:
-    """The typed error behind a failed job (Beam wraps worker errors), as a `CfysnapError`."""
-    for cause in _causes(exc):
-        if isinstance(cause, JobFailed):
-            return cause
-        if isinstance(cause, CfysnapError):
-            return JobFailed("create", str(cause))
-    if isinstance(exc, KeyboardInterrupt):
-        return JobFailed("create", "interrupted")
-    # errors from worker processes arrive as text: keep the typed error's own line
-    matches = _ERROR_LINE.findall(str(exc))
-    if matches:
-        return JobFailed("create", matches[-1][1].strip())
-    text = str(exc).strip().splitlines()
-    return JobFailed("create", f"{type(exc).__name__}: {text[-1] if text else ''}")
+    """The typed error behind a failed job, always as `create failed: …`."""
+    error = job_error("create", exc)
+    return error if isinstance(error, JobFailed) else JobFailed("create", str(error))

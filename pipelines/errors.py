@@ -8,6 +8,8 @@ Messages never contain secrets: they name members, lines, document ids and reaso
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterator
 from typing import Any
 
 __all__ = [
@@ -20,6 +22,7 @@ __all__ = [
     "RestoreRefused",
     "StoreError",
     "JobFailed",
+    "job_error",
 ]
 
 
@@ -125,3 +128,58 @@ class JobFailed(CfysnapError):
     def __str__(self) -> str:
         done = ", ".join(f"{k}={v}" for k, v in self.done.items())
         return f"{self.job} failed: {self.reason}" + (f" (done before failing: {done})" if done else "")
+
+
+# --------------------------------------------------------------------------- errors out of Beam
+_BEAM_CONTEXT = re.compile(r" \[while running '[^']*'\]")
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
+
+
+def _strip_beam_context(error: CfysnapError) -> CfysnapError:
+    args = [_BEAM_CONTEXT.sub("", a) if isinstance(a, str) else a for a in error.args]
+    try:
+        return type(error)(*args)
+    except TypeError:
+        return error
+
+
+def job_error(job: str, exc: BaseException, done: dict[str, Any] | None = None) -> CfysnapError:
+    """The typed error behind a failed pipeline, for one line at the CLI.
+
+    In-process runners re-raise the DoFn's own error with Beam's step name inserted into its
+    first argument (removed here). Multi-process and portable runners raise a RuntimeError that
+    holds the worker's traceback as text: the last line naming one of cfysnap's errors is kept
+    (else the last line). Anything else becomes `JobFailed(job, …, done)`.
+    """
+    for cause in _causes(exc):
+        if isinstance(cause, CfysnapError):
+            return _strip_beam_context(cause)
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    names = "|".join(sorted(_error_names()))
+    typed = [m for line in lines if (m := re.search(rf"\b({names}): (.+)$", line))]
+    if typed:
+        reason = _BEAM_CONTEXT.sub("", typed[-1].group(2))
+    elif lines:
+        last = _BEAM_CONTEXT.sub("", lines[-1])
+        match = re.match(r"^(?:\w+\.)*(\w+): (.*)$", last)
+        reason = f"{match.group(2)} ({match.group(1)})" if match else last
+    else:
+        reason = type(exc).__name__
+    return JobFailed(job, reason, done)
+
+
+def _error_names() -> set[str]:
+    found, todo = set(), [CfysnapError]
+    while todo:
+        cls = todo.pop()
+        found.add(cls.__name__)
+        todo.extend(cls.__subclasses__())
+    return found

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import time
 import uuid
@@ -39,7 +38,7 @@ import apache_beam as beam
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import DirectOptions
 
-from pipelines.errors import CfysnapError, JobFailed
+from pipelines.errors import JobFailed, job_error
 from pipelines.io.archive import SnapshotReader
 from pipelines.io.search import Layout, SearchClient
 from pipelines.model import EVENT_TYPES, EVENTS_INDEX, LOGSTASH_PREFIX, STORAGE_INDEX, Hit
@@ -262,7 +261,7 @@ def run(config: ExportConfig, beam_args: Sequence[str] = ()) -> ExportSummary:
                 result = p.run()
                 result.wait_until_finish()
             except Exception as exc:  # noqa: BLE001 - turned into a typed error right here
-                raise _job_error(exc, done) from None
+                raise job_error("export", exc, done) from None
         counters = _counters(result)
         committed = json.loads(summary_path.read_text())
         summary = ExportSummary(
@@ -316,31 +315,3 @@ def _reconcile(
                 problems.append(f"{doc_type}: the source has {want} documents, exported {got}")
     if problems:
         raise JobFailed("export", "counts do not reconcile: " + "; ".join(problems), done)
-
-
-_BEAM_CONTEXT = re.compile(r" \[while running '[^']*'\]")
-
-
-def _causes(exc: BaseException) -> Iterator[BaseException]:
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        yield current
-        current = current.__cause__ or current.__context__
-
-
-def _job_error(exc: BaseException, done: dict[str, Any]) -> CfysnapError:
-    """The typed error behind a failed pipeline. In-process runners re-raise the DoFn's error
-    (with Beam's step name inserted, removed here); other runners send the worker's traceback
-    as text, of which the last line is kept."""
-    for cause in _causes(exc):
-        if isinstance(cause, CfysnapError):
-            args = [_BEAM_CONTEXT.sub("", a) if isinstance(a, str) else a for a in cause.args]
-            try:
-                return type(cause)(*args)
-            except TypeError:
-                return cause
-    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
-    last = _BEAM_CONTEXT.sub("", lines[-1]) if lines else type(exc).__name__
-    return JobFailed("export", last, done)

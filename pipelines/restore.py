@@ -45,6 +45,7 @@ from pipelines.errors import (
     CorruptArchive,
     JobFailed,
     RestoreRefused,
+    job_error,
 )
 from pipelines.io.archive import CREDENTIALS_PREFIX, SnapshotReader, parse_hit, safe_target_path
 from pipelines.journal import Journal, JournalState
@@ -561,18 +562,6 @@ class LoadDocuments(beam.PTransform):
         )
 
 
-def _domain_error(exc: BaseException) -> CfysnapError | None:
-    """The CfysnapError inside a runner's wrapped exception, if any."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        if isinstance(current, CfysnapError):
-            return current
-        seen.add(id(current))
-        current = current.__cause__ or current.__context__
-    return None
-
-
 # ------------------------------------------------------------------------------------- run
 def _counts_by_key(counts: dict[str, int]) -> dict[tuple[str, str], int]:
     out: dict[tuple[str, str], int] = {}
@@ -710,13 +699,9 @@ def run(config: RestoreConfig, beam_args: tuple[str, ...] | list[str] = ()) -> R
             except CfysnapError:
                 raise
             except Exception as exc:  # noqa: BLE001 - a runner wraps the DoFn's error
-                inner = _domain_error(exc)
-                if inner is not None:
-                    raise inner from None
                 loaded = sum(journal.replay().loaded_counts().values())
-                raise JobFailed(
-                    "restore", f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}",
-                    {**done, "documents": loaded, "journal": str(journal.path)},
+                raise job_error(
+                    "restore", exc, {**done, "documents": loaded, "journal": str(journal.path)}
                 ) from None
 
         final = journal.replay()

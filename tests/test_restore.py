@@ -22,7 +22,7 @@ from apache_beam.testing.test_pipeline import TestPipeline as BeamPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from pipelines import restore, verify
-from pipelines.errors import BulkLoadError, CorruptArchive, RestoreRefused
+from pipelines.errors import BulkLoadError, CorruptArchive, RestoreRefused, job_error
 from pipelines.io.archive import AGENTS, ES_DATA, SnapshotReader, SnapshotWriter
 from pipelines.io.search import BulkItemError, BulkResult, SearchClient
 from pipelines.journal import Journal
@@ -188,8 +188,11 @@ def test_bulk_load_fails_the_job_naming_the_document_that_failed() -> None:
         with BeamPipeline() as p:
             _ = p | beam.Create(_numbered(10, bad=True)) | BulkLoad(_FakeClient, max_docs=3)
     assert "cloudify_storage/execution/bad: 400 mapper_parsing_exception" in str(info.value)
-    assert isinstance(restore._domain_error(info.value), BulkLoadError) or "BulkLoadError" in str(
-        info.value)
+    error = job_error("restore", info.value)
+    assert isinstance(error, BulkLoadError)
+    assert [(i, t, d, s) for i, t, d, s, _ in error.items] == [
+        ("cloudify_storage", "execution", "bad", 400)
+    ]
 
 
 @pytest.mark.server
