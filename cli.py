@@ -403,6 +403,64 @@ TargetVersionOption = Annotated[
     TargetVersion,
     typer.Option("--target-version", help="Version of the target manager; older archives are upgraded."),
 ]
+ForceRestoreOption = Annotated[
+    bool, typer.Option("--force", help="Restore into a target that has blueprints (clashing ids are still refused).")
+]
+ResumeOption = Annotated[
+    bool, typer.Option("--resume", help="Finish an interrupted restore from its journal, doing only what is missing.")
+]
+JournalOption = Annotated[
+    Path | None,
+    typer.Option("--journal", help="Journal file (default <fs-root>/.cfysnap/restore-<archive sha256>.jsonl)."),
+]
+RestoreDryRunOption = Annotated[
+    bool, typer.Option("--dry-run", help="Check and print what would be written; write nothing.")
+]
+BatchDocsOption = Annotated[int, typer.Option("--batch-docs", min=1, help="Documents per bulk request, at most.")]
+BatchBytesOption = Annotated[
+    int, typer.Option("--batch-bytes", min=1, help="Bytes of documents per bulk request, at most.")
+]
+ShardLinesOption = Annotated[int, typer.Option("--shard-lines", min=1, help="es_data lines per parallel shard.")]
+# measured best on 2 cores (bench/restore_bench.py); shared by `restore` and `snapshots restore`
+RESTORE_BATCH_DOCS, RESTORE_BATCH_BYTES, RESTORE_SHARD_LINES = 2000, 8_000_000, 10_000
+
+
+def _restore_job(
+    ctx: typer.Context,
+    archive: Path,
+    es: str,
+    fs_root: Path,
+    credentials_dir: Path,
+    target_version: TargetVersion,
+    force: bool,
+    resume: bool,
+    journal: Path | None,
+    dry_run: bool,
+    layout: LayoutChoice,
+    batch_docs: int,
+    batch_bytes: int,
+    shard_lines: int,
+) -> None:
+    """Build the RestoreConfig both restore commands share, run it, print its summary."""
+    from pipelines.model import Version
+    from pipelines.restore import RestoreConfig, run
+
+    config = RestoreConfig(
+        archive=archive,
+        es_url=es,
+        fs_root=fs_root,
+        credentials_dir=credentials_dir,
+        target_version=Version(target_version.value),
+        force=force,
+        resume=resume,
+        journal=journal,
+        dry_run=dry_run,
+        layout=None if layout is LayoutChoice.auto else layout.value,
+        batch_docs=batch_docs,
+        batch_bytes=batch_bytes,
+        lines_per_shard=shard_lines,
+    )
+    typer.echo(run(config, tuple(ctx.args)).render())
 
 
 @app.command(context_settings=BEAM_ARGS)
@@ -413,26 +471,13 @@ def restore(
     fs_root: FsRootOption,
     credentials_dir: CredentialsDirOption,
     target_version: TargetVersionOption = TargetVersion.v3_4,
-    force: Annotated[
-        bool, typer.Option("--force", help="Restore into a target that has blueprints (clashing ids are still refused).")
-    ] = False,
-    resume: Annotated[
-        bool, typer.Option("--resume", help="Finish an interrupted restore from its journal, doing only what is missing.")
-    ] = False,
-    journal: Annotated[
-        Path | None,
-        typer.Option("--journal", help="Journal file (default <fs-root>/.cfysnap/restore-<archive sha256>.jsonl)."),
-    ] = None,
-    dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="Check and print what would be written; write nothing.")
-    ] = False,
-    batch_docs: Annotated[int, typer.Option("--batch-docs", min=1, help="Documents per bulk request, at most.")] = 2000,
-    batch_bytes: Annotated[
-        int, typer.Option("--batch-bytes", min=1, help="Bytes of documents per bulk request, at most.")
-    ] = 8_000_000,
-    shard_lines: Annotated[
-        int, typer.Option("--shard-lines", min=1, help="es_data lines per parallel shard.")
-    ] = 10_000,
+    force: ForceRestoreOption = False,
+    resume: ResumeOption = False,
+    journal: JournalOption = None,
+    dry_run: RestoreDryRunOption = False,
+    batch_docs: BatchDocsOption = RESTORE_BATCH_DOCS,
+    batch_bytes: BatchBytesOption = RESTORE_BATCH_BYTES,
+    shard_lines: ShardLinesOption = RESTORE_SHARD_LINES,
     layout: LayoutOption = LayoutChoice.auto,
 ) -> None:
     """Restore a snapshot into a target manager: check first (archive valid, not newer than the
@@ -444,27 +489,9 @@ def restore(
 
     Example: cfysnap restore snap.zip --es http://127.0.0.1:9200 --fs-root /opt/manager/resources --credentials-dir /opt/manager/snapshot-credentials -- --direct_num_workers=2 --direct_running_mode=multi_processing
     """
-    from pipelines.model import Version
-    from pipelines.restore import RestoreConfig, run
-
     def body() -> None:
-        config = RestoreConfig(
-            archive=archive,
-            es_url=es,
-            fs_root=fs_root,
-            credentials_dir=credentials_dir,
-            target_version=Version(target_version.value),
-            force=force,
-            resume=resume,
-            journal=journal,
-            dry_run=dry_run,
-            layout=None if layout is LayoutChoice.auto else layout.value,
-            batch_docs=batch_docs,
-            batch_bytes=batch_bytes,
-            lines_per_shard=shard_lines,
-        )
-        summary = run(config, tuple(ctx.args))
-        typer.echo(summary.render())
+        _restore_job(ctx, archive, es, fs_root, credentials_dir, target_version, force, resume,
+                     journal, dry_run, layout, batch_docs, batch_bytes, shard_lines)
 
     _run(body)
 
@@ -657,26 +684,13 @@ def snapshots_restore(
     fs_root: FsRootOption,
     credentials_dir: CredentialsDirOption,
     target_version: TargetVersionOption = TargetVersion.v3_4,
-    force: Annotated[
-        bool, typer.Option("--force", help="Restore into a target that has blueprints (clashing ids are still refused).")
-    ] = False,
-    resume: Annotated[
-        bool, typer.Option("--resume", help="Finish an interrupted restore from its journal, doing only what is missing.")
-    ] = False,
-    journal: Annotated[
-        Path | None,
-        typer.Option("--journal", help="Journal file (default <fs-root>/.cfysnap/restore-<archive sha256>.jsonl)."),
-    ] = None,
-    dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="Check and print what would be written; write nothing.")
-    ] = False,
-    batch_docs: Annotated[int, typer.Option("--batch-docs", min=1, help="Documents per bulk request, at most.")] = 1000,
-    batch_bytes: Annotated[
-        int, typer.Option("--batch-bytes", min=1, help="Bytes of documents per bulk request, at most.")
-    ] = 5_000_000,
-    shard_lines: Annotated[
-        int, typer.Option("--shard-lines", min=1, help="es_data lines per parallel shard.")
-    ] = 50_000,
+    force: ForceRestoreOption = False,
+    resume: ResumeOption = False,
+    journal: JournalOption = None,
+    dry_run: RestoreDryRunOption = False,
+    batch_docs: BatchDocsOption = RESTORE_BATCH_DOCS,
+    batch_bytes: BatchBytesOption = RESTORE_BATCH_BYTES,
+    shard_lines: ShardLinesOption = RESTORE_SHARD_LINES,
     layout: LayoutOption = LayoutChoice.auto,
 ) -> None:
     """Restore a stored snapshot (status created or uploaded) into the manager, exactly as
@@ -685,30 +699,12 @@ def snapshots_restore(
 
     Example: cfysnap snapshots restore before-upgrade --es http://127.0.0.1:9200 --fs-root /opt/manager/resources --credentials-dir /opt/manager/snapshot-credentials
     """
-    from pipelines.model import Version
-    from pipelines.restore import RestoreConfig, run
-
     def body() -> None:
         store = _open_store(es, fs_root, layout)
         with store.client:
             archive = store.archive_for_restore(snapshot_id)
-        config = RestoreConfig(
-            archive=archive,
-            es_url=es,
-            fs_root=fs_root,
-            credentials_dir=credentials_dir,
-            target_version=Version(target_version.value),
-            force=force,
-            resume=resume,
-            journal=journal,
-            dry_run=dry_run,
-            layout=None if layout is LayoutChoice.auto else layout.value,
-            batch_docs=batch_docs,
-            batch_bytes=batch_bytes,
-            lines_per_shard=shard_lines,
-        )
-        summary = run(config, tuple(ctx.args))
-        typer.echo(summary.render())
+        _restore_job(ctx, archive, es, fs_root, credentials_dir, target_version, force, resume,
+                     journal, dry_run, layout, batch_docs, batch_bytes, shard_lines)
 
     _run(body)
 
