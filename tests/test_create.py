@@ -4,6 +4,7 @@ oracle), the store mode, and a server stopped in the middle of a job."""
 
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 import threading
@@ -343,12 +344,20 @@ def test_create_into_the_store_records_snapshot_and_execution(
 
 
 # --------------------------------------------------------------------- server stopped mid-job
-SECOND_PORT = 9212
+@functools.cache
+def _second_port() -> int:
+    """The main test server's port + 12 (9200 → 9212): runs against different main servers (a
+    developer's and CI's) never share the second server this test stops and restarts."""
+    from urllib.parse import urlsplit
+
+    from tests.conftest import _configured_url
+
+    return (urlsplit(_configured_url()).port or 9200) + 12
 
 
 def _server(action: str) -> None:
     subprocess.run(
-        [str(SEARCH_SERVER), action, "--port", str(SECOND_PORT)],
+        [str(SEARCH_SERVER), action, "--port", str(_second_port())],
         check=True,
         capture_output=True,
         timeout=300,
@@ -364,7 +373,7 @@ def test_server_stopped_mid_job(
     fails at once, leaves no archive, and the snapshot's failed status is recorded when the
     server answers again (the failure recorder retries for `status_timeout` seconds)."""
     _server("start")
-    url = f"http://127.0.0.1:{SECOND_PORT}"
+    url = f"http://127.0.0.1:{_second_port()}"
     try:
         spec = sized(root, Version.V3_3, 6000, seed=7)
         with SearchClient(url) as client:
