@@ -264,12 +264,8 @@ class SnapshotStore:
                 raise StoreError(record.id, "a snapshot with this id already exists")
             result.raise_on_failure()
 
-    def begin_create(self, snapshot_id: str) -> SnapshotRecord:
-        """Record a new snapshot as `creating` and mark this process as its creator.
-
-        Refuses (StoreError) an id whose document exists, or whose folder already holds an
-        archive (left by a deleted record: `delete` the id first).
-        """
+    def _require_free(self, snapshot_id: str) -> None:
+        """StoreError unless `snapshot_id` is valid, has no document and no archive left over."""
         check_snapshot_id(snapshot_id)
         if self.get(snapshot_id) is not None:
             raise StoreError(snapshot_id, "a snapshot with this id already exists")
@@ -278,6 +274,14 @@ class SnapshotStore:
                 snapshot_id,
                 f"{self.path(snapshot_id)} exists without a snapshot record; delete the id first",
             )
+
+    def begin_create(self, snapshot_id: str) -> SnapshotRecord:
+        """Record a new snapshot as `creating` and mark this process as its creator.
+
+        Refuses (StoreError) an id whose document exists, or whose folder already holds an
+        archive (left by a deleted record: `delete` the id first).
+        """
+        self._require_free(snapshot_id)
         record = SnapshotRecord(snapshot_id, now_stamp(), Status.CREATING.value, "")
         self._write(record, create=True)
         try:
@@ -433,14 +437,7 @@ class SnapshotStore:
         """
         from pipelines.validate import validate_archive
 
-        check_snapshot_id(snapshot_id)
-        if self.get(snapshot_id) is not None:
-            raise StoreError(snapshot_id, "a snapshot with this id already exists")
-        if self.path(snapshot_id).exists():
-            raise StoreError(
-                snapshot_id,
-                f"{self.path(snapshot_id)} exists without a snapshot record; delete the id first",
-            )
+        self._require_free(snapshot_id)
         self.root.mkdir(parents=True, exist_ok=True)
         staging = self.root / f".upload-{snapshot_id}.{uuid.uuid4().hex[:8]}.partial"
         try:
