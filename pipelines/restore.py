@@ -70,7 +70,7 @@ __all__ = [
     "RestoreSummary",
     "ArchivePlan",
     "run",
-    "archive_sha256",
+    "file_sha256",
     "default_journal_path",
     "restore_context",
     "restore_agents",
@@ -292,7 +292,8 @@ def plan_pass(reader: SnapshotReader, ctx: RestoreContext) -> ArchivePlan:
 
 
 # ------------------------------------------------------------------------------------ helpers
-def archive_sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """sha256 of a file, read in 1 MiB blocks (the archive for its journal name, restored files)."""
     sha = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(1 << 20):
@@ -606,7 +607,7 @@ def run(config: RestoreConfig, beam_args: tuple[str, ...] | list[str] = ()) -> R
     assert ctx is not None
     archive_plan.raise_problem()
 
-    sha = archive_sha256(archive)
+    sha = file_sha256(archive)
     journal = Journal(config.journal or default_journal_path(fs_root, sha))
     state = journal.replay() if journal.exists() else JournalState()
     if state.started and state.started.get("archive_sha256") != sha:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from pipelines.io.archive import CREDENTIALS_PREFIX, SnapshotReader
 from pipelines.model import Doc, Version
-from pipelines.restore import file_children, key_names, restore_context
+from pipelines.restore import file_children, file_sha256, key_names, restore_context
 
 __all__ = ["VerifyConfig", "VerifyReport", "run", "document_digest"]
 
@@ -89,14 +89,6 @@ def _without_key_path(source: Doc) -> Doc:
     return {**source, "properties": {**props, "cloudify_agent": agent}}
 
 
-def _sha256_file(path: Path) -> str:
-    sha = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            sha.update(chunk)
-    return sha.hexdigest()
-
-
 def run(config: VerifyConfig) -> VerifyReport:
     """Compare the target with the archive; see the module docstring. Never writes data."""
     from pipelines.io.search import Layout, SearchClient
@@ -130,7 +122,7 @@ def run(config: VerifyConfig) -> VerifyReport:
                     sha = hashlib.sha256()
                     while chunk := f.read(1 << 20):
                         sha.update(chunk)
-                if _sha256_file(target) != sha.hexdigest():
+                if file_sha256(target) != sha.hexdigest():
                     report.add("file differs", f"file {member}: content differs (sha256)")
 
         if config.credentials_dir is not None:
