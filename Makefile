@@ -1,11 +1,12 @@
 # Two commands set everything up on a fresh machine (see README):
-#   make demo   — venv, real search server, the main job on generated sample data
-#   make test   — venv, real search server, the whole test suite
+#   make demo   — venv, real Elasticsearch 1.7 servers, the main job on generated sample data
+#   make test   — venv, real Elasticsearch 1.7 and 8 servers, the whole test suite
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 ES_PORT ?= 9200
+ES8_PORT ?= 9280
 DEMO_PORTS ?= 9220 9221
 DEMO := demo-out
 
@@ -19,11 +20,18 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed
 
+# Elasticsearch 1.7.6 (what Cloudify 3.x managers run) and Elasticsearch 8 (the second target),
+# fetched from Maven Central once and started on loopback.
 server:
-	scripts/search-server start --port $(ES_PORT)
+	scripts/search-server start --server elasticsearch-1.7 --port $(ES_PORT)
+	scripts/search-server start --server elasticsearch-8 --port $(ES8_PORT)
 
 server-stop:
 	scripts/search-server stop --port $(ES_PORT)
+	scripts/search-server stop --port $(ES8_PORT)
+
+TEST_ENV = CFYSNAP_ES_URL=$$(scripts/search-server url --port $(ES_PORT)) \
+	CFYSNAP_ES8_URL=$$(scripts/search-server url --port $(ES8_PORT))
 
 demo: venv
 	bash scripts/demo $(DEMO_PORTS)
@@ -31,10 +39,10 @@ demo: venv
 # The whole suite: lint, types, then every test — the Flink ones (`distributed`) included, since
 # they fit comfortably in CI's time (the job server is fetched once by scripts/flink-job-server).
 test: lint server
-	CFYSNAP_ES_URL=$$(scripts/search-server url --port $(ES_PORT)) $(VENV)/bin/pytest -q -o addopts=-ra
+	$(TEST_ENV) $(VENV)/bin/pytest -q -o addopts=-ra
 
 test-distributed: venv server
-	CFYSNAP_ES_URL=$$(scripts/search-server url --port $(ES_PORT)) $(VENV)/bin/pytest -q -m distributed -o addopts=-ra
+	$(TEST_ENV) $(VENV)/bin/pytest -q -m distributed -o addopts=-ra
 
 lint: venv
 	$(VENV)/bin/ruff check cli.py pipelines transforms tests bench

@@ -214,9 +214,19 @@ def sample_manager(
     keys_dir: Annotated[
         Path | None, typer.Option("--keys-dir", help="Where the Compute nodes' agent keys are written.")
     ] = None,
+    empty: Annotated[
+        bool,
+        typer.Option(
+            "--empty",
+            help="A freshly installed manager instead: its indices, mappings and provider "
+            "context only (the target of a restore).",
+        ),
+    ] = False,
     layout: LayoutOption = LayoutChoice.auto,
 ) -> None:
-    """Load a generated manager into a search server and a file-server root.
+    """Load a generated manager into a search server and a file-server root, in the shape a real
+    manager gives its server (on Elasticsearch 1.x: `cloudify_storage` with the manager's own
+    settings and mappings, events in `cloudify_events` (3.2) or daily `logstash-*` indices).
 
     Example: cfysnap sample manager --es http://127.0.0.1:9200 --fs-root /tmp/mgr --version 3.2
     """
@@ -225,15 +235,25 @@ def sample_manager(
     from pipelines.io.search import SearchClient
     from pipelines.model import Version
     from pipelines.sample.generate import ManagerSpec
-    from pipelines.sample.load import load_manager
+    from pipelines.sample.load import load_empty_manager, load_manager
 
     def body() -> None:
-        spec = ManagerSpec.sized(Version(version.value), documents, seed=seed)
-        if keys_dir is not None:
-            spec = replace(spec, keys_dir=str(keys_dir.resolve()))
         with SearchClient(es, layout=_layout(layout)) as client:
+            if empty:
+                load_empty_manager(Version(version.value), client, fs_root, seed=seed)
+                typer.echo(
+                    f"installed an empty {version.value} manager on {client.url} "
+                    f"(its indices and provider context); file-server root {fs_root}"
+                )
+                return
+            spec = ManagerSpec.sized(Version(version.value), documents, seed=seed)
+            if keys_dir is not None:
+                spec = replace(spec, keys_dir=str(keys_dir.resolve()))
             counts = load_manager(spec, client, fs_root)
-        typer.echo(f"loaded {sum(counts.values())} documents into {es}; files in {fs_root}")
+            typer.echo(
+                f"loaded a {version.value} manager: {sum(counts.values())} documents into "
+                f"{client.url}; files in {fs_root}"
+            )
 
     _run(body)
 

@@ -4,7 +4,8 @@ A manager is its search server (either layout) plus its file-server root plus th
 Compute nodes name. The archive is written in the source's own version: nothing is changed while
 copying (that is `convert`).
 
-    ReadManagerDocuments (sliced scroll: cloudify_storage, then cloudify_events or logstash-*)
+    ReadManagerDocuments (cloudify_storage, then cloudify_events or logstash-*; split by the
+      server: sliced scroll, or one part per shard on Elasticsearch 1.x)
       ├─ DropExcluded (provider_context, snapshot, the running create's execution)
       │    └─ WriteShards ──────────────▶ shard files in a staging folder beside the output
       ├─ BuildAgentsJson (small facts grouped by deployment) ──▶ staged agents.json
@@ -49,7 +50,7 @@ from apache_beam.options.pipeline_options import DirectOptions
 
 from pipelines.errors import CfysnapError, JobFailed, SearchServerError, StoreError, job_error
 from pipelines.io.archive import METADATA, SnapshotReader
-from pipelines.io.search import Layout, SearchClient
+from pipelines.io.search import Layout, SearchClient, SearchTarget
 from pipelines.model import (
     EVENT_TYPES,
     EVENTS_INDEX,
@@ -110,7 +111,8 @@ class CreateConfig:
     """None: recognised from the data (`detect_version`)."""
     layout: Layout | None = None
     slices: int | None = None
-    """Scroll slices per index; default max(2, number of Beam workers)."""
+    """Parallel reads per index: scroll slices (Elasticsearch ≥ 5, OpenSearch); default
+    max(2, number of Beam workers). 1.x/2.x servers are read one part per shard instead."""
     page_size: int = 1000
     status_timeout: float = 120.0
     """How long to keep trying to record a failed snapshot status on the server."""
@@ -512,7 +514,7 @@ def _build_pipeline(
     layout: Layout,
 ) -> None:
     hits = p | "ReadManagerDocuments" >> ReadManagerDocuments(
-        config.es_url, sources, slices=slices, layout=layout, page_size=config.page_size
+        SearchTarget(config.es_url, layout), sources, parallelism=slices, page_size=config.page_size
     )
     shard_infos = (
         hits

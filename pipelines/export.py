@@ -40,7 +40,7 @@ from apache_beam.options.pipeline_options import DirectOptions
 
 from pipelines.errors import JobFailed, job_error
 from pipelines.io.archive import SnapshotReader
-from pipelines.io.search import Layout, SearchClient
+from pipelines.io.search import Layout, SearchClient, SearchTarget
 from pipelines.model import EVENT_TYPES, EVENTS_INDEX, LOGSTASH_PREFIX, STORAGE_INDEX, Hit
 from pipelines.options import beam_options
 from pipelines.progress import Progress
@@ -241,10 +241,9 @@ def run(config: ExportConfig, beam_args: Sequence[str] = ()) -> ExportSummary:
             )
         else:
             hits = p | "ReadManagerDocuments" >> ReadManagerDocuments(
-                config.es_url or "",
+                SearchTarget(config.es_url or "", layout),
                 sources,
-                slices=config.slices or max(2, workers),
-                layout=layout,
+                parallelism=config.slices or max(2, workers),
                 page_size=config.page_size,
             )
         _ = (

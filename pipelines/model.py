@@ -32,6 +32,8 @@ __all__ = [
     "is_event_index",
     "is_compute_node",
     "credentials_dir_name",
+    "INDEX_SETTINGS",
+    "storage_mappings",
 ]
 
 Doc = dict[str, Any]
@@ -133,3 +135,64 @@ def is_compute_node(node: Doc) -> bool:
 def credentials_dir_name(deployment_id: str, node_id: str) -> str:
     """`snapshot-credentials/<deployment>_<node>/agent_key`: the node's storage `_id` (§6.4)."""
     return f"{deployment_id}_{node_id}"
+
+
+# ------------------------------------------------------------------------- a manager's indices
+INDEX_SETTINGS: dict[str, Any] = {"analysis": {"analyzer": {"default": {"tokenizer": "whitespace"}}}}
+"""The settings a manager's bootstrap creates `cloudify_storage` with (and, on 3.2,
+`cloudify_events`): the whitespace tokenizer as the default analyzer (spec §4, "Target index
+mappings"; MB-3.3 `configure_es`, MB-3.4.2 `create.py`)."""
+
+_DISABLED = {"enabled": False}
+
+
+def storage_mappings(version: Version) -> dict[str, dict[str, Any]]:
+    """The mapping types a `version` manager's bootstrap puts on `cloudify_storage`, exactly as
+    its blueprint sends them (spec §4): not-indexed objects, `_id.path = "id"`, and node's
+    `types` field indexed under the name `type`. 3.4 adds `execution.parameters` (not indexed)
+    and the `deployment_update` type (MB-3.4.2)."""
+    mappings: dict[str, dict[str, Any]] = {
+        "blueprint": {"properties": {"plan": _DISABLED}},
+        "deployment": {
+            "properties": {
+                name: _DISABLED
+                for name in (
+                    "workflows", "inputs", "policy_type", "policy_triggers", "groups", "outputs"
+                )
+            }
+        },
+        "node": {
+            "_id": {"path": "id"},
+            "properties": {
+                "types": {"type": "string", "index_name": "type"},
+                "properties": _DISABLED,
+                "operations": _DISABLED,
+                "relationships": _DISABLED,
+            },
+        },
+        "node_instance": {
+            "_id": {"path": "id"},
+            "properties": {"runtime_properties": _DISABLED},
+        },
+        "deployment_modification": {
+            "_id": {"path": "id"},
+            "properties": {
+                name: _DISABLED for name in ("modified_nodes", "node_instances", "context")
+            },
+        },
+    }
+    if version >= Version.V3_4:
+        mappings["execution"] = {"properties": {"parameters": _DISABLED}}
+        mappings["deployment_update"] = {
+            "_id": {"path": "id"},
+            "properties": {
+                name: _DISABLED
+                for name in (
+                    "deployment_update_nodes",
+                    "deployment_update_node_instances",
+                    "deployment_update_deployment",
+                    "deployment_plan",
+                )
+            },
+        }
+    return mappings

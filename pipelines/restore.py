@@ -48,6 +48,7 @@ from pipelines.errors import (
     job_error,
 )
 from pipelines.io.archive import CREDENTIALS_PREFIX, SnapshotReader, parse_hit, safe_target_path
+from pipelines.io.search import Layout
 from pipelines.journal import Journal, JournalState
 from pipelines.model import FILE_FOLDERS, STORAGE_INDEX, Hit, Version
 from pipelines.options import beam_options
@@ -337,6 +338,12 @@ def _existing_ids(client: Any, doc_type: str, ids: list[str]) -> list[str]:
 def check_target(client: Any, archive_plan: ArchivePlan, force: bool) -> None:
     """Dirty (any blueprint, unless `force`) and clash (blueprint vs blueprint ids, deployment vs
     deployment ids, even with `force`) checks; RestoreRefused names every clash at once."""
+    if client.layout is Layout.TYPED and not client.index_exists(STORAGE_INDEX):
+        raise RestoreRefused(
+            f"the target has no {STORAGE_INDEX} index: it is not an installed Cloudify manager "
+            "(a manager's bootstrap creates that index with its own mappings; cfysnap does not "
+            "make them up)"
+        )
     blueprints = client.count(STORAGE_INDEX, "blueprint")
     if blueprints and not force:
         raise RestoreRefused(

@@ -16,18 +16,20 @@ from pipelines.io.search import SearchClient
 from pipelines.model import FILE_FOLDERS, STORAGE_INDEX, Version, is_event_index
 from pipelines.sample.generate import ManagerSpec, manager_hits
 from pipelines.sample.load import load_manager
-from tests.conftest import wipe
+from tests.conftest import answering, configured_url, wipe
 
 pytestmark = pytest.mark.server
 runner = CliRunner()
 KEPT = {"provider_context", "snapshot"}
 
 
-@pytest.fixture(scope="module")
-def search(search_url: str) -> Iterator[SearchClient]:
+@pytest.fixture(scope="module", params=["es1", "es8"])
+def search(request: pytest.FixtureRequest) -> Iterator[SearchClient]:
     """One client for the module on a server wiped once: creating indices is the slow part of
-    loading a manager, so tests reset documents instead of deleting indices."""
-    with SearchClient(search_url) as client:
+    loading a manager, so tests reset documents instead of deleting indices. Clearing runs on
+    Elasticsearch 1.7 (the 1.x delete-by-query) and on Elasticsearch 8 (its `<index>-<type>`
+    layout)."""
+    with SearchClient(answering(configured_url(request.param))) as client:
         wipe(client)
         yield client
 

@@ -8,6 +8,7 @@ import functools
 import json
 import subprocess
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import replace
@@ -17,7 +18,6 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from pipelines import progress
 from pipelines.create import (
     CreateConfig,
     _reconcile,
@@ -39,6 +39,7 @@ from pipelines.sample.load import load_manager
 from pipelines.store import archive_path
 from pipelines.validate import validate_archive
 from tests.conftest import SEARCH_SERVER, wipe
+from transforms import search_io
 from transforms.agents import (
     AgentDefaults,
     DeploymentFact,
@@ -238,6 +239,7 @@ def test_snapshot_archive_path_stays_in_the_store(tmp_path: Path) -> None:
 
 # ------------------------------------------------------------------------ real server: create
 @pytest.mark.server
+@pytest.mark.es8
 def test_create_3_3_equals_the_manager(search: SearchClient, root: Path, tmp_path: Path) -> None:
     spec = sized(root, Version.V3_3, 20_000)
     fs_root = manager(search, spec)
@@ -299,6 +301,48 @@ def test_create_multi_process_gives_the_same_archive(
 
 
 @pytest.mark.server
+@pytest.mark.parametrize("version", [Version.V3_2, Version.V3_4])
+def test_create_from_elasticsearch_1_7_and_8_gives_the_same_archive(
+    search: SearchClient, search8: SearchClient, root: Path, tmp_path: Path, version: Version
+) -> None:
+    """The same manager held by a real 1.7 server (typed, `cloudify_events` for 3.2) and by an
+    8.x server (`<index>-<type>`): the same documents, files, keys, agents and metadata."""
+    spec = sized(root, version, 4000, seed=3)
+    fs_root = Path(spec.keys_dir).parent / "fs"
+    load_manager(spec, search, fs_root)
+    load_manager(spec, search8, fs_root)
+    on_1_7, on_8 = tmp_path / "es1.zip", tmp_path / "es8.zip"
+    run(CreateConfig(search.url, fs_root, output=on_1_7, progress=False))
+    run(CreateConfig(search8.url, fs_root, output=on_8, progress=False))
+    assert archive_hits(on_1_7) == archive_hits(on_8) == hit_multiset(snapshot_hits(spec))
+    assert archive_files(on_1_7) == archive_files(on_8) == dict(file_members(spec))
+    with SnapshotReader(on_1_7) as a, SnapshotReader(on_8) as b:
+        assert a.metadata() == b.metadata()
+        assert a.agents() == b.agents() == agents_json(spec)
+
+
+@pytest.mark.server
+def test_two_workers_read_each_document_of_a_five_shard_storage_exactly_once(
+    search: SearchClient, root: Path, tmp_path: Path
+) -> None:
+    """1.7 has no sliced scroll: the read is split by shard, and two worker processes share the
+    5 shards of a manager's `cloudify_storage` (and of every daily event index)."""
+    spec = sized(root, Version.V3_4, 8000, seed=5)
+    fs_root = manager(search, spec)
+    _, shards = search.request("GET", "/cloudify_storage/_search_shards")
+    assert sorted(group[0]["shard"] for group in shards["shards"]) == [0, 1, 2, 3, 4]
+    assert [str(p) for p in search.partitions("cloudify_storage", None, 2)] == [
+        f"shard {i}/5" for i in range(1, 6)
+    ]
+    out = tmp_path / "two.zip"
+    summary = run(CreateConfig(search.url, fs_root, output=out, progress=False), MULTI)
+    read = archive_hits(out)
+    assert max(read.values()) == 1  # no document read (and written) twice ...
+    assert read == hit_multiset(snapshot_hits(spec))  # ... and none missing
+    assert summary.total_documents == sum(read.values())
+
+
+@pytest.mark.server
 def test_create_3_2_is_what_the_3_2_1_tool_wrote(
     search: SearchClient, root: Path, tmp_path: Path
 ) -> None:
@@ -350,9 +394,9 @@ def _second_port() -> int:
     developer's and CI's) never share the second server this test stops and restarts."""
     from urllib.parse import urlsplit
 
-    from tests.conftest import _configured_url
+    from tests.conftest import configured_url
 
-    return (urlsplit(_configured_url()).port or 9200) + 12
+    return (urlsplit(configured_url()).port or 9200) + 12
 
 
 def _server(action: str) -> None:
@@ -364,14 +408,20 @@ def _server(action: str) -> None:
     )
 
 
+def _restart_later() -> None:
+    time.sleep(20)
+    _server("start")
+
+
 @pytest.mark.server
 def test_server_stopped_mid_job(
     root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A second real server is stopped from a hook once 1,000 documents are written; it comes
-    back ~25 s later, as a manager's search server restarted by its supervisor would. The job
-    fails at once, leaves no archive, and the snapshot's failed status is recorded when the
-    server answers again (the failure recorder retries for `status_timeout` seconds)."""
+    """A second real server is stopped from a hook while the documents are being read (once the
+    first part of the read is done); it comes back ~25 s later (after the client's own retries
+    of ~15 s gave up), as a manager's search server restarted by its supervisor would. The job
+    fails, leaves no archive, and the snapshot's failed status is recorded when the server
+    answers again (the failure recorder retries for `status_timeout` seconds)."""
     _server("start")
     url = f"http://127.0.0.1:{_second_port()}"
     try:
@@ -379,19 +429,19 @@ def test_server_stopped_mid_job(
         with SearchClient(url) as client:
             wipe(client)
             load_manager(spec, client, tmp_path / "fs")
-        seen = {"docs": 0}
+        seen = {"parts": 0}
         restarted: list[threading.Thread] = []
-        real_report = progress.report
+        real_process = search_io._ReadPartFn.process
 
-        def hook(docs: int = 0, nbytes: int = 0) -> None:
-            seen["docs"] += docs
-            if seen["docs"] >= 1000 and not restarted:
+        def hook(self: Any, part: Any) -> Any:
+            seen["parts"] += 1
+            if seen["parts"] == 2 and not restarted:
                 _server("stop")
-                restarted.append(threading.Thread(target=_server, args=("start",)))
+                restarted.append(threading.Thread(target=_restart_later))
                 restarted[0].start()
-            real_report(docs, nbytes)
+            return real_process(self, part)
 
-        monkeypatch.setattr(progress, "report", hook)
+        monkeypatch.setattr(search_io._ReadPartFn, "process", hook)
         from cli import app
 
         result = CliRunner().invoke(
@@ -399,7 +449,7 @@ def test_server_stopped_mid_job(
         )
         assert restarted, "the hook never fired"
         restarted[0].join()
-        assert result.exit_code == 1
+        assert result.exit_code == 1, result.output
         assert f"error: create failed: search server {url}" in result.output
         store = tmp_path / "fs" / "snapshots" / "s1"
         assert not (store / "s1.zip").exists()

@@ -246,6 +246,7 @@ def test_a_non_empty_output_is_refused_and_a_failed_export_leaves_nothing(
 
 # ------------------------------------------------------------------------- server → Parquet
 @pytest.mark.server
+@pytest.mark.es8
 @pytest.mark.parametrize("version", [Version.V3_2, Version.V3_3])
 def test_export_from_a_live_manager_matches_its_documents(
     search: SearchClient, tmp_path: Path, version: Version

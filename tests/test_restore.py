@@ -24,7 +24,7 @@ from apache_beam.testing.util import assert_that, equal_to
 from pipelines import restore, verify
 from pipelines.errors import BulkLoadError, CorruptArchive, RestoreRefused, job_error
 from pipelines.io.archive import AGENTS, ES_DATA, SnapshotReader, SnapshotWriter
-from pipelines.io.search import BulkItemError, BulkResult, SearchClient
+from pipelines.io.search import BulkItemError, BulkResult, Layout, SearchClient
 from pipelines.journal import Journal
 from pipelines.model import FILE_FOLDERS, Hit, Version
 from pipelines.sample.archive import write_sample_archive
@@ -196,8 +196,8 @@ def test_bulk_load_fails_the_job_naming_the_document_that_failed() -> None:
 
 
 @pytest.mark.server
-def test_bulk_load_into_the_real_server_batches_by_count_and_keeps_ids(search: SearchClient) -> None:
-    url = search.url
+def test_bulk_load_into_the_real_server_batches_by_count_and_keeps_ids(target: SearchClient) -> None:
+    url = target.url
     with BeamPipeline() as p:
         batches = (p | beam.Create(_numbered(25)) | BulkLoad(lambda: SearchClient(url), max_docs=10)
                    | beam.Map(lambda b: (b.documents <= 10, b.documents)))
@@ -205,8 +205,8 @@ def test_bulk_load_into_the_real_server_batches_by_count_and_keeps_ids(search: S
         assert_that(total, equal_to([25]), label="all")
         assert_that(batches | beam.Map(lambda t: t[0]) | beam.Distinct(), equal_to([True]),
                     label="bounded")
-    search.refresh()
-    ids = sorted(h["_id"] for h in search.scan("cloudify_storage", ["execution"]))
+    target.refresh()
+    ids = sorted(h["_id"] for h in target.scan("cloudify_storage", ["execution"]))
     assert ids == sorted(f"x{i}" for i in range(25))
     assert isinstance(LoadedBatch((), (), "", 0).documents, int)
 
@@ -230,21 +230,44 @@ def verify_config(tmp_path: Path, archive: Path, url: str, **kw: Any) -> verify.
                                credentials_dir=tmp_path / "creds", **kw)
 
 
-def target_state(search: SearchClient, tmp_path: Path) -> dict[str, Any]:
+def target_state(target: SearchClient, tmp_path: Path) -> dict[str, Any]:
     """Everything a restore could change: documents (with sources), files, keys, journals."""
-    search.refresh()
+    target.refresh()
     docs = {}
-    for (index, doc_type), _ in search.logical_indices("*").items():
-        for hit in search.scan(index, [doc_type]):
+    for (index, doc_type), _ in target.logical_indices("*").items():
+        for hit in target.scan(index, [doc_type]):
             docs[(index, doc_type, hit["_id"])] = json.dumps(hit["_source"], sort_keys=True)
     files = {str(p.relative_to(tmp_path)): p.read_bytes() for p in sorted(tmp_path.rglob("*"))
              if p.is_file() and p.suffix != ".zip"}
     return {"docs": docs, "files": files}
 
 
-def type_counts(search: SearchClient) -> dict[tuple[str, str], int]:
-    search.refresh()
-    return {k: v for k, v in search.logical_indices("*").items() if v}
+def type_counts(target: SearchClient) -> dict[tuple[str, str], int]:
+    """Documents per (index, type) on the target, but for the fresh manager's own provider
+    context (which a restore never touches)."""
+    target.refresh()
+    return {k: v for k, v in target.logical_indices("*").items()
+            if v and k != ("cloudify_storage", "provider_context")}
+
+
+def storage_mapping_and_settings(target: SearchClient) -> tuple[dict[str, Any], dict[str, Any]]:
+    _, mapping = target.request("GET", "/cloudify_storage/_mapping")
+    _, settings = target.request("GET", "/cloudify_storage/_settings")
+    return mapping["cloudify_storage"]["mappings"], settings["cloudify_storage"]["settings"]
+
+
+def assert_manager_mapping_kept(before: dict[str, Any], after: dict[str, Any]) -> None:
+    """Every mapping type the manager had is still there, every setting of it (`_id.path`, the
+    not-indexed objects, every field it mapped) exactly as it was. What may be added is only
+    what Elasticsearch maps by itself as documents arrive (dynamic fields and types)."""
+    for doc_type, mapping in before.items():
+        assert doc_type in after, doc_type
+        for key, value in mapping.items():
+            if key == "properties":
+                for field, field_mapping in value.items():
+                    assert after[doc_type]["properties"][field] == field_mapping, (doc_type, field)
+            else:
+                assert after[doc_type][key] == value, (doc_type, key)
 
 
 def expected_documents(archive: Path, creds: Path) -> dict[tuple[str, str, str], dict[str, Any]]:
@@ -278,21 +301,31 @@ def expected_documents(archive: Path, creds: Path) -> dict[tuple[str, str, str],
 
 
 @pytest.mark.server
+@pytest.mark.es8
 def test_restore_a_3_3_archive_refusals_and_a_second_restore_after_deletes(
-    search: SearchClient, tmp_path: Path
+    target: SearchClient, tmp_path: Path
 ) -> None:
     archive = sample(tmp_path)
     creds = tmp_path / "creds"
-    summary = restore.run(config(tmp_path, archive, search.url))
+    typed = target.layout is Layout.TYPED
+    if typed:
+        mapping_before, settings_before = storage_mapping_and_settings(target)
+    context_before = target.get("cloudify_storage", "provider_context", "CONTEXT")
+    summary = restore.run(config(tmp_path, archive, target.url))
     assert summary.loaded == summary.expected and summary.documents == 122
+    if typed:  # the manager's own mappings and settings, as they were
+        mapping_after, settings_after = storage_mapping_and_settings(target)
+        assert_manager_mapping_kept(mapping_before, mapping_after)
+        assert settings_after == settings_before
+    assert target.get("cloudify_storage", "provider_context", "CONTEXT") == context_before
     assert summary.agents_merged == 8 and not summary.agent_warnings
 
     # every document equals the archive's after the upgrade, with key paths and agent data
     expected = expected_documents(archive, creds.absolute())
-    search.refresh()
+    target.refresh()
     actual = {}
-    for (index, doc_type) in type_counts(search):
-        for hit in search.scan(index, [doc_type]):
+    for (index, doc_type) in type_counts(target):
+        for hit in target.scan(index, [doc_type]):
             actual[(index, doc_type, hit["_id"])] = hit["_source"]
     assert actual == expected
 
@@ -306,40 +339,40 @@ def test_restore_a_3_3_archive_refusals_and_a_second_restore_after_deletes(
         keys = [n for n in snap.file_names() if n.startswith("snapshot-credentials/")]
         assert len(keys) == 4
         for name in keys:
-            target = creds / name.removeprefix("snapshot-credentials/")
+            key_file = creds / name.removeprefix("snapshot-credentials/")
             with snap.open(name) as f:
-                assert target.read_bytes() == f.read()
-            assert stat.S_IMODE(target.stat().st_mode) == 0o600
-            assert stat.S_IMODE(target.parent.stat().st_mode) == 0o700
-    report = verify.run(verify_config(tmp_path, archive, search.url))
+                assert key_file.read_bytes() == f.read()
+            assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+            assert stat.S_IMODE(key_file.parent.stat().st_mode) == 0o700
+    report = verify.run(verify_config(tmp_path, archive, target.url))
     assert report.ok, report.render()
     assert (report.documents, report.files, report.keys) == (122, len(members), 4)
 
     # again without --force: dirty; with --force: clashing ids, all named; nothing changes
-    before = target_state(search, tmp_path)
+    before = target_state(target, tmp_path)
     with pytest.raises(RestoreRefused, match="not empty"):
-        restore.run(config(tmp_path, archive, search.url))
+        restore.run(config(tmp_path, archive, target.url))
     with pytest.raises(RestoreRefused) as clash:
-        restore.run(config(tmp_path, archive, search.url, force=True))
+        restore.run(config(tmp_path, archive, target.url, force=True))
     assert clash.value.ids == [
         "blueprint hello-world", "blueprint nodecellar", "deployment hello-world-dep1",
         "deployment hello-world-dep2", "deployment nodecellar-dep1", "deployment nodecellar-dep2"]
     assert "deployment nodecellar-dep1" in str(clash.value)
-    assert target_state(search, tmp_path) == before
+    assert target_state(target, tmp_path) == before
 
     # the documented 3.x case: delete every blueprint and deployment, restore again: no duplicates
-    counts = type_counts(search)
-    search.delete_by_query("cloudify_storage", "blueprint")
-    search.delete_by_query("cloudify_storage", "deployment")
-    assert type_counts(search)[("cloudify_storage", "node")] == 12
-    restore.run(config(tmp_path, archive, search.url))
-    assert type_counts(search) == counts
-    assert verify.run(verify_config(tmp_path, archive, search.url)).ok
+    counts = type_counts(target)
+    target.delete_by_query("cloudify_storage", "blueprint")
+    target.delete_by_query("cloudify_storage", "deployment")
+    assert type_counts(target)[("cloudify_storage", "node")] == 12
+    restore.run(config(tmp_path, archive, target.url, force=True))
+    assert type_counts(target) == counts
+    assert verify.run(verify_config(tmp_path, archive, target.url)).ok
 
 
 @pytest.mark.server
 def test_a_3_2_archive_is_upgraded_on_the_fly_and_duplicated_events_land_once(
-    search: SearchClient, tmp_path: Path
+    target: SearchClient, tmp_path: Path
 ) -> None:
     source = sample(tmp_path, Version.V3_2)
     # the same event twice under two indices (`cloudify_events` and its own logstash day)
@@ -353,34 +386,34 @@ def test_a_3_2_archive_is_upgraded_on_the_fly_and_duplicated_events_land_once(
             if name not in (ES_DATA, "manifest.json"):
                 with snap.open(name) as f:
                     out.write_stream(name, f)
-    summary = restore.run(config(tmp_path, archive, search.url))
+    summary = restore.run(config(tmp_path, archive, target.url))
     assert summary.steps == ["3.2 -> 3.3", "3.3 -> 3.4"]
-    counts = type_counts(search)
+    counts = type_counts(target)
     assert not any(index == "cloudify_events" for index, _ in counts)
     assert sum(n for (_, t), n in counts.items() if t == "cloudify_event") == 30
     assert sum(n for (_, t), n in counts.items() if t == "cloudify_log") == 30
     # 3.2 agents are flat: merged with integer broker_port; not-started instances ({}) untouched
-    instances = {h["_id"]: h["_source"] for h in search.scan("cloudify_storage", ["node_instance"])}
+    instances = {h["_id"]: h["_source"] for h in target.scan("cloudify_storage", ["node_instance"])}
     agents = [i["runtime_properties"]["cloudify_agent"] for i in instances.values()
               if "broker_config" in i["runtime_properties"].get("cloudify_agent", {})]
     assert agents and all(a["broker_config"]["broker_port"] == 5672 for a in agents)
-    assert verify.run(verify_config(tmp_path, archive, search.url)).ok
+    assert verify.run(verify_config(tmp_path, archive, target.url)).ok
 
 
 @pytest.mark.server
 def test_refusals_before_any_write_newer_archive_and_broken_agents_warn(
-    search: SearchClient, tmp_path: Path
+    target: SearchClient, tmp_path: Path
 ) -> None:
     archive34 = sample(tmp_path, Version.V3_4)
     with pytest.raises(RestoreRefused, match="newer than the target version 3.3"):
-        restore.run(config(tmp_path, archive34, search.url, target_version=Version.V3_3))
-    assert not (tmp_path / "fs").exists() and not type_counts(search)
+        restore.run(config(tmp_path, archive34, target.url, target_version=Version.V3_3))
+    assert not (tmp_path / "fs").exists() and not type_counts(target)
 
-    dry = restore.run(config(tmp_path, archive34, search.url, dry_run=True))
+    dry = restore.run(config(tmp_path, archive34, target.url, dry_run=True))
     assert dry.dry_run and sum(dry.expected.values()) == dry.documents > 0
     assert len(dry.keys) == 4 and dry.files_copied
     assert not (tmp_path / "fs").exists() and not (tmp_path / "creds").exists()
-    assert not type_counts(search)
+    assert not type_counts(target)
 
     # a deployment whose agents.json entry is broken: a counted warning, not a failed restore
     broken = tmp_path / "broken.zip"
@@ -394,21 +427,21 @@ def test_refusals_before_any_write_newer_archive_and_broken_agents_warn(
             elif name != "manifest.json":
                 with snap.open(name) as f:
                     out.write_stream(name, f)
-    summary = restore.run(config(tmp_path, broken, search.url))
+    summary = restore.run(config(tmp_path, broken, target.url))
     assert len(summary.agent_warnings) == 1 and victim in summary.agent_warnings[0]
     assert summary.loaded == summary.expected
 
 
 @pytest.mark.server
-def test_clashes_compare_like_with_like(search: SearchClient, tmp_path: Path) -> None:
+def test_clashes_compare_like_with_like(target: SearchClient, tmp_path: Path) -> None:
     archive = sample(tmp_path)
     with SnapshotReader(archive) as snap:
         instance_id = next(h["_id"] for _, h in snap.iter_hits() if h["_type"] == "node_instance")
     # a deployment whose id equals a restored node instance id: 3.x called it a conflict
-    search.bulk([{"_index": "cloudify_storage", "_type": "deployment", "_id": instance_id,
+    target.bulk([{"_index": "cloudify_storage", "_type": "deployment", "_id": instance_id,
                   "_source": {"id": instance_id}}], refresh=True)
-    restore.run(config(tmp_path, archive, search.url))
-    report = verify.run(verify_config(tmp_path, archive, search.url))
+    restore.run(config(tmp_path, archive, target.url))
+    report = verify.run(verify_config(tmp_path, archive, target.url))
     assert not report.ok
     assert report.kinds == Counter({"extra document": 1, "count": 1})
     assert f"cloudify_storage/deployment/{instance_id}: on the target" in report.render()
@@ -422,10 +455,10 @@ def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
 @pytest.mark.server
 @pytest.mark.parametrize("kill_at", ["file:2", "batch:3", "key:2"], ids=["early", "mid-bulk", "keys"])
 def test_a_killed_restore_resumes_to_exactly_the_same_end(
-    search: SearchClient, tmp_path: Path, kill_at: str
+    target: SearchClient, tmp_path: Path, kill_at: str
 ) -> None:
     archive = sample(tmp_path)
-    args = ["restore", str(archive), "--es", search.url, "--fs-root", str(tmp_path / "fs"),
+    args = ["restore", str(archive), "--es", target.url, "--fs-root", str(tmp_path / "fs"),
             "--credentials-dir", str(tmp_path / "creds"), "--batch-docs", "10"]
     killed = cli(*args, env={"CFYSNAP_TEST_KILL_AT": kill_at})
     assert killed.returncode == -signal.SIGKILL, killed.stderr
@@ -434,10 +467,10 @@ def test_a_killed_restore_resumes_to_exactly_the_same_end(
     resumed = cli(*args, "--resume")
     assert resumed.returncode == 0, resumed.stderr
     assert "resumed" in resumed.stdout
-    checked = cli("verify", str(archive), "--es", search.url, "--fs-root", str(tmp_path / "fs"),
+    checked = cli("verify", str(archive), "--es", target.url, "--fs-root", str(tmp_path / "fs"),
                   "--credentials-dir", str(tmp_path / "creds"))
     assert checked.returncode == 0, checked.stdout + checked.stderr
-    assert sum(type_counts(search).values()) == 122  # no duplicates
+    assert sum(type_counts(target).values()) == 122  # no duplicates
     journal = next((tmp_path / "fs" / ".cfysnap").glob("restore-*.jsonl"))
     state = Journal(journal).replay()
     assert state.finished and sum(state.loaded_counts().values()) == 122

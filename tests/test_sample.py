@@ -12,14 +12,14 @@ import time
 import tracemalloc
 import zipfile
 from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from pipelines.errors import BulkLoadError
-from pipelines.model import COMPUTE_TYPE, STORAGE_INDEX, Version
+from pipelines.io.search import Layout, SearchClient
+from pipelines.model import COMPUTE_TYPE, STORAGE_INDEX, Version, storage_mappings
 from pipelines.sample import (
     ManagerSpec,
     agents_json,
@@ -34,7 +34,7 @@ from pipelines.sample import (
     write_file_tree,
 )
 from pipelines.sample.archive import write_sample_archive
-from pipelines.sample.load import load_manager
+from pipelines.sample.load import install_manager, load_empty_manager, load_manager
 
 V32, V33, V34 = Version.V3_2, Version.V3_3, Version.V3_4
 ALL = [V32, V33, V34]
@@ -451,39 +451,73 @@ def test_write_sample_archive(version: Version, tmp_path: Path) -> None:
             assert json.loads(z.read("manager.json")) == {"MANAGEMENT_IP": "10.67.0.5"}
 
 
-@dataclass
-class _Result:
-    succeeded: int = 0
-    failed: list[Any] = field(default_factory=list)
-
-
-class _FakeClient:
-    """Records bulk calls; fault injection only (the real-server path lives with SearchClient)."""
-
-    def __init__(self, fail: bool = False) -> None:
-        self.fail = fail
-        self.hits: list[dict[str, Any]] = []
-        self.refresh: Any = None
-
-    def bulk_all(self, hits: Any, *, refresh: Any = False, **_: Any) -> _Result:
-        self.hits = list(hits)
-        self.refresh = refresh
-        failed = [("cloudify_storage", "node", "x", 400, "mapper_parsing_exception")] if self.fail else []
-        return _Result(succeeded=len(self.hits) - len(failed), failed=failed)
-
-
-def test_load_manager(tmp_path: Path) -> None:
+@pytest.mark.server
+@pytest.mark.es8
+def test_load_manager_gives_the_server_a_managers_shape(search: SearchClient, tmp_path: Path) -> None:
     spec = ManagerSpec(version=V34, keys_dir=str(tmp_path / "keys"))
-    client = _FakeClient()
-    counts = load_manager(spec, client, tmp_path / "fs")
-    assert client.refresh is True
-    assert client.hits == list(manager_hits(spec))
+    counts = load_manager(spec, search, tmp_path / "fs")
     assert sum(counts.values()) == document_count(spec)
     assert counts[(STORAGE_INDEX, "provider_context")] == 1
+    search.refresh()
+    assert {k: v for k, v in search.logical_indices("*").items() if v} == counts
+    stored = Counter(
+        (h["_index"], h["_type"], h["_id"], json.dumps(h["_source"], sort_keys=True))
+        for h in search.scan("*")
+    )
+    assert stored == Counter(
+        (h["_index"], h["_type"], h["_id"], json.dumps(h["_source"], sort_keys=True))
+        for h in manager_hits(spec)
+    )
+    if search.layout is Layout.TYPED:  # the manager's own settings and mappings (spec §4)
+        _, settings = search.request("GET", "/cloudify_storage/_settings")
+        analysis = settings["cloudify_storage"]["settings"]["index"]["analysis"]
+        assert analysis == {"analyzer": {"default": {"tokenizer": "whitespace"}}}
+        _, mappings = search.request("GET", "/cloudify_storage/_mapping")
+        types = mappings["cloudify_storage"]["mappings"]
+        for doc_type, mapping in storage_mappings(V34).items():
+            for key, value in mapping.items():
+                if key == "properties":
+                    for name, field_mapping in value.items():
+                        got = dict(types[doc_type]["properties"][name])
+                        if got.get("type") == "object":
+                            got.pop("type")  # 1.x names the type of an `enabled: false` object
+                        assert got == field_mapping, (doc_type, name)
+                else:
+                    assert types[doc_type][key] == value, (doc_type, key)
+        assert types["node_instance"]["_id"] == {"path": "id"}
     assert (tmp_path / "fs" / "blueprints" / "nodecellar" / "blueprint.yaml").is_file()
     assert all(p.is_file() for p in key_paths(spec).values())
-    with pytest.raises(BulkLoadError):
-        load_manager(spec, _FakeClient(fail=True), tmp_path / "fs2")
+
+
+@pytest.mark.server
+def test_load_empty_manager_is_a_fresh_managers_state(search: SearchClient) -> None:
+    counts = load_empty_manager(V33, search)
+    assert counts == {(STORAGE_INDEX, "provider_context"): 1}
+    search.refresh()
+    assert {k: v for k, v in search.logical_indices("*").items() if v} == counts
+    assert search.get(STORAGE_INDEX, "provider_context", "CONTEXT") == provider_context(
+        ManagerSpec(version=V33)
+    )
+    _, mappings = search.request("GET", "/cloudify_storage/_mapping")
+    assert sorted(mappings["cloudify_storage"]["mappings"]) == sorted(
+        [*storage_mappings(V33), "provider_context"]
+    )
+
+
+@pytest.mark.server
+def test_load_manager_fails_naming_a_document_that_does_not_fit(
+    search: SearchClient, tmp_path: Path
+) -> None:
+    """A server whose mapping refuses some documents: `BulkLoadError` names them."""
+    install_manager(search, V34)
+    search.request("PUT", "/cloudify_storage/_mapping/plugin",
+                   {"plugin": {"properties": {"uploaded_at": {"type": "long"}}}})
+    spec = ManagerSpec(version=V34, keys_dir=str(tmp_path / "keys"))
+    with pytest.raises(BulkLoadError) as err:
+        load_manager(spec, search, tmp_path / "fs")
+    plugin_ids = sorted(h["_id"] for h in manager_hits(spec) if h["_type"] == "plugin")
+    assert sorted(item[2] for item in err.value.items) == plugin_ids
+    assert {item[:2] for item in err.value.items} == {(STORAGE_INDEX, "plugin")}
 
 
 def test_spec_validation() -> None:

@@ -15,8 +15,18 @@ from typing import Any
 import pytest
 
 from pipelines.errors import BulkLoadError, SearchServerError
-from pipelines.io.search import BulkItemError, BulkResult, Layout, SearchClient
-from pipelines.model import Hit, hit_key
+from pipelines.io.search import (
+    BulkItemError,
+    BulkResult,
+    Dialect,
+    Layout,
+    Partition,
+    SearchClient,
+    ServerInfo,
+    _error_reason,
+)
+from pipelines.model import Hit, Version, hit_key, storage_mappings
+from pipelines.sample.load import install_manager
 
 # ---- pure: names ----------------------------------------------------------------------------
 
@@ -150,16 +160,56 @@ def open_scroll_contexts(client: SearchClient) -> int:
     return sum(n["indices"]["search"]["open_contexts"] for n in stats["nodes"].values())
 
 
+@pytest.fixture
+def store(search: SearchClient) -> SearchClient:
+    """A wiped server holding a fresh 3.4 manager's indices (`cloudify_storage` with the
+    manager's own mappings on a typed server; nothing up front on a typeless one)."""
+    install_manager(search, Version.V3_4)
+    return search
+
+
+def put_field_type(client: SearchClient, index: str, doc_type: str, field: str, kind: str) -> None:
+    """Map one field of (index, type) to `kind` before any document arrives."""
+    if client.layout is Layout.TYPED:
+        client.request("PUT", f"/{index}/_mapping/{doc_type}",
+                       {doc_type: {"properties": {field: {"type": kind}}}})
+    else:
+        client.request("PUT", f"/{index}-{doc_type}",
+                       {"mappings": {"properties": {field: {"type": kind}}}})
+
+
 @pytest.mark.server
-def test_server_info_and_layout(search: SearchClient) -> None:
+@pytest.mark.es8
+def test_server_info_layout_and_dialect(search: SearchClient, server: str) -> None:
     info = search.info()
-    assert info.distribution in ("elasticsearch", "opensearch")
-    assert info.version[0] >= 7
-    assert search.layout is Layout.TYPELESS
+    if server == "es1":
+        assert info == ServerInfo("elasticsearch", (1, 7, 6))
+        assert search.layout is Layout.TYPED
+        assert search.dialect == Dialect(
+            typed=True, scan_search_type=True, sliced_scroll=False, raw_scroll_id=True,
+            delete_by_query="query-api", string_errors=True,
+        )
+    else:
+        assert (info.distribution, info.version[0]) == ("elasticsearch", 8)
+        assert search.layout is Layout.TYPELESS
+        assert search.dialect.sliced_scroll and not search.dialect.typed
 
 
 @pytest.mark.server
-def test_bulk_then_scan_round_trips_exact_hits(search: SearchClient) -> None:
+def test_a_typed_server_never_gets_a_storage_index_made_up(search: SearchClient) -> None:
+    """On Elasticsearch 1.7 `cloudify_storage` belongs to the manager: writing into a server
+    without it fails naming the index, and creates nothing."""
+    with pytest.raises(SearchServerError, match="index cloudify_storage does not exist"):
+        search.bulk(storage_hits())
+    assert not search.index_exists("cloudify_storage")
+    search.bulk(event_hits(), refresh=True)  # event indices are created, as logstash does
+    assert search.count("logstash-*") == 6
+
+
+@pytest.mark.server
+@pytest.mark.es8
+def test_bulk_then_scan_round_trips_exact_hits(store: SearchClient) -> None:
+    search = store
     hits = storage_hits() + event_hits()
     result = search.bulk(hits, refresh=True)
     assert result == BulkResult(len(hits), [])
@@ -173,11 +223,16 @@ def test_bulk_then_scan_round_trips_exact_hits(search: SearchClient) -> None:
         [h for h in event_hits() if h["_type"] == "cloudify_log"]
     )
     assert list(search.scan("cloudify_events")) == []
+    assert by_key(list(search.scan("cloudify_storage", query={"ids": {"values": ["dep1_vm"]}}))) == [
+        storage_hits()[2]
+    ]
     assert open_scroll_contexts(search) == 0
 
 
 @pytest.mark.server
-def test_scan_clears_its_scroll_when_abandoned(search: SearchClient) -> None:
+@pytest.mark.es8
+def test_scan_clears_its_scroll_when_abandoned(store: SearchClient) -> None:
+    search = store
     search.bulk(event_hits(), refresh=True)
     scan = search.scan("logstash-*", page_size=2)
     next(scan)
@@ -187,33 +242,50 @@ def test_scan_clears_its_scroll_when_abandoned(search: SearchClient) -> None:
 
 
 @pytest.mark.server
-def test_sliced_scan_covers_every_doc_exactly_once(search: SearchClient) -> None:
+@pytest.mark.es8
+def test_partitions_cover_every_doc_exactly_once(store: SearchClient, server: str) -> None:
+    """1.x has no sliced scroll: a read is split by shard (5 on a manager's cloudify_storage);
+    8.x slices it. Either way the parts hold every document exactly once."""
+    search = store
     hits = [
         {"_index": "cloudify_storage", "_type": "node", "_id": f"dep_{n}", "_source": {"n": n}}
         for n in range(500)
     ]
     assert search.bulk_all(hits, max_docs=120, refresh=True) == BulkResult(500, [])
-    slices = [
-        [
-            hit_key(h)
-            for h in search.scan("cloudify_storage", slice_id=i, max_slices=2, page_size=50)
-        ]
-        for i in range(2)
+    parts = search.partitions("cloudify_storage", None, 2)
+    if server == "es1":
+        assert parts == [Partition("shard", i, 5) for i in range(5)]
+    else:
+        assert parts == [Partition("slice", 0, 2), Partition("slice", 1, 2)]
+    read = [
+        [hit_key(h) for h in search.scan("cloudify_storage", partition=part, page_size=50)]
+        for part in parts
     ]
-    assert all(slices), "each slice should hold some documents"
-    assert Counter(slices[0] + slices[1]) == Counter(hit_key(h) for h in hits)
+    assert all(read), "each part should hold some documents"
+    assert Counter(k for part in read for k in part) == Counter(hit_key(h) for h in hits)
+    assert search.partitions("cloudify_events", None, 2) == (
+        [] if server == "es1" else [Partition("slice", 0, 2), Partition("slice", 1, 2)]
+    )
 
 
 @pytest.mark.server
-def test_logical_indices_counts(search: SearchClient) -> None:
+@pytest.mark.es8
+def test_logical_indices_counts(store: SearchClient) -> None:
+    search = store
     search.bulk(storage_hits() + event_hits(), refresh=True)
-    search.ensure_index("cloudify_storage", "blueprint")  # exists, empty
+    search.ensure_index("cloudify_storage", "blueprint")  # exists (typed: its mapping), empty
     storage = {
         ("cloudify_storage", "node_instance"): 2,
         ("cloudify_storage", "node"): 1,
         ("cloudify_storage", "execution"): 1,
         ("cloudify_storage", "blueprint"): 0,
     }
+    if search.layout is Layout.TYPED:  # every mapping type of the manager, empty or not
+        storage |= {
+            ("cloudify_storage", t): 0
+            for t in storage_mappings(Version.V3_4)
+            if ("cloudify_storage", t) not in storage
+        }
     events = {
         ("logstash-2016.03.14", "cloudify_event"): 2,
         ("logstash-2016.03.14", "cloudify_log"): 1,
@@ -233,35 +305,36 @@ def test_logical_indices_counts(search: SearchClient) -> None:
 
 
 @pytest.mark.server
-def test_bulk_reports_each_failed_item(search: SearchClient) -> None:
-    search.request(
-        "PUT",
-        "/cloudify_storage-node",
-        {"mappings": {"properties": {"id": {"type": "integer"}}}},
-    )
+@pytest.mark.es8
+def test_bulk_reports_each_failed_item(store: SearchClient) -> None:
+    search = store
+    put_field_type(search, "cloudify_storage", "plugin", "wheels", "integer")
     hits = [
-        {"_index": "cloudify_storage", "_type": "node", "_id": "a", "_source": {"id": 1}},
-        {"_index": "cloudify_storage", "_type": "node", "_id": "b", "_source": {"id": "abc"}},
-        {"_index": "cloudify_storage", "_type": "node", "_id": "c", "_source": {"id": 3}},
+        {"_index": "cloudify_storage", "_type": "plugin", "_id": "a", "_source": {"wheels": 1}},
+        {"_index": "cloudify_storage", "_type": "plugin", "_id": "b", "_source": {"wheels": "x"}},
+        {"_index": "cloudify_storage", "_type": "plugin", "_id": "c", "_source": {"wheels": 3}},
     ]
     result = search.bulk(hits, refresh=True)
     assert result.succeeded == 2
     [failure] = result.failed
     assert (failure.index, failure.doc_type, failure.doc_id, failure.status) == (
         "cloudify_storage",
-        "node",
+        "plugin",
         "b",
         400,
     )
-    assert "pars" in failure.reason  # mapper_parsing_exception / document_parsing_exception
-    assert sorted(h["_id"] for h in search.scan("cloudify_storage")) == ["a", "c"]
+    assert "pars" in failure.reason  # MapperParsingException / document_parsing_exception
+    assert "wheels" in failure.reason
+    assert sorted(h["_id"] for h in search.scan("cloudify_storage", ["plugin"])) == ["a", "c"]
 
 
 @pytest.mark.server
-def test_create_conflict_is_a_409_item(search: SearchClient) -> None:
+@pytest.mark.es8
+def test_create_conflict_is_a_409_item(store: SearchClient) -> None:
+    search = store
     [first, *rest] = storage_hits()
     search.bulk([first], refresh=True)
-    changed = {**first, "_source": {"id": "changed"}}
+    changed = {**first, "_source": {"id": first["_id"], "changed": True}}
     result = search.bulk([changed, *rest], op_type="create", refresh=True)
     assert result.succeeded == len(rest)
     assert [(f.doc_id, f.status) for f in result.failed] == [(first["_id"], 409)]
@@ -269,7 +342,9 @@ def test_create_conflict_is_a_409_item(search: SearchClient) -> None:
 
 
 @pytest.mark.server
-def test_index_op_overwrites_by_id(search: SearchClient) -> None:
+@pytest.mark.es8
+def test_index_op_overwrites_by_id(store: SearchClient) -> None:
+    search = store
     hits = storage_hits()
     search.bulk(hits, refresh=True)
     search.bulk(hits, refresh=True)
@@ -277,7 +352,9 @@ def test_index_op_overwrites_by_id(search: SearchClient) -> None:
 
 
 @pytest.mark.server
-def test_document_operations(search: SearchClient) -> None:
+@pytest.mark.es8
+def test_document_operations(store: SearchClient) -> None:
+    search = store
     search.bulk(storage_hits(), refresh=True)
     assert search.get("cloudify_storage", "node", "dep1_vm") == storage_hits()[2]["_source"]
     assert search.get("cloudify_storage", "node", "missing") is None
@@ -302,10 +379,12 @@ def test_document_operations(search: SearchClient) -> None:
     assert [h["_id"] for h in search.scan("cloudify_storage", ["node_instance"])] == ["vm_d3e4f"]
     assert search.delete_by_query("cloudify_storage", None) == 2
     assert search.count("cloudify_storage") == 0
+    assert search.delete_by_query("cloudify_storage", "node") == 0
 
 
 @pytest.mark.server
-def test_ensure_index_is_safe_and_idempotent(search: SearchClient) -> None:
+def test_ensure_index_on_a_typeless_server_is_safe_and_idempotent(search8: SearchClient) -> None:
+    search = search8
     threads = [
         threading.Thread(target=search.ensure_index, args=("cloudify_storage", "node"))
         for _ in range(4)
@@ -323,18 +402,29 @@ def test_ensure_index_is_safe_and_idempotent(search: SearchClient) -> None:
 
 
 @pytest.mark.server
-def test_delete_indices_by_logical_pattern(search: SearchClient) -> None:
-    search.bulk(storage_hits() + event_hits(), refresh=True)
-    search.delete_indices("logstash-*")
-    assert set(search.logical_indices("*")) == {
-        ("cloudify_storage", t) for t in ("node_instance", "node", "execution")
-    }
-    search.delete_indices("*")
-    assert search.logical_indices("*") == {}
+def test_ensure_index_on_a_typed_server_changes_no_mapping(store: SearchClient) -> None:
+    _, before = store.request("GET", "/cloudify_storage/_mapping")
+    threads = [
+        threading.Thread(target=store.ensure_index, args=("logstash-2016.01.02", "cloudify_log"))
+        for _ in range(4)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    store.ensure_index("cloudify_storage", "node")
+    store.ensure_index("cloudify_storage", "plugin")
+    assert store.index_exists("logstash-2016.01.02")
+    _, after = store.request("GET", "/cloudify_storage/_mapping")
+    assert after == before
+    with pytest.raises(SearchServerError, match="index elsewhere does not exist"):
+        store.ensure_index("elsewhere", "thing")
 
 
 @pytest.mark.server
-def test_a_pickled_client_reconnects(search: SearchClient) -> None:
+@pytest.mark.es8
+def test_a_pickled_client_reconnects(store: SearchClient) -> None:
+    search = store
     search.bulk(storage_hits(), refresh=True)
     copy = pickle.loads(pickle.dumps(search))
     try:
@@ -441,30 +531,63 @@ def test_a_4xx_item_is_not_resent(fake_bulk: FakeBulkServer) -> None:
 
 # ------------------------------------------------------------------------ review regressions
 @pytest.mark.server
-def test_a_rejected_field_value_never_reaches_the_error(search: SearchClient) -> None:
-    """ES 7+ quotes the rejected value ("Preview of field's value: ..."): a broker password in a
-    document that does not fit the target's mapping must not end up in the message."""
-    search.request(
-        "PUT",
-        "/cloudify_storage-node_instance",
-        {"mappings": {"properties": {"runtime_properties": {"properties": {
-            "cloudify_agent": {"properties": {"broker_pass": {"type": "long"}}}}}}}},
-    )
+@pytest.mark.es8
+def test_a_rejected_field_value_never_reaches_the_error(store: SearchClient) -> None:
+    """Servers quote the rejected value (ES 7+: "Preview of field's value: ..."; 1.x:
+    `NumberFormatException[For input string: "..."]`): a secret in a document that does not
+    fit the target's mapping must not end up in the message."""
+    search = store
+    put_field_type(search, "cloudify_storage", "plugin", "broker_pass", "long")
     secret = "c10udify-TOPSECRET"
     hit = {
         "_index": "cloudify_storage",
-        "_type": "node_instance",
-        "_id": "vm_1",
-        "_source": {"id": "vm_1", "runtime_properties": {"cloudify_agent": {"broker_pass": secret}}},
+        "_type": "plugin",
+        "_id": "p1",
+        "_source": {"id": "p1", "broker_pass": secret},
     }
     result = search.bulk([hit], refresh=True)
     [failure] = result.failed
-    assert (failure.doc_id, failure.status) == ("vm_1", 400)
+    assert (failure.doc_id, failure.status) == ("p1", 400)
     assert "broker_pass" in failure.reason  # the field is named ...
     assert secret not in failure.reason  # ... its value is not
     with pytest.raises(BulkLoadError) as err:
         result.raise_on_failure()
     assert secret not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("error", "reason"),
+    [
+        (
+            'MapperParsingException[failed to parse [n]]; nested: NumberFormatException[For '
+            'input string: "s3cret"]; ',
+            "MapperParsingException: failed to parse [n] (nested: NumberFormatException)",
+        ),
+        (
+            "MapperParsingException[failed to parse [dt]]; nested: MapperParsingException[failed"
+            " to parse date field [s3cret], tried both date format [dateOptionalTime], and "
+            'timestamp number with locale []]; nested: IllegalArgumentException[Invalid format: '
+            '"s3cret"]; ',
+            "MapperParsingException: failed to parse [dt] (nested: IllegalArgumentException)",
+        ),
+        (
+            "MapperParsingException[failed to parse [n]]; nested: "
+            "ElasticsearchIllegalArgumentException[unknown property [s3cret]]; ",
+            "MapperParsingException: failed to parse [n] (nested: "
+            "ElasticsearchIllegalArgumentException)",
+        ),
+        (
+            "DocumentAlreadyExistsException[[t1][4] [d][3]: document already exists]",
+            "DocumentAlreadyExistsException: [t1][4] [d][3]: document already exists",
+        ),
+        ("IndexMissingException[[nope] missing]", "IndexMissingException: [nope] missing"),
+        ("SomethingNewException[value s3cret here]", "SomethingNewException"),
+        ("plain words with s3cret", "(reason withheld)"),
+    ],
+)
+def test_1x_string_errors_keep_names_and_fields_never_values(error: str, reason: str) -> None:
+    assert _error_reason({"error": error, "status": 400}) == reason
+    assert "s3cret" not in _error_reason(error)
 
 
 def test_a_malformed_hit_error_does_not_show_its_source() -> None:

@@ -152,8 +152,8 @@ def sample_zip(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def store(search: SearchClient, tmp_path: Path) -> SnapshotStore:
-    return SnapshotStore(search, tmp_path / "fs")
+def store(target: SearchClient, tmp_path: Path) -> SnapshotStore:
+    return SnapshotStore(target, tmp_path / "fs")
 
 
 def put_record(client: SearchClient, record: SnapshotRecord) -> None:
@@ -459,6 +459,7 @@ def file_tree(fs_root: Path) -> set[str]:
 
 
 @pytest.mark.server
+@pytest.mark.es8
 def test_cli_walk_through_create_list_download_delete_upload_restore(
     search: SearchClient, tmp_path: Path
 ) -> None:
@@ -566,16 +567,16 @@ def test_cli_walk_through_create_list_download_delete_upload_restore(
 
 @pytest.mark.server
 def test_cli_reaps_a_creating_snapshot_whose_creator_died(
-    search: SearchClient, tmp_path: Path
+    target: SearchClient, tmp_path: Path
 ) -> None:
-    store = SnapshotStore(search, tmp_path / "fs")
-    put_record(search, SnapshotRecord("crashed", now_stamp(), "creating"))
+    store = SnapshotStore(target, tmp_path / "fs")
+    put_record(target, SnapshotRecord("crashed", now_stamp(), "creating"))
     me = CreatorMarker.current()
     pid = dead_pid()
     store._write_marker("crashed", CreatorMarker(me.host, pid, me.started))
 
     listed = runner.invoke(
-        app, ["snapshots", "list", "--es", search.url, "--fs-root", str(tmp_path / "fs"), "--json"]
+        app, ["snapshots", "list", "--es", target.url, "--fs-root", str(tmp_path / "fs"), "--json"]
     )
 
     assert listed.exit_code == 0, listed.output

@@ -1,11 +1,11 @@
 """Read a live manager's state as PCollections: its documents, its file tree, its agent keys.
 
-    ScrollUnits ──Reshuffle──▶ ScrollSlice (one slice of a sliced scroll per element) ──▶ hits
+    ReadFromSearch per source (parts planned by the server: slices, or shards on 1.x) ──▶ hits
     hits ──DropExcluded──▶ the hits a snapshot keeps (§4)
     folders ──ListFileTree──▶ ArchiveMember(name, source=path) for every file (§1)
     hits ──CollectAgentKeys──▶ ArchiveMember("snapshot-credentials/<dep>_<node>/agent_key", ...)
 
-Only slice numbers and paths are shuffled; documents flow fused from the scroll into the next
+Only part descriptions and paths are shuffled; documents flow fused from the scroll into the next
 steps. Search-server clients live in `setup()`/`teardown()`. Counters (namespace `cfysnap.read`,
 `cfysnap.dropped`, one per "index/type") let the job reconcile what it read with what it wrote.
 """
@@ -13,23 +13,20 @@ steps. Search-server clients live in `setup()`/`teardown()`. Counters (namespace
 from __future__ import annotations
 
 import os
-from collections import Counter
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import apache_beam as beam
 
 from pipelines.errors import JobFailed, UnsafePath
 from pipelines.io.archive import CREDENTIALS_PREFIX, unsafe_member_reason
+from pipelines.io.search import SearchTarget
 from pipelines.model import STORAGE_INDEX, Hit, credentials_dir_name, is_compute_node
+from transforms.search_io import READ_NAMESPACE, ReadFromSearch
 from transforms.shards import ArchiveMember
 
 __all__ = [
-    "ScrollUnit",
     "Source",
-    "scroll_units",
     "ReadManagerDocuments",
     "DropExcluded",
     "is_excluded",
@@ -41,102 +38,49 @@ __all__ = [
     "DROPPED_NAMESPACE",
 ]
 
-READ_NAMESPACE = "cfysnap.read"
 DROPPED_NAMESPACE = "cfysnap.dropped"
-
-
-@dataclass(frozen=True)
-class ScrollUnit:
-    """One slice of a sliced scroll over a logical index (or pattern)."""
-
-    index: str
-    doc_types: tuple[str, ...] | None
-    """Only these types (None: every type of the index)."""
-    slice_id: int
-    max_slices: int
 
 
 Source = tuple[str, tuple[str, ...] | None]
 """(logical index or pattern, types to read or None for all)."""
 
 
-def scroll_units(sources: Sequence[Source], slices: int) -> list[ScrollUnit]:
-    """`slices` units per source: together they cover every document exactly once."""
-    if slices < 1:
-        raise ValueError("slices must be at least 1")
-    return [ScrollUnit(index, types, s, slices) for index, types in sources for s in range(slices)]
-
-
 def _count_key(hit: Hit) -> str:
     return f"{hit['_index']}/{hit['_type']}"
 
 
-class _ScrollSliceFn(beam.DoFn):
-    """ScrollUnit → logical hits `{"_index","_type","_id","_score","_source"}` (es_data shape)."""
-
-    def __init__(self, url: str, layout: Any, page_size: int) -> None:
-        self._url, self._layout, self._page_size = url, layout, page_size
-
-    def setup(self) -> None:
-        from pipelines.io.search import SearchClient
-
-        self._client = SearchClient(self._url, layout=self._layout)
-
-    def process(self, unit: ScrollUnit) -> Iterator[Hit]:
-        counts: Counter[str] = Counter()
-        slicing = unit.max_slices > 1
-        for hit in self._client.scan(
-            unit.index,
-            list(unit.doc_types) if unit.doc_types else None,
-            slice_id=unit.slice_id if slicing else None,
-            max_slices=unit.max_slices if slicing else None,
-            page_size=self._page_size,
-        ):
-            counts[_count_key(hit)] += 1
-            yield {
-                "_index": hit["_index"],
-                "_type": hit["_type"],
-                "_id": hit["_id"],
-                "_score": 0.0,
-                "_source": hit["_source"],
-            }
-        for key, n in counts.items():
-            beam.metrics.Metrics.counter(READ_NAMESPACE, key).inc(n)
-
-    def teardown(self) -> None:
-        client = getattr(self, "_client", None)
-        if client is not None:
-            client.close()
-
-
 class ReadManagerDocuments(beam.PTransform):
     """PBegin → every document of `sources` (logical index or pattern, types or None) as
-    es_data hits.
-
-    Sliced scroll: `slices` slices per source, spread over workers (only the slice numbers are
-    shuffled). Each hit carries `_score` 0.0 like the scan helper's hits in 3.x snapshots.
-    """
+    es_data hits `{"_index","_type","_id","_score": 0.0,"_source"}`: one `ReadFromSearch` per
+    source, split by the server (`parallelism` slices, or its shards on 1.x/2.x), flattened.
+    Reads are counted per "index/type" (`cfysnap.read`)."""
 
     def __init__(
         self,
-        url: str,
+        target: SearchTarget,
         sources: Sequence[Source],
         *,
-        slices: int,
-        layout: Any = None,
+        parallelism: int,
         page_size: int = 1000,
     ) -> None:
         super().__init__()
-        self._units = scroll_units(sources, slices)
-        self._url, self._layout, self._page_size = url, layout, page_size
+        self._target, self._sources = target, list(sources)
+        self._parallelism, self._page_size = parallelism, page_size
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection[Hit]:
-        return (
+        reads = [
             pbegin
-            | "ScrollUnits" >> beam.Create(self._units)
-            | "SpreadSlices" >> beam.Reshuffle()
-            | "ScrollSlice" >> beam.ParDo(_ScrollSliceFn(self._url, self._layout, self._page_size))
-        )
+            | f"Read {index}" >> ReadFromSearch(
+                self._target,
+                index,
+                types,
+                parallelism=self._parallelism,
+                page_size=self._page_size,
+                counter_namespace=READ_NAMESPACE,
+            )
+            for index, types in self._sources
+        ]
+        return reads | "AllDocuments" >> beam.Flatten()
 
 
 # ------------------------------------------------------------------------------- exclusions

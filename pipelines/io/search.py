@@ -1,22 +1,37 @@
-"""The one module that talks to the search server (Elasticsearch 5–9, OpenSearch).
+"""The one module that talks to the search server (Elasticsearch 1.x–9.x, OpenSearch).
 
 Everything above this module speaks the *logical* layout of a Cloudify 3.x snapshot: Cloudify's own
 index and type names (`cloudify_storage`/`node_instance`, `logstash-2016.03.14`/`cloudify_event`).
 How those are stored depends on the server (spec §4):
 
-- `Layout.TYPED` (Elasticsearch ≤ 6): one index per logical index, mapping types as in Cloudify.
+- `Layout.TYPED` (Elasticsearch ≤ 6, what every Cloudify 3.x manager runs: 1.x): one index per
+  logical index, mapping types as in Cloudify. The manager owns `cloudify_storage` and its
+  mappings: this module never creates nor changes them (only event indices, which logstash
+  creates on a manager, are created when missing).
 - `Layout.TYPELESS` (Elasticsearch ≥ 7, OpenSearch): one physical index per (index, type),
   named `f"{index}-{type}"`. Types never contain "-", so the split at the last "-" is exact.
 
+The request forms follow the server's major version (`Dialect`, read from `GET /` or
+`GET /_nodes/_local`):
+
+| | 1.x | 2.x | 5.x–6.x | ≥ 7, OpenSearch |
+|---|---|---|---|---|
+| full read | `search_type=scan` + scroll (the first page has no hits) | scroll sorted by `_doc` | same | same |
+| parallel read | one part per shard (`preference=_shards:N`) | per shard | sliced scroll | sliced scroll |
+| scroll id | raw request body | JSON body | JSON | JSON |
+| delete by query | `DELETE /<index>/<type>/_query` | scroll + bulk deletes | `_delete_by_query` | same |
+| bulk lines | with `_type` | with `_type` | with `_type` | without |
+
 The client is built on `elastic_transport.Transport` and sends plain JSON: the `elasticsearch`
-client refuses non-Elasticsearch servers and sends `compatible-with` headers that other majors
-reject. Every failure to reach the server, and every unexpected answer, is a
-`SearchServerError(url, reason)` whose url never carries credentials.
+client refuses non-Elasticsearch servers and servers older than its own major, and sends
+`compatible-with` headers that other majors reject. Every failure to reach the server, and every
+unexpected answer, is a `SearchServerError(url, reason)` whose url never carries credentials and
+whose reason never carries a document's field value.
 
 Writes keep each hit's `_id`, so a retried bundle overwrites instead of duplicating. `bulk` checks
 every item of the response, resends only the items that failed with 429 or 5xx (with exponential
-backoff) and reports the rest as permanent failures. Reads use scroll (optionally sliced) sorted by
-`_doc`; the scroll is always cleared.
+backoff) and reports the rest as permanent failures. Every scroll page is checked for failed
+shards (a failed shard would silently drop its documents); the scroll is always cleared.
 
 The client is picklable: the live transport is dropped and re-created on first use.
 """
@@ -47,10 +62,13 @@ from elastic_transport import (
 from elastic_transport.client_utils import url_to_node_config
 
 from pipelines.errors import BulkLoadError, SearchServerError
-from pipelines.model import Doc, Hit
+from pipelines.model import Doc, Hit, is_event_index
 
 __all__ = [
     "Layout",
+    "SearchTarget",
+    "Dialect",
+    "Partition",
     "ServerInfo",
     "BulkItemError",
     "BulkResult",
@@ -68,6 +86,69 @@ class Layout(StrEnum):
 class ServerInfo:
     distribution: str  # "elasticsearch" | "opensearch"
     version: tuple[int, int, int]
+
+    @property
+    def dialect(self) -> Dialect:
+        return Dialect.of(self)
+
+
+@dataclass(frozen=True)
+class Dialect:
+    """The request forms one server generation takes (see the module docstring's table)."""
+
+    typed: bool
+    """Mapping types exist (Elasticsearch ≤ 6)."""
+    scan_search_type: bool
+    """1.x: full reads use `search_type=scan`, whose first response carries no hits."""
+    sliced_scroll: bool
+    """Parallel reads by sliced scroll (Elasticsearch ≥ 5, OpenSearch); else by shard."""
+    raw_scroll_id: bool
+    """1.x: scroll continuations and clears take the bare scroll id as the request body."""
+    delete_by_query: str
+    """"query-api" (1.x `DELETE …/_query`), "native" (`_delete_by_query`) or "scroll"."""
+    string_errors: bool
+    """1.x: errors are strings such as `MapperParsingException[…]; nested: …`."""
+
+    @staticmethod
+    def of(info: ServerInfo) -> Dialect:
+        major = info.version[0]
+        if info.distribution != "elasticsearch" or major >= 5:
+            return Dialect(
+                typed=info.distribution == "elasticsearch" and major <= 6,
+                scan_search_type=False,
+                sliced_scroll=True,
+                raw_scroll_id=False,
+                delete_by_query="native",
+                string_errors=False,
+            )
+        return Dialect(
+            typed=True,
+            scan_search_type=major <= 1,
+            sliced_scroll=False,
+            raw_scroll_id=major <= 1,
+            delete_by_query="query-api" if major <= 1 else "scroll",
+            string_errors=major <= 1,
+        )
+
+
+@dataclass(frozen=True)
+class Partition:
+    """One part of a parallel read: `kind` "slice" (sliced scroll) or "shard" (shard `id` of every
+    index the read addresses). The parts `client.partitions(...)` returns cover every document
+    exactly once."""
+
+    kind: str
+    id: int
+    of: int
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("slice", "shard"):
+            raise ValueError(f"Partition: kind must be 'slice' or 'shard', not {self.kind!r}")
+        if not 0 <= self.id < self.of:
+            raise ValueError(f"Partition: id {self.id} not in [0, {self.of})")
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.id + 1}/{self.of}"
 
 
 @dataclass(frozen=True)
@@ -135,6 +216,27 @@ _LENIENT = {"ignore_unavailable": "true", "allow_no_indices": "true"}
 _MATCH_ALL: dict[str, Any] = {"match_all": {}}
 
 
+@dataclass(frozen=True)
+class SearchTarget:
+    """Where a search server is and how to address it: frozen and picklable, so jobs and
+    transforms carry it to workers, where `connect()` makes a client (in `DoFn.setup`).
+    `layout` None: chosen from the server's version."""
+
+    url: str
+    layout: Layout | None = None
+
+    def __post_init__(self) -> None:
+        if self.layout is not None and not isinstance(self.layout, Layout):
+            object.__setattr__(self, "layout", Layout(self.layout))
+
+    def connect(self, **options: Any) -> SearchClient:
+        """A new client (options: `timeout`, `max_retries`, `retry_backoff`)."""
+        return SearchClient(self.url, layout=self.layout, **options)
+
+    def __str__(self) -> str:
+        return _strip_credentials(self.url)
+
+
 def _retryable(status: int) -> bool:
     return status == 429 or status >= 500
 
@@ -164,7 +266,7 @@ or a key, so it is cut from every reason (the field name and document id stay)."
 
 def _error_reason(body: Any) -> str:
     """A short reason from an error body: `type: reason` when the server says so. Never holds
-    a document's field value (see `_VALUE_PREVIEW`)."""
+    a document's field value (see `_VALUE_PREVIEW` and `_string_error_reason`)."""
     return _VALUE_PREVIEW.sub(r"\1 (withheld)", _raw_error_reason(body))
 
 
@@ -175,9 +277,42 @@ def _raw_error_reason(body: Any) -> str:
             kind, reason = error.get("type"), error.get("reason")
             if kind or reason:
                 return f"{kind}: {reason}" if kind and reason else str(kind or reason)
+        elif isinstance(error, str):
+            return _string_error_reason(error)
         elif error is not None:
             return str(error)[:300]
+    if isinstance(body, str):
+        return _string_error_reason(body)
     return str(body)[:300]
+
+
+_STRING_ERROR = re.compile(r"(\w+(?:Exception|Error))\[")
+_SAFE_DETAIL = re.compile(
+    r"^(failed to parse \[[^\]]*\]|\[[^\]]*\] missing|document already exists|"
+    r"\[[^\]]*\]\[\d+\] \[[^\]]*\]\[[^\]]*\]: (?:document already exists|version conflict.*)|"
+    r"No search context found for id.*|Failed to parse source.*|no such index.*|"
+    r"no handler found for uri \[[^\] ?]*(?:\?[^\] ]*)?\] and method \[[A-Z]+\]|"
+    r"mapper \[[^\]]*\] of different type.*|all shards failed|.*rejected execution.*)$"
+)
+
+
+def _string_error_reason(text: str) -> str:
+    """Elasticsearch 1.x errors are strings: `MapperParsingException[failed to parse [n]];
+    nested: NumberFormatException[For input string: "<the value>"]; `. The exception names are
+    kept, and the detail of the first one only where it is known to name a field, an index or an
+    id and never a value; everything else is withheld (it may quote a broker password)."""
+    names = _STRING_ERROR.findall(text)
+    if not names:
+        return text[:300] if _SAFE_DETAIL.match(text) else "(reason withheld)"
+    first = text.index(names[0] + "[") + len(names[0]) + 1
+    depth, end = 1, first
+    while end < len(text) and depth:
+        depth += {"[": 1, "]": -1}.get(text[end], 0)
+        end += 1
+    detail = text[first : end - 1]
+    shown = f"{names[0]}: {detail}" if _SAFE_DETAIL.match(detail) else names[0]
+    nested = [n for n in names[1:] if n != names[0]]
+    return (shown + (f" (nested: {', '.join(nested)})" if nested else ""))[:300]
 
 
 def _quote(part: str) -> str:
@@ -336,13 +471,22 @@ class SearchClient:
     # ---- server ----------------------------------------------------------------------------
 
     def info(self) -> ServerInfo:
-        """Distribution and version of the server (cached). Uses `GET /_nodes/_local`, which
-        every version answers (the integ-test distributions answer `GET /` with 405)."""
+        """Distribution and version of the server (cached)."""
         if self._info is None:
             self._info = self._fetch_info()
         return self._info
 
     def _fetch_info(self) -> ServerInfo:
+        """`GET /` names the distribution and version on every server but the integ-test
+        distributions of Elasticsearch ≥ 7 (405); those answer `GET /_nodes/_local` and send the
+        `x-elastic-product` header (7.14+)."""
+        status, root = self._send("GET", "/")
+        if status == 200 and isinstance(root, dict) and isinstance(root.get("version"), dict):
+            v = root["version"]
+            if isinstance(v.get("number"), str):
+                return ServerInfo(
+                    v.get("distribution", "elasticsearch"), _parse_version(v["number"])
+                )
         response = self._perform("GET", "/_nodes/_local", params={"filter_path": "nodes.*.version"})
         version: str | None = None
         if (
@@ -351,32 +495,25 @@ class SearchClient:
             and response.body.get("nodes")
         ):
             version = next(iter(response.body["nodes"].values())).get("version")
-        if version and response.meta.headers.get("x-elastic-product") == "Elasticsearch":
-            return ServerInfo("elasticsearch", _parse_version(version))
-        # OpenSearch and Elasticsearch < 7.14 send no product header: the root endpoint names
-        # the distribution.
-        status, root = self._send("GET", "/")
-        if status == 200 and isinstance(root, dict) and isinstance(root.get("version"), dict):
-            v = root["version"]
-            return ServerInfo(v.get("distribution", "elasticsearch"), _parse_version(v["number"]))
         if not version:
             raise SearchServerError(
                 self.url, f"cannot read the server version (HTTP {response.meta.status})"
             )
+        parsed = _parse_version(version)
+        if response.meta.headers.get("x-elastic-product") == "Elasticsearch":
+            return ServerInfo("elasticsearch", parsed)
         # No header and no root endpoint: no Elasticsearch 8+ (it always sends the header).
-        major = _parse_version(version)[0]
-        return ServerInfo(
-            "elasticsearch" if 5 <= major <= 7 else "opensearch", _parse_version(version)
-        )
+        return ServerInfo("elasticsearch" if parsed[0] <= 7 else "opensearch", parsed)
+
+    @property
+    def dialect(self) -> Dialect:
+        return self.info().dialect
 
     @property
     def layout(self) -> Layout:
         if self._forced_layout is not None:
             return self._forced_layout
-        info = self.info()
-        if info.distribution == "elasticsearch" and info.version[0] <= 6:
-            return Layout.TYPED
-        return Layout.TYPELESS
+        return Layout.TYPED if self.dialect.typed else Layout.TYPELESS
 
     # ---- names -----------------------------------------------------------------------------
 
@@ -463,35 +600,65 @@ class SearchClient:
         """Whether any physical index of the logical index (or pattern) exists."""
         return bool(self._physical_mappings(index))
 
+    def partitions(self, index: str, doc_types: Sequence[str] | None, wanted: int) -> list[Partition]:
+        """The parts of a parallel read of a logical index (or pattern): `wanted` slices of a
+        sliced scroll where the server has them; otherwise (1.x, 2.x) one part per shard, as
+        many as the largest matching index has (`preference=_shards:N` reads shard N of every
+        index). An empty list: read it whole (`partition=None`)."""
+        if wanted < 1:
+            raise ValueError("partitions: wanted must be at least 1")
+        if self.dialect.sliced_scroll:
+            return [Partition("slice", i, wanted) for i in range(wanted)] if wanted > 1 else []
+        path = self._target(index, None) + "/_search_shards"
+        status, body = self.request("GET", path, params=_LENIENT, ok=(404,))
+        shards = 0
+        if status == 200 and isinstance(body, dict):
+            for group in body.get("shards") or []:
+                for copy in group:
+                    shards = max(shards, int(copy.get("shard", 0)) + 1)
+        return [Partition("shard", i, shards) for i in range(shards)] if shards > 1 else []
+
     def scan(
         self,
         index: str,
         doc_types: Sequence[str] | None = None,
         *,
         query: dict | None = None,
-        slice_id: int | None = None,
-        max_slices: int | None = None,
+        partition: Partition | None = None,
         page_size: int = 1000,
         keep_alive: str = "5m",
+        source: bool = True,
     ) -> Iterator[Hit]:
         """Yield every matching document of a logical index (or pattern) as a logical hit
-        `{"_index", "_type", "_id", "_source"}`, in `_doc` order, one page in memory at a time.
+        `{"_index", "_type", "_id", "_source"}`, one page in memory at a time (`source=False`:
+        without `_source`).
 
-        With `slice_id`/`max_slices` only that slice of a sliced scroll is read; the slices of
-        one `max_slices` cover every document exactly once. Missing indices yield nothing. The
-        scroll is cleared when the iterator finishes, fails or is closed. Scroll continuations
-        are never retried (a repeated request would skip a page): a failure raises
-        `SearchServerError`.
+        With `partition` (from `partitions()`) only that part is read. Missing indices yield
+        nothing. The scroll is cleared when the iterator finishes, fails or is closed. Scroll
+        continuations are never retried (a repeated request would skip a page), and a page on
+        which any shard failed is an error, never a short read: both raise `SearchServerError`.
         """
-        if (slice_id is None) != (max_slices is None):
-            raise ValueError("scan: give both slice_id and max_slices, or neither")
-        body: dict[str, Any] = {"size": page_size, "sort": ["_doc"], "query": query or _MATCH_ALL}
-        if max_slices is not None and max_slices > 1:
-            assert slice_id is not None
-            if not 0 <= slice_id < max_slices:
-                raise ValueError(f"scan: slice_id {slice_id} not in [0, {max_slices})")
-            body["slice"] = {"id": slice_id, "max": max_slices}
-        for hit in self._scroll(self._target(index, doc_types), body, keep_alive):
+        dialect = self.dialect
+        params: dict[str, Any] = {"scroll": keep_alive, **_LENIENT}
+        body: dict[str, Any] = {"query": query or _MATCH_ALL}
+        if dialect.scan_search_type:
+            params["search_type"] = "scan"
+        else:
+            body["sort"] = ["_doc"]
+        body["size"] = page_size
+        if not source:
+            body["_source"] = False
+        if partition is not None:
+            if partition.kind == "slice":
+                if not dialect.sliced_scroll:
+                    raise ValueError(f"scan: {self.url} has no sliced scroll; use partitions()")
+                body["slice"] = {"id": partition.id, "max": partition.of}
+            else:
+                params["preference"] = f"_shards:{partition.id}"
+        elif dialect.scan_search_type:
+            # 1.x scan pages hold `size` hits *per shard*.
+            body["size"] = max(1, page_size // 5)
+        for hit in self._scroll(self._target(index, doc_types), body, params, keep_alive):
             logical_index, doc_type = self.logical(hit["_index"], hit.get("_type"))
             if self.layout is Layout.TYPELESS and not fnmatch.fnmatchcase(logical_index, index):
                 continue  # a prefix match of another logical index ("cloudify_storage-x-node")
@@ -502,34 +669,60 @@ class SearchClient:
                 "_source": hit.get("_source", {}),
             }
 
-    def _scroll(self, target: str, body: dict[str, Any], keep_alive: str) -> Iterator[Hit]:
+    def _scroll(
+        self, target: str, body: dict[str, Any], params: dict[str, Any], keep_alive: str
+    ) -> Iterator[Hit]:
         """Raw (physical) hits of a scroll over `target`; the scroll is always cleared."""
-        _, page = self.request(
-            "POST", target + "/_search", body, params={"scroll": keep_alive, **_LENIENT}
-        )
+        scan_type = params.get("search_type") == "scan"
+        _, page = self.request("POST", target + "/_search", body, params=params)
+        self._check_shards(page, target)
         scroll_id = page.get("_scroll_id")
         try:
+            first = True
             while True:
                 hits = page.get("hits", {}).get("hits", [])
-                if not hits:
-                    return
+                if not hits and not (first and scan_type):
+                    return  # 1.x scan: the first page never has hits
+                first = False
                 yield from hits
                 if not scroll_id:
                     return
-                _, page = self.request(
-                    "POST",
-                    "/_search/scroll",
-                    {"scroll": keep_alive, "scroll_id": scroll_id},
-                    retries=0,
-                )
+                _, page = self._continue_scroll(scroll_id, keep_alive)
+                self._check_shards(page, target)
                 scroll_id = page.get("_scroll_id", scroll_id)
         finally:
             if scroll_id:
                 self._clear_scroll(scroll_id)
 
+    def _continue_scroll(self, scroll_id: str, keep_alive: str) -> tuple[int, Any]:
+        if self.dialect.raw_scroll_id:
+            return self.request(
+                "POST", "/_search/scroll", scroll_id, params={"scroll": keep_alive}, retries=0
+            )
+        return self.request(
+            "POST", "/_search/scroll", {"scroll": keep_alive, "scroll_id": scroll_id}, retries=0
+        )
+
+    def _check_shards(self, page: Any, target: str) -> None:
+        """A page on which a shard failed, or did not answer (1.x counts an expired scroll
+        context as neither successful nor failed), misses that shard's documents."""
+        shards = page.get("_shards") if isinstance(page, dict) else None
+        if not isinstance(shards, dict):
+            return
+        total, ok = int(shards.get("total") or 0), int(shards.get("successful") or 0)
+        if ok < total or int(shards.get("failed") or 0):
+            failures = shards.get("failures") or [{}]
+            reason = _error_reason(failures[0].get("reason", failures[0]))
+            raise SearchServerError(
+                self.url,
+                f"scroll over {target.lstrip('/')}: {total - ok} of {total} shard(s) did not "
+                f"answer ({reason})",
+            )
+
     def _clear_scroll(self, scroll_id: str) -> None:
+        body: Any = scroll_id if self.dialect.raw_scroll_id else {"scroll_id": [scroll_id]}
         try:
-            self._send("DELETE", "/_search/scroll", {"scroll_id": [scroll_id]}, retries=0)
+            self._send("DELETE", "/_search/scroll", body, retries=0)
         except SearchServerError:
             pass  # the scroll expires after keep_alive anyway; never mask the real outcome
 
@@ -549,10 +742,14 @@ class SearchClient:
     # ---- writes ----------------------------------------------------------------------------
 
     def ensure_index(self, index: str, doc_type: str) -> None:
-        """Create the physical index for (index, type) if it is missing; safe under races.
+        """Make sure (index, type) can be written; safe under races.
 
-        Typeless: 1 shard, 0 replicas, `SAFE_MAPPING`. Typed: the index with default settings;
-        mappings are never changed (the target manager owns them).
+        Typeless: the physical index is created if missing (1 shard, 0 replicas, `SAFE_MAPPING`).
+        Typed: an existing index is used as it is, mappings never sent nor changed (the target
+        manager owns them); a missing event index (`cloudify_events`, `logstash-*`) is created
+        with the server's defaults, as logstash does on a manager; any other missing index
+        (`cloudify_storage` above all: a manager's bootstrap creates it with its own mappings)
+        raises `SearchServerError` rather than being created with the wrong ones.
         """
         physical = self.physical_index(index, doc_type)
         status, _ = self._send("HEAD", f"/{_quote(physical)}")
@@ -562,11 +759,18 @@ class SearchClient:
         body = None
         if self.layout is Layout.TYPELESS:
             body = {"settings": {"index": _INDEX_SETTINGS}, "mappings": SAFE_MAPPING}
+        elif not is_event_index(index):
+            raise SearchServerError(
+                self.url,
+                f"index {index} does not exist; a manager creates it with its own mappings when "
+                "it is installed, and cfysnap does not make them up (is this a Cloudify manager?)",
+            )
         status, response = self._send("PUT", f"/{_quote(physical)}", body)
-        already = "already_exists" in _error_reason(response)
+        reason = _error_reason(response)
+        already = "already_exists" in reason or "AlreadyExists" in reason
         if status >= 300 and not already:
             raise SearchServerError(
-                self.url, f"create index {physical}: HTTP {status} {_error_reason(response)}"
+                self.url, f"create index {physical}: HTTP {status} {reason}"
             )
         self._ensured.add((index, doc_type))
 
@@ -714,37 +918,38 @@ class SearchClient:
     ) -> int:
         """Delete the matching documents of a logical index (or pattern); return how many.
 
-        Uses `_delete_by_query` where the server has it; otherwise (the integ-test
-        distributions lack the reindex module) a scroll over the matching ids and bulk deletes.
+        1.x: the matching documents are counted, then `DELETE /<index>/<type>/_query` (which
+        reports no count), then counted again, which must give 0. 5+: `_delete_by_query` where
+        the server has it. Otherwise (2.x, and the integ-test distributions that lack the
+        reindex module) a scroll over the matching ids and bulk deletes.
         """
         target = self._target(index, [doc_type] if doc_type else None)
-        if self._native_delete_by_query:
+        mode = self.dialect.delete_by_query
+        if mode == "query-api":
+            return self._delete_by_query_api(index, doc_type, target, query or _MATCH_ALL)
+        if mode == "native" and self._native_delete_by_query:
             params = {"refresh": refresh, "conflicts": "proceed", **_LENIENT}
             status, body = self._send(
                 "POST", target + "/_delete_by_query", {"query": query or _MATCH_ALL}, params=params
             )
             if status < 300:
                 if body.get("failures"):
-                    reason = str(body["failures"][0])[:300]
+                    reason = _error_reason(body["failures"][0].get("cause", body["failures"][0]))
                     raise SearchServerError(self.url, f"delete_by_query {index}: {reason}")
                 return int(body.get("deleted", 0))
-            if status not in (400, 404, 405) or "no handler" not in _error_reason(body):
+            if status not in (400, 404, 405) or "no handler" not in str(body):
                 raise SearchServerError(
                     self.url, f"delete_by_query {index}: HTTP {status} {_error_reason(body)}"
                 )
             self._native_delete_by_query = False
         deleted = 0
         chunk: list[_Entry] = []
-        body = {"size": 1000, "sort": ["_doc"], "query": query or _MATCH_ALL, "_source": False}
-        for hit in self._scroll(target, body, "5m"):
-            logical_index, logical_type = self.logical(hit["_index"], hit.get("_type"))
-            if self.layout is Layout.TYPELESS and not fnmatch.fnmatchcase(logical_index, index):
-                continue
-            meta = {"_index": hit["_index"], "_id": hit["_id"]}
+        for hit in self.scan(index, [doc_type] if doc_type else None, query=query, source=False):
+            meta = {"_index": self.physical_index(hit["_index"], hit["_type"]), "_id": hit["_id"]}
             if self.layout is Layout.TYPED:
                 meta["_type"] = hit["_type"]
             line = (json.dumps({"delete": meta}) + "\n").encode("utf-8")
-            chunk.append(_Entry(logical_index, logical_type, hit["_id"], line))
+            chunk.append(_Entry(hit["_index"], hit["_type"], hit["_id"], line))
             if len(chunk) >= 1000:
                 deleted += self._bulk_delete(chunk)
                 chunk = []
@@ -753,6 +958,30 @@ class SearchClient:
         if refresh:
             self.refresh(index)
         return deleted
+
+    def _delete_by_query_api(
+        self, index: str, doc_type: str | None, target: str, query: dict[str, Any]
+    ) -> int:
+        self.refresh(index)
+        before = self.count(index, doc_type, query)
+        if not before:
+            return 0
+        _, body = self.request("DELETE", target + "/_query", {"query": query}, params=_LENIENT)
+        for name, outcome in (body.get("_indices") or {}).items():
+            shards = outcome.get("_shards") or {}
+            if int(shards.get("failed") or 0) or int(shards.get("successful") or 0) < int(
+                shards.get("total") or 0
+            ):
+                raise SearchServerError(
+                    self.url, f"delete by query in {name}: {shards.get('failed')} shard(s) failed"
+                )
+        self.refresh(index)
+        left = self.count(index, doc_type, query)
+        if left:
+            raise SearchServerError(
+                self.url, f"delete by query in {index}: {left} of {before} document(s) remain"
+            )
+        return before
 
     def _bulk_delete(self, entries: list[_Entry]) -> int:
         result = self._bulk_entries(entries, False, ensure=False)
