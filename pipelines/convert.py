@@ -151,10 +151,9 @@ class ConvertSummary:
         return {t: (docs[t], indices[t]) for t in sorted(docs)}
 
     def render(self) -> str:
-        path = " -> ".join([self.source_version, *(s.split(" -> ")[1] for s in self.steps)])
         lines = [
             f"converted {self.source} ({self.source_version}) -> {self.output} ({self.target_version})",
-            f"steps                {path if self.steps else 'none (already at the target)'}",
+            f"steps                {', '.join(self.steps) if self.steps else 'none (a 3.2 target)'}",
             f"documents read       {self.documents_read:,}",
             f"documents changed    {self.documents_changed:,}",
             f"duplicates dropped   {self.duplicates_dropped:,}"

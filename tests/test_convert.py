@@ -233,7 +233,7 @@ def test_converting_to_the_version_it_has_changes_nothing(tmp_path: Path) -> Non
     write_sample_archive(ManagerSpec.sized(Version.V3_4, 2000, seed=3), source)
     output = tmp_path / "out.zip"
     summary = convert(source, output, Version.V3_4)
-    assert summary.steps == () and summary.documents_changed == 0
+    assert summary.steps == ("3.4 restore defaults",) and summary.documents_changed == 0
     assert es_lines(output) == es_lines(source)  # the very same lines
     assert members(output) == members(source)
 
@@ -324,15 +324,15 @@ def test_dry_run_counts_changes_per_type_and_step_and_writes_nothing(tmp_path: P
     source = zip_tree(GOLDEN / "v3_2_to_v3_4" / "input", tmp_path / "in.zip")
     report = dry_run(ConvertConfig(source, tmp_path / "out.zip", Version.V3_4, dry_run=True, show_progress=False))
     assert isinstance(report, DryRunReport)
-    assert [s.name for s in report.steps] == ["3.2 -> 3.3", "3.3 -> 3.4"]
+    assert [s.name for s in report.steps] == ["3.2 -> 3.3", "3.3 -> 3.4", "3.4 restore defaults"]
     assert report.documents == {
         "blueprint": 1, "deployment": 1, "node": 2, "node_instance": 2, "execution": 1,
         "deployment_modification": 1, "my_custom_type": 1, "cloudify_event": 2, "cloudify_log": 2,
     }
-    assert report.changes == {
-        "blueprint": (1, 1), "deployment": (1, 1), "node": (1, 2), "node_instance": (0, 2),
-        "execution": (1, 0), "deployment_modification": (0, 0), "my_custom_type": (0, 0),
-        "cloudify_event": (2, 0), "cloudify_log": (2, 0),
+    assert report.changes == {  # the documents' defaults all come from the §6.2 table
+        "blueprint": (0, 0, 1), "deployment": (0, 0, 1), "node": (0, 0, 2),
+        "node_instance": (0, 0, 2), "execution": (1, 0, 0), "deployment_modification": (0, 0, 0),
+        "my_custom_type": (0, 0, 0), "cloudify_event": (2, 0, 0), "cloudify_log": (2, 0, 0),
     }
     assert report.metadata_changes and report.agents_changes and report.duplicates_to_drop == 0
     assert "3.2 -> 3.3" in report.render()
@@ -474,7 +474,8 @@ def test_cli_convert_dry_run_and_downgrade(tmp_path: Path) -> None:
     result = runner.invoke(app, ["convert", str(source), str(output), "--to", "3.4", "--dry-run", "--json"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
-    assert report["changes"]["node"] == {"3.3 -> 3.4": 1} and not output.exists()
+    assert report["changes"]["node"] == {"3.3 -> 3.4": 0, "3.4 restore defaults": 1}
+    assert not output.exists()
 
     result = runner.invoke(app, ["convert", str(source), str(output), "--to", "3.4", "--json", "--", "--direct_num_workers=1"])
     assert result.exit_code == 0, result.output

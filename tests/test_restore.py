@@ -387,7 +387,7 @@ def test_a_3_2_archive_is_upgraded_on_the_fly_and_duplicated_events_land_once(
                 with snap.open(name) as f:
                     out.write_stream(name, f)
     summary = restore.run(config(tmp_path, archive, target.url))
-    assert summary.steps == ["3.2 -> 3.3", "3.3 -> 3.4"]
+    assert summary.steps == ["3.2 -> 3.3", "3.3 -> 3.4", "3.4 restore defaults"]
     counts = type_counts(target)
     assert not any(index == "cloudify_events" for index, _ in counts)
     assert sum(n for (_, t), n in counts.items() if t == "cloudify_event") == 30

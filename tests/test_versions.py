@@ -20,7 +20,9 @@ from transforms.versions import (
     DowngradeRefused,
     Step,
     build_chain,
+    defaults_step,
     describe,
+    path,
     plan,
     step_changes,
     upgrade_agents,
@@ -29,6 +31,7 @@ from transforms.versions import (
 )
 from transforms.versions import v3_2_to_v3_3 as s32
 from transforms.versions import v3_3_to_v3_4 as s33
+from transforms.versions.defaults import COLUMNS
 
 GOLDEN = Path(__file__).parent / "golden" / "versions"
 GOLDEN_DIRS = sorted(p for p in GOLDEN.iterdir() if p.is_dir())
@@ -81,12 +84,22 @@ def test_chain_is_the_two_known_steps_oldest_first() -> None:
     assert STEPS[1].upgrade_hit is s33.upgrade_hit
 
 
-def test_plan() -> None:
-    assert plan(Version.V3_2, Version.V3_4) == list(STEPS)
-    assert plan("3.2", "3.3") == [STEPS[0]]
-    assert plan("3.3", "3.4.2") == [STEPS[1]]
-    assert plan(Version.V3_4, Version.V3_4) == []
-    assert plan("3.3", "3.3") == []
+def test_plan_ends_with_the_targets_restore_defaults() -> None:
+    """Every plan into 3.3 or 3.4 ends with that manager's whole §6.2 table, even from itself:
+    a 3.4.2 (3.3.1) restore applies it to every snapshot, whatever its version."""
+    d33, d34 = defaults_step(Version.V3_3), defaults_step(Version.V3_4)
+    assert d33 is not None and d34 is not None and defaults_step(Version.V3_2) is None
+    assert (d34.source, d34.target, d34.defaults, d34.name) == (
+        Version.V3_4, Version.V3_4, True, "3.4 restore defaults")
+    assert plan(Version.V3_2, Version.V3_4) == [*STEPS, d34]
+    assert plan("3.2", "3.3") == [STEPS[0], d33]
+    assert plan("3.3", "3.4.2") == [STEPS[1], d34]
+    assert plan(Version.V3_4, Version.V3_4) == [d34]
+    assert plan("3.3", "3.3") == [d33]
+    assert plan("3.2", "3.2") == []
+    assert path(plan("3.2", "3.4")) == "3.2 -> 3.3 -> 3.4 (+ 3.4 restore defaults)"
+    assert path(plan("3.4", "3.4")) == "3.4 restore defaults"
+    assert [release for release, _, _ in COLUMNS] == ["3.3", "3.3.1", "3.4", "3.4.0.2"]
 
 
 def test_plan_refuses_downgrade_and_unknown_versions() -> None:
@@ -101,21 +114,24 @@ def test_plan_refuses_downgrade_and_unknown_versions() -> None:
 
 def test_describe_is_printable() -> None:
     text = describe(ALL)
-    assert text.splitlines()[0] == "2 steps: 3.2 -> 3.3 -> 3.4"
+    assert text.splitlines()[0] == "3 steps: 3.2 -> 3.3 -> 3.4 (+ 3.4 restore defaults)"
     assert "1. " + STEPS[0].summary in text
     assert "2. " + STEPS[1].summary in text
+    assert "3. 3.4 restore defaults: the §6.2 table (columns 3.3, 3.3.1, 3.4, 3.4.0.2)" in text
     assert "install_new_agents" in text and "scaling_groups" in text
     assert describe([]) == "No version steps: the archive is already at the target version."
 
 
 def test_step_changes() -> None:
     deployment = hit("deployment", {"id": "d", "workflows": {}})
-    assert step_changes(deployment, ALL) == [True, True]
+    assert step_changes(deployment, ALL) == [False, False, True]
     execution = hit("execution", {"id": "e"})
-    assert step_changes(execution, ALL) == [True, False]
+    assert step_changes(execution, ALL) == [True, False, False]
     instance = hit("node_instance", {"id": "i"})
-    assert step_changes(instance, ALL) == [False, True]
-    assert step_changes(hit("widget", {"a": 1}), ALL) == [False, False]
+    assert step_changes(instance, ALL) == [False, False, True]
+    event = hit("cloudify_event", {"@timestamp": "2015-12-01T10:11:12.345Z"}, "cloudify_events")
+    assert step_changes(event, ALL) == [True, False, False]
+    assert step_changes(hit("widget", {"a": 1}), ALL) == [False, False, False]
 
 
 def _step(source: Version, target: Version) -> Step:
@@ -218,6 +234,9 @@ INSTALL_NEW_AGENTS = {
         "node_instance_ids": {"default": []},
     },
 }
+
+
+BLUEPRINT_33 = {"description": None, "main_file_name": "blueprint.yaml"}
 
 
 def test_32_blueprint_gets_description_and_main_file_name() -> None:
@@ -408,8 +427,14 @@ def test_32_agents_empty_and_converted_entries_are_unchanged() -> None:
 
 def test_33_deployment_gets_scaling_groups_and_description() -> None:
     out = upgrade_hit(hit("deployment", {"id": "d", "workflows": {}}), TO_34)
-    assert out["_source"] == {"id": "d", "workflows": {}, "scaling_groups": {}, "description": None}
-    kept = hit("deployment", {"id": "d", "scaling_groups": {"g": {}}, "description": "text"})
+    assert out["_source"] == {
+        "id": "d",
+        "workflows": {"install_new_agents": INSTALL_NEW_AGENTS},  # the 3.3 column, too
+        "scaling_groups": {},
+        "description": None,
+    }
+    kept = hit("deployment", {"id": "d", "scaling_groups": {"g": {}}, "description": "text",
+                              "workflows": {"install_new_agents": {"plugin": "mine"}}})
     assert upgrade_hit(kept, TO_34) is kept
 
 
@@ -440,6 +465,10 @@ def test_33_compute_node_gets_the_agent_plugin() -> None:
         "plugins_to_install": None,
         "min_number_of_instances": 0,
         "max_number_of_instances": -1,
+        "operations": {  # the 3.3 and 3.3.1 columns, too
+            "cloudify.interfaces.cloudify_agent.create_amqp": CREATE_AMQP,
+            "cloudify.interfaces.cloudify_agent.validate_amqp": VALIDATE_AMQP,
+        },
     }
     absent: dict[str, Any] = {"id": "vm", "type_hierarchy": COMPUTE_H}
     for src in (absent, {**absent, "plugins": None}):
@@ -481,15 +510,19 @@ def test_33_blueprint_plan_plugin_lists_get_package_fields() -> None:
     out = upgrade_hit(hit("blueprint", {"id": "b", "plan": plan_}), TO_34)
     assert out["_source"] == {
         "id": "b",
+        "description": "",  # the 3.3 column, too
+        "main_file_name": "",
         "plan": {
             "nodes": [],
             "deployment_plugins_to_install": [{"name": "a", **SIX_NULL}],
             "workflow_plugins_to_install": [{**SIX_NULL, "name": "b", "supported_platform": "any"}],
         },
     }
-    no_lists = hit("blueprint", {"id": "b", "plan": {"nodes": []}})
+    no_lists = hit("blueprint", {"id": "b", "plan": {"nodes": []}, **BLUEPRINT_33})
     assert upgrade_hit(no_lists, TO_34) is no_lists
-    null_lists = hit("blueprint", {"id": "b", "plan": {"deployment_plugins_to_install": None}})
+    null_lists = hit(
+        "blueprint", {"id": "b", "plan": {"deployment_plugins_to_install": None}, **BLUEPRINT_33}
+    )
     assert upgrade_hit(null_lists, TO_34) is null_lists
 
 

@@ -12,15 +12,21 @@ what is missing (so each step is idempotent and unknown types/fields pass throug
 
 At import the package discovers the modules, builds `STEPS` and validates it (`build_chain`):
 one step per source version, no cycle, no gap, oldest known version to newest. A broken chain
-fails the import with `BrokenChain`. `plan(source, target)` only reads the chain; `describe`
-prints a plan.
+fails the import with `BrokenChain`.
 
-    >>> [f"{s.source.value}->{s.target.value}" for s in plan(Version.V3_2, Version.V3_4)]
-    ['3.2->3.3', '3.3->3.4']
+A plan into `target` is the chain's steps from the source, then `target`'s restore defaults
+(`defaults.py`: the §6.2 table a `target` manager's restore applies to every document of every
+snapshot, whatever its version), so that converting or restoring gives what that manager's own
+restore makes of the same input, also when the source already is at `target`. `plan(source,
+target)` only reads the chain; `describe` prints a plan.
+
+    >>> [s.name for s in plan(Version.V3_2, Version.V3_4)]
+    ['3.2 -> 3.3', '3.3 -> 3.4', '3.4 restore defaults']
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 import pkgutil
 import re
@@ -30,6 +36,7 @@ from typing import Any
 
 from pipelines.errors import CfysnapError
 from pipelines.model import Hit, Version, parse_version
+from transforms.versions.defaults import COLUMNS, columns_for, update_hit
 
 __all__ = [
     "Step",
@@ -38,11 +45,13 @@ __all__ = [
     "DowngradeRefused",
     "build_chain",
     "step_from_module",
+    "defaults_step",
     "plan",
     "upgrade_hit",
     "upgrade_metadata",
     "upgrade_agents",
     "step_changes",
+    "path",
     "describe",
 ]
 
@@ -90,9 +99,13 @@ class Step:
     upgrade_hit: Callable[[Hit], Hit] = field(repr=False)
     upgrade_metadata: Callable[[dict[str, Any]], dict[str, Any]] = field(repr=False)
     upgrade_agents: Callable[[dict[str, Any]], dict[str, Any]] = field(repr=False)
+    defaults: bool = False
+    """A version's restore defaults (`defaults_step`), not a step of the chain."""
 
     @property
     def name(self) -> str:
+        if self.defaults:
+            return f"{self.target.value} restore defaults"
         return f"{self.source.value} -> {self.target.value}"
 
 
@@ -174,8 +187,48 @@ STEPS: tuple[Step, ...] = build_chain(_discover())
 """The validated chain, oldest first."""
 
 
+def _identity(value: Any) -> Any:
+    return value
+
+
+def _defaults_hit(hit: Hit, version: Version) -> Hit:
+    return update_hit(hit, _columns(version))
+
+
+@functools.cache
+def _columns(version: Version) -> dict[str, tuple[Any, ...]]:
+    return columns_for(version)
+
+
+@functools.cache
+def defaults_step(version: Version) -> Step | None:
+    """The restore defaults of `version` as a plan's last step (None for 3.2: no restore)."""
+    releases = [release for release, belongs_to, _ in COLUMNS if belongs_to <= version]
+    if not releases:
+        return None
+    summary = (
+        f"{version.value} restore defaults: the §6.2 table (columns {', '.join(releases)}) that a "
+        f"{version.value} manager's restore applies to every snapshot, whatever its version"
+    )
+    from transforms.versions import defaults
+
+    paragraphs = (defaults.__doc__ or "").strip().split("\n\n")
+    table = next(p for p in paragraphs if p.startswith("|"))
+    return Step(
+        version,
+        version,
+        summary,
+        f"{summary}.\nOnly what is missing is added.\n\n{table}",
+        functools.partial(_defaults_hit, version=version),
+        _identity,
+        _identity,
+        defaults=True,
+    )
+
+
 def plan(source: Version | str, target: Version | str, chain: Sequence[Step] = STEPS) -> list[Step]:
-    """The steps that take a `source` archive to `target`, in order; [] when they are equal.
+    """The steps that take a `source` archive to `target`, in order, then `target`'s restore
+    defaults (`defaults_step`): never empty for a 3.3 or 3.4 target, even from itself.
 
     Read-only. Strings are parsed like metadata.json's `snapshot_version` ("3.4.2" is 3.4).
     Raises DowngradeRefused when `target` is older than `source`, UnsupportedVersion for an
@@ -184,7 +237,9 @@ def plan(source: Version | str, target: Version | str, chain: Sequence[Step] = S
     src, dst = parse_version(source, "source version"), parse_version(target, "target version")
     if dst < src:
         raise DowngradeRefused(src.value, dst.value)
-    return [s for s in chain if src <= s.source and s.target <= dst]
+    steps = [s for s in chain if src <= s.source and s.target <= dst]
+    final = defaults_step(dst)
+    return [*steps, final] if final is not None else steps
 
 
 def upgrade_hit(hit: Hit, steps: Sequence[Step]) -> Hit:
@@ -216,12 +271,22 @@ def step_changes(hit: Hit, steps: Sequence[Step]) -> list[bool]:
     return changed
 
 
+def path(steps: Sequence[Step]) -> str:
+    """"3.2 -> 3.3 -> 3.4 (+ 3.4 restore defaults)"."""
+    chain = [s for s in steps if not s.defaults]
+    versions = [chain[0].source.value, *(s.target.value for s in chain)] if chain else []
+    text = " -> ".join(versions)
+    final = [s.name for s in steps if s.defaults]
+    if final:
+        text = f"{text} (+ {final[0]})" if text else final[0]
+    return text
+
+
 def describe(steps: Sequence[Step]) -> str:
     """A printable plan: the path, then each step's changelog, indented."""
     if not steps:
         return "No version steps: the archive is already at the target version."
-    path = " -> ".join([steps[0].source.value, *(s.target.value for s in steps)])
-    lines = [f"{len(steps)} step{'s' if len(steps) > 1 else ''}: {path}"]
+    lines = [f"{len(steps)} step{'s' if len(steps) > 1 else ''}: {path(steps)}"]
     for number, step in enumerate(steps, 1):
         lines.append("")
         lines.append(f"{number}. {step.changelog.splitlines()[0].strip()}")

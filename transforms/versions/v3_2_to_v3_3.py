@@ -1,17 +1,11 @@
-"""3.2 -> 3.3: agent-upgrade workflow and operations, blueprint fields, daily event indices.
+"""3.2 -> 3.3: daily event indices, broker_config in agents.json, system-workflow flags.
 
-What a 3.3 manager's restore adds to a 3.2 snapshot (spec §6.2, §6.3, §6.5), done offline:
+What changes in the format between a 3.2 snapshot (the 3.2 snapshots tool's) and a 3.3 one
+(spec §6.3, §6.5), done offline. The documents' 3.3 defaults (`workflows.install_new_agents`,
+the `create_amqp`/`validate_amqp` operations, blueprint `description`/`main_file_name`) are the
+§6.2 table, which a 3.3 or 3.4 restore applies to every snapshot whatever its version: they are
+`defaults.py`, applied at the end of every plan (`plan()`), not here.
 
-- blueprint: `description` "" and `main_file_name` "" where missing.
-- deployment: `workflows.install_new_agents` where missing (operation
-  `cloudify.plugins.workflows.install_new_agents`, plugin `default_workflows`, parameters
-  `install_agent_timeout` default 300, `node_ids` default [], `node_instance_ids` default []).
-  A deployment without `workflows` (absent or null) gets a dict holding just that workflow.
-- node whose `type_hierarchy` contains `cloudify.nodes.Compute`: operations
-  `cloudify.interfaces.cloudify_agent.create_amqp` (`cloudify_agent.operations.create_agent_amqp`,
-  inputs `{install_agent_timeout: 300}`) and `cloudify.interfaces.cloudify_agent.validate_amqp`
-  (`cloudify_agent.operations.validate_agent_amqp`, inputs `{validate_agent_timeout: 20}`), each
-  only where missing, run by the central deployment agent with the `agent` plugin.
 - execution: `is_system_workflow` false where missing.
 - events: every hit in index `cloudify_events` moves to `logstash-YYYY.MM.DD`, the UTC day of the
   event's own `@timestamp` (else `timestamp`), never the day of the conversion; a hit with neither
@@ -44,7 +38,6 @@ from pipelines.model import (
     Doc,
     Hit,
     Version,
-    is_compute_node,
     metadata_version,
 )
 
@@ -80,78 +73,8 @@ def _with_missing(doc: dict[str, Any], defaults: dict[str, Any]) -> dict[str, An
 # --- es_data documents -------------------------------------------------------------------------
 
 
-def _install_new_agents_workflow() -> dict[str, Any]:
-    return {
-        "operation": "cloudify.plugins.workflows.install_new_agents",
-        "plugin": "default_workflows",
-        "parameters": {
-            "install_agent_timeout": {"default": 300},
-            "node_ids": {"default": []},
-            "node_instance_ids": {"default": []},
-        },
-    }
-
-
-def _agent_operation(implementation: str, inputs: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "inputs": inputs,
-        "has_intrinsic_functions": False,
-        "plugin": "agent",
-        "retry_interval": None,
-        "max_retries": None,
-        "executor": "central_deployment_agent",
-        "operation": implementation,
-    }
-
-
-def _agent_operations() -> dict[str, dict[str, Any]]:
-    return {
-        "cloudify.interfaces.cloudify_agent.create_amqp": _agent_operation(
-            "cloudify_agent.operations.create_agent_amqp", {"install_agent_timeout": 300}
-        ),
-        "cloudify.interfaces.cloudify_agent.validate_amqp": _agent_operation(
-            "cloudify_agent.operations.validate_agent_amqp", {"validate_agent_timeout": 20}
-        ),
-    }
-
-
-def upgrade_blueprint(doc: Doc) -> Doc:
-    return _with_missing(doc, {"description": "", "main_file_name": ""})
-
-
-def upgrade_deployment(doc: Doc) -> Doc:
-    workflows = doc.get("workflows")
-    if workflows is None:
-        workflows = {}
-    elif not isinstance(workflows, dict) or "install_new_agents" in workflows:
-        return doc
-    return {**doc, "workflows": {**workflows, "install_new_agents": _install_new_agents_workflow()}}
-
-
-def upgrade_node(doc: Doc) -> Doc:
-    if not is_compute_node(doc):
-        return doc
-    operations = doc.get("operations")
-    if operations is None:
-        operations = {}
-    elif not isinstance(operations, dict):
-        return doc
-    new_operations = _with_missing(operations, _agent_operations())
-    if new_operations is operations:
-        return doc
-    return {**doc, "operations": new_operations}
-
-
 def upgrade_execution(doc: Doc) -> Doc:
     return _with_missing(doc, {"is_system_workflow": False})
-
-
-_DOC_UPGRADES = {
-    "blueprint": upgrade_blueprint,
-    "deployment": upgrade_deployment,
-    "node": upgrade_node,
-    "execution": upgrade_execution,
-}
 
 
 def _parse_utc_day(value: object, *, naive_is_utc: bool) -> date | None:
@@ -199,15 +122,14 @@ def _move_event(hit: Hit) -> Hit:
 
 def upgrade_hit(hit: Hit) -> Hit:
     """One es_data line in, one out. Events in `cloudify_events` (any `_type`: nothing may be
-    left in an index the metadata says is gone) get their daily `logstash-` index; storage
-    documents get the 3.3 defaults; anything else is returned as is (the same object)."""
+    left in an index the metadata says is gone) get their daily `logstash-` index; executions
+    get `is_system_workflow`; anything else is returned as is (the same object)."""
     if hit.get("_index") == EVENTS_INDEX:
         return _move_event(hit)
-    upgrade = _DOC_UPGRADES.get(hit.get("_type"))  # type: ignore[arg-type]
     source = hit.get("_source")
-    if upgrade is None or not isinstance(source, dict):
+    if hit.get("_type") != "execution" or not isinstance(source, dict):
         return hit
-    new_source = upgrade(source)
+    new_source = upgrade_execution(source)
     return hit if new_source is source else {**hit, "_source": new_source}
 
 
