@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import zipfile
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from pipelines.options import beam_options
 from pipelines.sample.archive import write_sample_archive
 from pipelines.sample.generate import ManagerSpec
 from pipelines.validate import validate_archive
+from tests.test_versions import CREATE_AMQP, INSTALL_NEW_AGENTS, VALIDATE_AMQP, table_gaps
 from transforms.shards import WriteShards, read_shard
 from transforms.upgrade import (
     DeduplicateByKey,
@@ -107,6 +109,8 @@ def event(index: str, doc_id: str, stamp: str, text: str = "x") -> dict[str, Any
 
 
 META_32 = {"has_cloudify_events": True, "snapshot_version": "3.2"}
+CREATE = "cloudify.interfaces.cloudify_agent.create_amqp"
+VALIDATE = "cloudify.interfaces.cloudify_agent.validate_amqp"
 
 
 @pytest.fixture(scope="module")
@@ -236,6 +240,31 @@ def test_converting_to_the_version_it_has_changes_nothing(tmp_path: Path) -> Non
     assert summary.steps == ("3.4 restore defaults",) and summary.documents_changed == 0
     assert es_lines(output) == es_lines(source)  # the very same lines
     assert members(output) == members(source)
+
+
+def test_a_3_3_archive_of_legacy_blueprints_gets_the_whole_3_4_table(tmp_path: Path) -> None:
+    """Blueprints importing 3.2's types.yaml and nodes restored on 3.3.0: what a 3.4.2 restore
+    adds (the 3.3 and 3.3.1 columns included), convert adds, on every document that lacks it."""
+    spec = replace(ManagerSpec(version=Version.V3_3, blueprints=2, deployments_per_blueprint=4,
+                               compute_nodes=2, instances_per_node=1, events=2, logs=2),
+                   legacy_types=True)
+    source, output = tmp_path / "legacy-3.3.zip", tmp_path / "out-3.4.zip"
+    write_sample_archive(spec, source)
+    convert(source, output, Version.V3_4)
+    before, after = documents(source), documents(output)
+    storage = [k for k in after if k[0] == "cloudify_storage"]
+    lacking = {k for k in storage if table_gaps(k[1], before[k]["_source"], Version.V3_3)}
+    # 8 deployments without install_new_agents, 16 Compute nodes without an amqp operation
+    assert Counter(k[1] for k in lacking) == {"deployment": 8, "node": 16}
+    for key in storage:
+        assert table_gaps(key[1], after[key]["_source"], Version.V3_4) == [], key
+    for key in lacking:
+        doc = after[key]["_source"]
+        if key[1] == "deployment":
+            assert doc["workflows"]["install_new_agents"] == INSTALL_NEW_AGENTS
+        else:
+            assert {op: doc["operations"][op] for op in (CREATE, VALIDATE)} == {
+                CREATE: CREATE_AMQP, VALIDATE: VALIDATE_AMQP}
 
 
 def test_one_jump_equals_the_chain_on_a_generated_archive(sample32: Path, tmp_path: Path) -> None:

@@ -474,3 +474,59 @@ def test_a_killed_restore_resumes_to_exactly_the_same_end(
     journal = next((tmp_path / "fs" / ".cfysnap").glob("restore-*.jsonl"))
     state = Journal(journal).replay()
     assert state.finished and sum(state.loaded_counts().values()) == 122
+
+
+# ----------------------------------------------------------------- fidelity to the manager's restore
+LEGACY = Path(__file__).parent / "golden" / "versions" / "v3_3_legacy_to_v3_4"
+VALIDATE_AMQP_OP = "cloudify.interfaces.cloudify_agent.validate_amqp"
+
+
+def golden_archive(folder: Path, path: Path) -> Path:
+    """A snapshot archive of a per-document golden pair's input (metadata, es_data, agents)."""
+    with SnapshotWriter(path) as out:
+        out.write_json("metadata.json", json.loads((folder / "metadata_input.json").read_text()))
+        out.write_hits([json.loads(line) for line in (folder / "input.jsonl").read_text().splitlines()])
+        out.write_json(AGENTS, json.loads((folder / "agents_input.json").read_text()))
+    return path
+
+
+@pytest.mark.server
+def test_a_3_3_archive_lacking_the_3_3_additions_restores_at_3_4_as_3_4_2_would(
+    target: SearchClient, tmp_path: Path
+) -> None:
+    """The golden pair's expected documents are the §6.2 table applied by hand; on the target
+    each is that, plus the restore's own agents.json merge for the one started instance."""
+    archive = golden_archive(LEGACY, tmp_path / "legacy.zip")
+    restore.run(config(tmp_path, archive, target.url))
+    expected = {h["_id"]: h["_source"] for h in
+                map(json.loads, (LEGACY / "expected.jsonl").read_text().splitlines())}
+    agent = json.loads((LEGACY / "agents_input.json").read_text())["old-dep"]["vm"]["vm_x1"]
+    expected["vm_x1"] = {**expected["vm_x1"], "runtime_properties": {"cloudify_agent": agent}}
+    target.refresh()
+    actual = {h["_id"]: h["_source"] for h in target.scan("cloudify_storage")
+              if h["_type"] != "provider_context"}
+    assert actual == expected
+    assert verify.run(verify_config(tmp_path, archive, target.url)).ok
+
+
+@pytest.mark.server
+def test_a_3_3_archive_restored_at_3_3_gets_the_3_3_1_column(target: SearchClient, tmp_path: Path) -> None:
+    """One step down: a 3.3.1 restore adds `validate_amqp` to the Compute nodes of a 3.3
+    snapshot made on 3.3.0, which had none."""
+    with SnapshotReader(golden_archive(LEGACY, tmp_path / "legacy.zip")) as snap:
+        hits = [h for _, h in snap.iter_hits()]
+    archive = tmp_path / "33.zip"
+    with SnapshotWriter(archive) as out:
+        out.write_json("metadata.json", {"has_cloudify_events": False, "snapshot_version": "3.3"})
+        out.write_hits(hits)
+        out.write_json(AGENTS, {})
+    summary = restore.run(config(tmp_path, archive, target.url, target_version=Version.V3_3))
+    assert summary.steps == ["3.3 restore defaults"]
+    target.refresh()
+    nodes = {h["_id"]: h["_source"] for h in target.scan("cloudify_storage", ["node"])}
+    assert sorted(n for n, doc in nodes.items() if VALIDATE_AMQP_OP in doc["operations"]) == [
+        "old-dep_vm", "old-dep_vm330"]  # the Compute nodes, not the app
+    assert "min_number_of_instances" not in nodes["old-dep_vm"]  # no 3.4 column at 3.3
+    deployment = target.get("cloudify_storage", "deployment", "old-dep")
+    assert deployment is not None and "install_new_agents" in deployment["workflows"]
+    assert "scaling_groups" not in deployment

@@ -10,6 +10,8 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pipelines.errors import CfysnapError, CorruptArchive, UnsupportedVersion
 from pipelines.model import Hit, Version, hit_key, parse_version
@@ -671,3 +673,121 @@ def test_unknown_types_and_fields_pass_through() -> None:
     assert out["_id"] == "d" and out["_score"] == 0.0
     weird = hit("deployment", {"id": "d", "workflows": "not-a-dict"})
     assert upgrade_hit(weird, TO_33) is weird
+
+
+# --- property: every plan's output is the target's whole §6.2 table, and a fixed point ----------
+# The rules below are spelled out here, independently of transforms/versions/defaults.py: what a
+# document must hold once a `target` manager's restore has run over it.
+AGENT_OPS = {
+    "cloudify.interfaces.cloudify_agent.create_amqp": Version.V3_3,
+    "cloudify.interfaces.cloudify_agent.validate_amqp": Version.V3_3,
+}
+
+
+def table_gaps(doc_type: str, doc: dict[str, Any], target: Version) -> list[str]:
+    """What `doc` still lacks of the §6.2 table of `target` (empty: complete)."""
+    if target < Version.V3_3:
+        return []
+    gaps = []
+    v34 = target >= Version.V3_4
+    compute = "cloudify.nodes.Compute" in (doc.get("type_hierarchy") or [])
+    if doc_type == "deployment":
+        workflows = doc.get("workflows")
+        if isinstance(workflows, dict) or workflows is None:
+            if "install_new_agents" not in (workflows or {}):
+                gaps.append("workflows.install_new_agents")
+        if v34:
+            gaps += [k for k in ("scaling_groups", "description") if k not in doc]
+    elif doc_type == "blueprint":
+        gaps += [k for k in ("description", "main_file_name") if k not in doc]
+        plan_ = doc.get("plan")
+        if v34 and isinstance(plan_, dict):
+            for key in ("deployment_plugins_to_install", "workflow_plugins_to_install"):
+                for item in plan_.get(key) or []:
+                    if isinstance(item, dict):
+                        gaps += [f"plan.{key}.{f}" for f in SIX_NULL if f not in item]
+    elif doc_type == "node":
+        operations = doc.get("operations")
+        if compute and (isinstance(operations, dict) or operations is None):
+            gaps += [op for op in AGENT_OPS if op not in (operations or {})]
+        if v34:
+            gaps += [k for k in ("min_number_of_instances", "max_number_of_instances")
+                     if k not in doc]
+            plugins = doc.get("plugins")
+            if compute and (plugins is None or isinstance(plugins, list)):
+                if not any(isinstance(p, dict) and p.get("name") == "agent" for p in plugins or []):
+                    gaps.append("plugins[agent]")
+            for key in ("plugins", "plugins_to_install"):
+                items = doc.get(key)
+                for item in items if isinstance(items, list) else []:
+                    if isinstance(item, dict):
+                        gaps += [f"{key}.{f}" for f in SIX_NULL if f not in item]
+    elif doc_type == "node_instance" and v34 and "scaling_groups" not in doc:
+        gaps.append("scaling_groups")
+    return gaps
+
+
+_ids = st.text("abcdefgh-_0123456789", min_size=1, max_size=8)
+_plugin = st.fixed_dictionaries(
+    {"name": st.sampled_from(["agent", "openstack", "script"])},
+    optional={f: st.none() | _ids for f in SIX_NULL},
+)
+_plugins = st.none() | st.lists(_plugin | st.just("not-a-dict"), max_size=3)
+_operations = st.none() | st.dictionaries(
+    st.sampled_from([*AGENT_OPS, "cloudify.interfaces.lifecycle.create"]),
+    st.fixed_dictionaries({"operation": _ids}),
+    max_size=3,
+)
+_hierarchy = st.sampled_from(
+    [["cloudify.nodes.Root"], ["cloudify.nodes.Root", "cloudify.nodes.Compute"]]
+)
+
+
+def _maybe(**fields: Any) -> Any:
+    return st.fixed_dictionaries({"id": _ids}, optional=fields)
+
+
+_documents = st.one_of(
+    st.tuples(st.just("blueprint"), _maybe(
+        description=st.none() | _ids, main_file_name=_ids,
+        plan=st.fixed_dictionaries({}, optional={
+            "deployment_plugins_to_install": _plugins, "workflow_plugins_to_install": _plugins}),
+    )),
+    st.tuples(st.just("deployment"), _maybe(
+        workflows=st.none() | st.dictionaries(
+            st.sampled_from(["install", "install_new_agents"]), st.fixed_dictionaries({})),
+        scaling_groups=st.fixed_dictionaries({}), description=st.none() | _ids,
+    )),
+    st.tuples(st.just("node"), _maybe(
+        type_hierarchy=_hierarchy, operations=_operations, plugins=_plugins,
+        plugins_to_install=_plugins, min_number_of_instances=st.integers(0, 3),
+        max_number_of_instances=st.integers(-1, 3),
+    )),
+    st.tuples(st.just("node_instance"), _maybe(scaling_groups=st.lists(_ids, max_size=2))),
+    st.tuples(st.just("execution"), _maybe(is_system_workflow=st.booleans())),
+    st.tuples(st.just("plugin"), _maybe(archive_name=_ids)),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    docs=st.lists(_documents, max_size=12),
+    versions=st.sampled_from([(V2, V3), (V2, V4), (V3, V3), (V3, V4), (V4, V4)]),
+)
+def test_any_input_comes_out_complete_for_its_target_and_a_fixed_point(
+    docs: list[tuple[str, dict[str, Any]]], versions: tuple[Version, Version]
+) -> None:
+    source, target = versions
+    steps = plan(source, target)
+    hits = [hit(t, d, id_=f"{t}-{n}") for n, (t, d) in enumerate(docs)]
+    out = [upgrade_hit(h, steps) for h in hits]
+    for h in out:
+        assert table_gaps(h["_type"], h["_source"], target) == [], h
+    table = defaults_step(target)
+    assert table is not None
+    assert [table.upgrade_hit(h) for h in out] == out  # the whole table changes nothing more
+    assert all(upgrade_hit(h, steps) is h for h in out)  # and the plan is a fixed point
+    for before, after in zip(hits, out, strict=True):  # only ever adds
+        for key, value in before["_source"].items():
+            if key not in ("workflows", "operations", "plugins", "plugins_to_install", "plan"):
+                assert after["_source"][key] == value

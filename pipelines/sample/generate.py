@@ -108,6 +108,12 @@ class ManagerSpec:
     seed: int = 0
     keys_dir: str = DEFAULT_KEYS_DIR
     """Absolute folder of the agent key files named in Compute nodes' properties.cloudify_agent.key."""
+    legacy_types: bool = False
+    """3.3/3.4 only: deployments made from blueprints that import 3.2's types.yaml, as on managers
+    that kept 3.2 blueprints or restored 3.2 snapshots on 3.3.0. Their deployments lack the
+    `install_new_agents` workflow; the Compute nodes of even deployments lack the
+    `cloudify_agent.create_amqp` and `validate_amqp` operations, those of odd ones (a 3.3.0
+    restore, which had no `validate_amqp` yet) lack `validate_amqp` only."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "version", parse_version(self.version, "ManagerSpec.version"))
@@ -388,7 +394,7 @@ def _operation(impl: str, plugin: str, executor: str, inputs: dict[str, Any] | N
     }
 
 
-def _compute_operations(spec: ManagerSpec) -> dict[str, Any]:
+def _compute_operations(spec: ManagerSpec, d: int = 0) -> dict[str, Any]:
     ops: dict[str, Any] = {}
     for op in ("create", "start", "stop", "delete"):
         ops[f"cloudify.interfaces.lifecycle.{op}"] = _operation(
@@ -405,12 +411,14 @@ def _compute_operations(spec: ManagerSpec) -> dict[str, Any]:
         for op in ("create", "configure", "start", "stop", "delete", "restart"):
             ops[f"cloudify.interfaces.cloudify_agent.{op}"] = _operation(
                 f"cloudify_agent.installer.operations.{op}", "agent", "central_deployment_agent")
-        ops["cloudify.interfaces.cloudify_agent.create_amqp"] = _operation(
-            "cloudify_agent.operations.create_agent_amqp", "agent", "central_deployment_agent",
-            {"install_agent_timeout": 300})
-        ops["cloudify.interfaces.cloudify_agent.validate_amqp"] = _operation(
-            "cloudify_agent.operations.validate_agent_amqp", "agent", "central_deployment_agent",
-            {"validate_agent_timeout": 20})
+        if not spec.legacy_types or d % 2 == 1:
+            ops["cloudify.interfaces.cloudify_agent.create_amqp"] = _operation(
+                "cloudify_agent.operations.create_agent_amqp", "agent", "central_deployment_agent",
+                {"install_agent_timeout": 300})
+        if not spec.legacy_types:
+            ops["cloudify.interfaces.cloudify_agent.validate_amqp"] = _operation(
+                "cloudify_agent.operations.validate_agent_amqp", "agent", "central_deployment_agent",
+                {"validate_agent_timeout": 20})
     ops["cloudify.interfaces.monitoring_agent.install"] = _operation(
         "diamond_agent.tasks.install", "diamond", "host_agent",
         {"diamond_config": {"interval": 10}})
@@ -458,6 +466,7 @@ def _workflows(spec: ManagerSpec) -> dict[str, Any]:
         workflows["scale"] = wf("scale", {
             "node_id": {}, "delta": {"default": 1}, "scale_compute": {"default": True},
         })
+    if spec.version >= Version.V3_3 and not spec.legacy_types:
         workflows["install_new_agents"] = wf("install_new_agents", {
             "install_agent_timeout": {"default": 300},
             "node_ids": {"default": []},
@@ -497,7 +506,7 @@ def _node_doc(spec: ManagerSpec, d: int, n: int) -> Doc:
             "resource_id": "",
             "os_family": "windows" if _is_windows(n) else "linux",
         }
-        operations = _compute_operations(spec)
+        operations = _compute_operations(spec, d)
         plugins = [_openstack_plugin(spec), _diamond_plugin(spec), _script_plugin(spec)]
         if spec.version >= Version.V3_4:
             plugins.append(_agent_plugin(spec))
