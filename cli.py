@@ -324,6 +324,7 @@ def convert(
 class SourceVersionChoice(str, Enum):
     auto = "auto"
     v3_2 = "3.2"
+    v3_2_1 = "3.2.1"
     v3_3 = "3.3"
     v3_4 = "3.4"
 
@@ -365,7 +366,12 @@ def create(
     ] = False,
     source_version: Annotated[
         SourceVersionChoice,
-        typer.Option("--source-version", help="The manager's version; auto recognises it from its data."),
+        typer.Option(
+            "--source-version",
+            help="The manager's version; auto reads it from its data and prints the facts it was "
+            "read from (conflicting facts are refused: then say it here). 3.2.1: a 3.2.1 manager, "
+            "whose agents.json the 3.2.1 tool writes with its own broker credentials.",
+        ),
     ] = SourceVersionChoice.auto,
     slices: Annotated[
         int | None,
@@ -383,7 +389,6 @@ def create(
     Example: cfysnap create --es http://127.0.0.1:9200 --fs-root /opt/manager/resources --output snap.zip -- --direct_num_workers=2 --direct_running_mode=multi_processing
     """
     from pipelines.create import CreateConfig, run
-    from pipelines.model import Version
 
     if (output is None) == (snapshot_id is None):
         raise typer.BadParameter("give exactly one of --output and --snapshot-id")
@@ -399,7 +404,7 @@ def create(
             exclude_logs=exclude_logs,
             source_version=None
             if source_version is SourceVersionChoice.auto
-            else Version(source_version.value),
+            else source_version.value,
             layout=_layout(layout),
             slices=slices,
             force=force,

@@ -39,7 +39,7 @@ import shutil
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -51,10 +51,9 @@ from apache_beam.options.pipeline_options import DirectOptions
 from pipelines.errors import CfysnapError, JobFailed, SearchServerError, StoreError, job_error
 from pipelines.io.archive import METADATA, SnapshotReader
 from pipelines.io.search import Layout, SearchClient, SearchTarget
+from pipelines.manager import ManagerFacts, inspect_manager
 from pipelines.model import (
     EVENT_TYPES,
-    EVENTS_INDEX,
-    LOGSTASH_PREFIX,
     NEVER_IN_SNAPSHOT_TYPES,
     STORAGE_INDEX,
     Doc,
@@ -79,10 +78,7 @@ from transforms.shards import ArchiveMember, WriteShards, WriteSnapshotArchive
 __all__ = [
     "CreateConfig",
     "CreateSummary",
-    "SourceManager",
     "run",
-    "detect_version",
-    "inspect_source",
     "file_folders",
     "set_execution_status",
     "start_snapshot",
@@ -107,8 +103,8 @@ class CreateConfig:
     include_credentials: bool = True
     exclude_events: bool = False
     exclude_logs: bool = False
-    source_version: Version | None = None
-    """None: recognised from the data (`detect_version`)."""
+    source_version: str | None = None
+    """"3.2", "3.2.1", "3.3" or "3.4"; None: read from the data (`pipelines.manager`)."""
     layout: Layout | None = None
     slices: int | None = None
     """Parallel reads per index: scroll slices (Elasticsearch ≥ 5, OpenSearch); default
@@ -148,6 +144,8 @@ class CreateSummary:
     seconds: float
     snapshot_id: str | None = None
     execution_id: str | None = None
+    source: str = ""
+    """How the manager's version was known (`VersionReading.describe()`)."""
 
     @property
     def total_documents(self) -> int:
@@ -159,6 +157,8 @@ class CreateSummary:
 
     def render(self) -> str:
         lines = [f"wrote {self.output} (snapshot_version {metadata_version(self.version)})"]
+        if self.source:
+            lines.append(f"  {self.source}")
         for key, n in sorted(self.documents.items()):
             lines.append(f"  {key}: {n}")
         if self.dropped:
@@ -172,80 +172,8 @@ class CreateSummary:
 
 
 # ------------------------------------------------------------------------------ the source
-@dataclass(frozen=True)
-class SourceManager:
-    """What create needs to know about the manager before reading it."""
-
-    version: Version
-    has_cloudify_events: bool
-    """The server has an index named exactly `cloudify_events` (§2)."""
-    events_index: str
-    """`cloudify_events` if it exists, else `logstash-*` (§4)."""
-    provider_context: Doc | None = field(default=None, repr=False)
-
-    @property
-    def metadata(self) -> dict[str, Any]:
-        # the 3.2 tool always wrote true (§2)
-        has_events = True if self.version == Version.V3_2 else self.has_cloudify_events
-        return {
-            "has_cloudify_events": has_events,
-            "snapshot_version": metadata_version(self.version),
-        }
-
-    @property
-    def agent_defaults(self) -> AgentDefaults:
-        return agent_defaults(self.version, self.provider_context)
-
-
-def _first_source(client: SearchClient, doc_type: str) -> Doc | None:
-    scan = client.scan(STORAGE_INDEX, [doc_type], page_size=1)
-    try:
-        hit = next(scan, None)
-    finally:
-        close = getattr(scan, "close", None)
-        if close is not None:  # a generator: closing it clears the scroll
-            close()
-    return None if hit is None else hit["_source"]
-
-
-def detect_version(client: SearchClient) -> Version:
-    """Recognise a manager's version from its data (issue 3):
-
-    3.4: `deployment_update` docs, or nodes with `min_number_of_instances`, or deployments with
-    `scaling_groups`; 3.3: `plugin` or `snapshot` docs, or blueprints with `main_file_name`;
-    3.2: blueprints without `main_file_name`, or events in `cloudify_events` with no storage docs
-    telling otherwise. Raises JobFailed when nothing tells (pass the version explicitly).
-    """
-    types = {t for (index, t), n in client.logical_indices(STORAGE_INDEX).items() if n > 0}
-    if "deployment_update" in types:
-        return Version.V3_4
-    node = _first_source(client, "node") if "node" in types else None
-    if node is not None and "min_number_of_instances" in node:
-        return Version.V3_4
-    deployment = _first_source(client, "deployment") if "deployment" in types else None
-    if deployment is not None and "scaling_groups" in deployment:
-        return Version.V3_4
-    if types & {"plugin", "snapshot"}:
-        return Version.V3_3
-    blueprint = _first_source(client, "blueprint") if "blueprint" in types else None
-    if blueprint is not None:
-        return Version.V3_3 if "main_file_name" in blueprint else Version.V3_2
-    if client.index_exists(EVENTS_INDEX):
-        return Version.V3_2
-    raise JobFailed(
-        "create", "cannot recognise the manager's version from its data; pass --source-version"
-    )
-
-
-def inspect_source(client: SearchClient, version: Version | None = None) -> SourceManager:
-    """Version, events index and provider context of the manager behind `client`."""
-    has_events = client.index_exists(EVENTS_INDEX)
-    return SourceManager(
-        version=version or detect_version(client),
-        has_cloudify_events=has_events,
-        events_index=EVENTS_INDEX if has_events else f"{LOGSTASH_PREFIX}*",
-        provider_context=client.get(STORAGE_INDEX, "provider_context", "CONTEXT"),
-    )
+def _agent_defaults(source: ManagerFacts) -> AgentDefaults:
+    return agent_defaults(source.version, source.provider_context, source.release)
 
 
 def file_folders(version: Version) -> list[str]:
@@ -265,7 +193,7 @@ def _event_types(config: CreateConfig) -> tuple[str, ...]:
     return tuple(t for t in EVENT_TYPES if t not in excluded)
 
 
-def _sources(config: CreateConfig, source: SourceManager) -> list[Source]:
+def _sources(config: CreateConfig, source: ManagerFacts) -> list[Source]:
     sources: list[Source] = [(STORAGE_INDEX, None)]
     types = _event_types(config)
     if types:
@@ -331,9 +259,8 @@ def start_snapshot(client: SearchClient, config: CreateConfig, version: Version)
     """
     snapshot_id = config.snapshot_id
     assert snapshot_id is not None
-    if version == Version.V3_2:
-        raise StoreError(snapshot_id, "3.2 managers have no snapshot store; use --output")
     store = SnapshotStore(client, config.fs_root)
+    store.require_store(snapshot_id, version)
     store.reap_stale()  # a crashed earlier create must not stay `creating` forever
     if store.get(snapshot_id) is not None:
         raise StoreError(snapshot_id, "already exists")
@@ -415,7 +342,8 @@ def run(config: CreateConfig, beam_args: Sequence[str] = ()) -> CreateSummary:
     if config.output is not None and output.exists() and not config.force:
         raise JobFailed("create", f"{output} exists (use --force to replace it)")
     with SearchClient(config.es_url, layout=config.layout) as client:
-        source = inspect_source(client, config.source_version)
+        source = inspect_manager(client, config.source_version)
+        _LOG.info("%s", source.reading.describe())
         execution_id = (
             start_snapshot(client, config, source.version) if config.snapshot_id else None
         )
@@ -443,7 +371,7 @@ def run(config: CreateConfig, beam_args: Sequence[str] = ()) -> CreateSummary:
 def _create(
     client: SearchClient,
     config: CreateConfig,
-    source: SourceManager,
+    source: ManagerFacts,
     output: Path,
     execution_id: str | None,
     beam_args: Sequence[str],
@@ -499,13 +427,14 @@ def _create(
         seconds=time.monotonic() - started,
         snapshot_id=config.snapshot_id,
         execution_id=execution_id,
+        source=source.reading.describe(),
     )
 
 
 def _build_pipeline(
     p: beam.Pipeline,
     config: CreateConfig,
-    source: SourceManager,
+    source: ManagerFacts,
     sources: Sequence[Source],
     staging: Path,
     staged_archive: Path,
@@ -522,13 +451,13 @@ def _build_pipeline(
         >> DropExcluded(NEVER_IN_SNAPSHOT_TYPES, [execution_id] if execution_id else [])
         | "WriteShards" >> WriteShards(str(staging))
     )
-    agents_member = hits | "BuildAgentsJson" >> BuildAgentsJson(str(staging), source.agent_defaults)
+    agents_member = hits | "BuildAgentsJson" >> BuildAgentsJson(str(staging), _agent_defaults(source))
     file_members = p | "ListFileTree" >> ListFileTree(
         str(config.fs_root), file_folders(source.version)
     )
     small = [ArchiveMember(METADATA, data=_json_bytes(source.metadata))]
     if source.version == Version.V3_2:  # the 3.2 tool's manager.json (§1)
-        ip = source.agent_defaults.manager_ip
+        ip = _agent_defaults(source).manager_ip
         small.append(ArchiveMember("manager.json", data=_json_bytes({"MANAGEMENT_IP": ip})))
     member_sets = [
         p | "SmallMembers" >> beam.Create(small),

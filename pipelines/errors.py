@@ -21,6 +21,7 @@ __all__ = [
     "BulkLoadError",
     "RestoreRefused",
     "StoreError",
+    "ManagerVersionUnknown",
     "JobFailed",
     "job_error",
 ]
@@ -116,6 +117,21 @@ class StoreError(CfysnapError):
 
     def __str__(self) -> str:
         return f"snapshot {self.snapshot_id}: {self.reason}"
+
+
+class ManagerVersionUnknown(CfysnapError):
+    """A live manager's version cannot be read from its data without guessing."""
+
+    def __init__(self, reason: str, facts: list[str]) -> None:
+        super().__init__(reason, facts)
+        self.reason, self.facts = reason, facts
+
+    def __str__(self) -> str:
+        facts = f": {'; '.join(self.facts)}" if self.facts else ""
+        return (
+            f"cannot tell the manager's version: {self.reason}{facts}; "
+            "pass --source-version 3.2, 3.2.1, 3.3 or 3.4"
+        )
 
 
 class JobFailed(CfysnapError):

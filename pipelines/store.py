@@ -47,10 +47,11 @@ from typing import IO
 
 import psutil
 
-from pipelines.errors import CfysnapError, StoreError
+from pipelines.errors import CfysnapError, ManagerVersionUnknown, StoreError
 from pipelines.io.archive import COPY_CHUNK, safe_target_path
 from pipelines.io.search import SearchClient
-from pipelines.model import STORAGE_INDEX, Doc
+from pipelines.manager import read_version
+from pipelines.model import STORAGE_INDEX, Doc, Version
 
 __all__ = [
     "SNAPSHOTS_FOLDER",
@@ -264,6 +265,24 @@ class SnapshotStore:
                 raise StoreError(record.id, "a snapshot with this id already exists")
             result.raise_on_failure()
 
+    def require_store(self, snapshot_id: str, version: Version | None = None) -> None:
+        """StoreError on a manager that has no snapshot store: a 3.2 manager (the store came
+        with 3.3), or one whose data points at different versions. `version`: the manager's, if
+        known; else read from its data (`pipelines.manager`). A manager whose data tells no
+        version at all (a freshly installed one) is not refused."""
+        if version is None:
+            try:
+                version = read_version(self.client).version
+            except ManagerVersionUnknown as exc:
+                if not exc.facts:
+                    return
+                raise StoreError(snapshot_id, str(exc)) from None
+        if version == Version.V3_2:
+            raise StoreError(
+                snapshot_id,
+                "3.2 managers have no snapshot store (it came with 3.3); use create --output",
+            )
+
     def _require_free(self, snapshot_id: str) -> None:
         """StoreError unless `snapshot_id` is valid, has no document and no archive left over."""
         check_snapshot_id(snapshot_id)
@@ -430,7 +449,7 @@ class SnapshotStore:
         """Store the archive at `source` (local path or FileSystems URL) as snapshot `snapshot_id`
         with status `uploaded`.
 
-        Refuses an existing id before copying anything. The archive is streamed to a hidden file
+        Refuses an existing id, and a 3.2 manager (`require_store`), before copying anything. The archive is streamed to a hidden file
         in the store, checked with `pipelines.validate` (an invalid archive is refused and
         leaves nothing behind), recorded `creating` (so a crash from here on is reaped), renamed
         into place and marked `uploaded`.
@@ -438,6 +457,7 @@ class SnapshotStore:
         from pipelines.validate import validate_archive
 
         self._require_free(snapshot_id)
+        self.require_store(snapshot_id)
         self.root.mkdir(parents=True, exist_ok=True)
         staging = self.root / f".upload-{snapshot_id}.{uuid.uuid4().hex[:8]}.partial"
         try:

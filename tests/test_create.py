@@ -26,6 +26,7 @@ from pipelines.create import (
 from pipelines.errors import JobFailed, StoreError, UnsafePath
 from pipelines.io.archive import SnapshotReader
 from pipelines.io.search import SearchClient
+from pipelines.manager import read_version
 from pipelines.model import STORAGE_INDEX, Version
 from pipelines.sample.generate import (
     ManagerSpec,
@@ -38,7 +39,7 @@ from pipelines.sample.generate import (
 from pipelines.sample.load import load_manager
 from pipelines.store import archive_path
 from pipelines.validate import validate_archive
-from tests.conftest import SEARCH_SERVER, wipe
+from tests.conftest import SEARCH_SERVER, fresh_manager, wipe
 from transforms import search_io
 from transforms.agents import (
     AgentDefaults,
@@ -519,3 +520,136 @@ def test_create_force_replaces_an_existing_output(
     run(CreateConfig(search.url, fs_root, output=out, progress=False, force=True))
     assert archive_hits(out) == hit_multiset(snapshot_hits(spec))
     assert [p.name for p in tmp_path.iterdir()] == ["snap.zip"]
+
+
+# ------------------------------------------------------------------- the source version, read
+@pytest.mark.server
+@pytest.mark.parametrize(
+    ("version", "facts"),
+    [
+        (Version.V3_2, ["an index named cloudify_events (3.2)",
+                        "blueprint nodecellar has no main_file_name (3.2)",
+                        "deployment nodecellar-dep1 has no scaling_groups (3.2, 3.3)",
+                        "node nodecellar-dep1_vm has no min_number_of_instances (3.2, 3.3)"]),
+        (Version.V3_3, ["daily logstash-* event indices (3.3, 3.4)",
+                        "blueprint nodecellar has main_file_name (3.3, 3.4)",
+                        "deployment nodecellar-dep1 has no scaling_groups (3.2, 3.3)",
+                        "node nodecellar-dep1_vm has no min_number_of_instances (3.2, 3.3)",
+                        "plugin documents (3.3, 3.4)", "snapshot documents (3.3, 3.4)"]),
+        (Version.V3_4, ["daily logstash-* event indices (3.3, 3.4)",
+                        "blueprint nodecellar has main_file_name (3.3, 3.4)",
+                        "deployment nodecellar-dep1 has scaling_groups (3.4)",
+                        "node nodecellar-dep1_vm has min_number_of_instances (3.4)",
+                        "plugin documents (3.3, 3.4)", "snapshot documents (3.3, 3.4)",
+                        "deployment_update documents (3.4)"]),
+    ],
+)
+def test_the_version_is_read_from_facts_and_says_which(
+    search: SearchClient, tmp_path: Path, version: Version, facts: list[str]
+) -> None:
+    spec = ManagerSpec(version=version, blueprints=1, deployments_per_blueprint=1,
+                       keys_dir=str(tmp_path / "keys"))
+    load_manager(spec, search, tmp_path / "fs")
+    reading = read_version(search)
+    assert (reading.version, reading.given) == (version, False)
+    assert sorted(str(e) for e in reading.evidence) == sorted(facts)
+    assert reading.describe() == f"source version {version.value}, read from: " + "; ".join(
+        str(e) for e in reading.evidence)
+
+
+@pytest.mark.server
+def test_upload_then_create_on_a_3_2_manager_stays_3_2(search: SearchClient, tmp_path: Path) -> None:
+    """The sequence that once flipped the version: create, upload into the manager, create.
+    A 3.2 manager has no snapshot store, so the upload is refused and creates stay 3.2; a
+    snapshot record that exists anyway (an older tool's) is conflicting evidence, named, and
+    `--source-version` settles it."""
+    spec = ManagerSpec(version=Version.V3_2, blueprints=1, deployments_per_blueprint=1,
+                       keys_dir=str(tmp_path / "keys"))
+    fs_root = tmp_path / "fs"
+    load_manager(spec, search, fs_root)
+    where = ["--es", search.url, "--fs-root", str(fs_root)]
+    from cli import app
+
+    runner = CliRunner()
+    first = runner.invoke(app, ["create", *where, "--output", str(tmp_path / "r1.zip")])
+    assert first.exit_code == 0, first.output
+    assert "source version 3.2, read from: an index named cloudify_events (3.2)" in first.output
+    upload = runner.invoke(app, ["snapshots", "upload", str(tmp_path / "r1.zip"), "-s", "u1", *where])
+    assert upload.exit_code == 1
+    assert upload.output == (
+        "error: snapshot u1: 3.2 managers have no snapshot store (it came with 3.3); "
+        "use create --output\n")
+    assert not (fs_root / "snapshots").exists() and search.get(STORAGE_INDEX, "snapshot", "u1") is None
+    again = runner.invoke(app, ["create", *where, "--output", str(tmp_path / "r2.zip")])
+    assert again.exit_code == 0, again.output
+    with SnapshotReader(tmp_path / "r2.zip") as snap:
+        assert snap.metadata()["snapshot_version"] == "3.2"
+
+    search.bulk([{"_index": STORAGE_INDEX, "_type": "snapshot", "_id": "old",
+                  "_source": {"id": "old", "status": "uploaded"}}], refresh=True)
+    refused = runner.invoke(app, ["create", *where, "--output", str(tmp_path / "r3.zip")])
+    assert refused.exit_code == 1 and not (tmp_path / "r3.zip").exists()
+    assert refused.output.startswith(
+        "error: cannot tell the manager's version: its data points at different versions: ")
+    assert "blueprint nodecellar has no main_file_name (3.2)" in refused.output
+    assert "snapshot documents (3.3, 3.4)" in refused.output
+    assert refused.output.endswith("pass --source-version 3.2, 3.2.1, 3.3 or 3.4\n")
+    given = runner.invoke(app, ["create", *where, "--output", str(tmp_path / "r3.zip"),
+                                "--source-version", "3.2"])
+    assert given.exit_code == 0, given.output
+    assert ("source version 3.2, as given (--source-version); the data says otherwise: "
+            "snapshot documents (3.3, 3.4)") in given.output
+
+
+@pytest.mark.server
+def test_a_3_2_1_manager_gets_the_3_2_1_tools_agents_through_convert_and_restore(
+    search: SearchClient, tmp_path: Path
+) -> None:
+    spec = ManagerSpec(version=Version.V3_2, blueprints=1, deployments_per_blueprint=2,
+                       keys_dir=str(tmp_path / "keys"))
+    load_manager(spec, search, tmp_path / "fs")
+    out = tmp_path / "321.zip"
+    summary = run(CreateConfig(search.url, tmp_path / "fs", output=out, source_version="3.2.1",
+                               progress=False))
+    assert summary.source == "source version 3.2.1, as given (--source-version)"
+    # what the 3.2.1 tool writes: the 3.2 tool's dicts with its own credentials and version
+    expected = agents_json(spec)
+    started = 0
+    for nodes in expected.values():
+        for instances in nodes.values():
+            for agent in instances.values():
+                if agent:
+                    started += 1
+                    assert (agent["broker_user"], agent["broker_pass"], agent["version"]) == (
+                        "guest", "guest", "3.2")
+                    agent.update(broker_user="cloudify", broker_pass="c10udify", version="3.2.1")
+    assert started > 0
+    with SnapshotReader(out) as snap:
+        assert snap.agents() == expected
+        assert snap.metadata() == {"has_cloudify_events": True, "snapshot_version": "3.2"}
+
+    from pipelines import convert, restore, verify
+
+    converted = tmp_path / "34.zip"
+    convert.run(convert.ConvertConfig(out, converted, Version.V3_4, show_progress=False))
+    with SnapshotReader(converted) as snap:
+        agents = [a for nodes in snap.agents().values() for inst in nodes.values()
+                  for a in inst.values() if a]
+    assert len(agents) == started
+    for agent in agents:
+        assert agent["version"] == "3.2.1"
+        assert {k: agent["broker_config"][k] for k in ("broker_user", "broker_pass", "broker_port")} == {
+            "broker_user": "cloudify", "broker_pass": "c10udify", "broker_port": 5672}
+    fresh_manager(search)
+    config = restore.RestoreConfig(archive=out, es_url=search.url, fs_root=tmp_path / "target",
+                                   credentials_dir=tmp_path / "creds", progress=False)
+    assert restore.run(config).agents_merged == started
+    search.refresh()
+    runtime = [h["_source"]["runtime_properties"]["cloudify_agent"]
+               for h in search.scan(STORAGE_INDEX, ["node_instance"])
+               if "broker_config" in h["_source"]["runtime_properties"].get("cloudify_agent", {})]
+    assert len(runtime) == started
+    assert all(a["broker_config"]["broker_user"] == "cloudify" and a["version"] == "3.2.1"
+               for a in runtime)
+    assert verify.run(verify.VerifyConfig(archive=out, es_url=search.url, fs_root=tmp_path / "target",
+                                          credentials_dir=tmp_path / "creds")).ok

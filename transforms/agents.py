@@ -6,6 +6,7 @@ small projections of the documents, never from whole documents (principle 12):
     hits ──ProjectAgentFacts──▶ (deployment id, fact) ──GroupByKey──▶ one deployment's facts
          ──deployment_agents──▶ '"<dep>": {...}' fragments ──WriteFragments──▶ fragment files
          ──AssembleAgentsJson──▶ ArchiveMember("agents.json", source=<staged file>)
+                                 (deployments sorted by id: the same bytes on every runner)
 
 A fact is a `DeploymentFact` (the deployment exists), a `NodeFact` (a Compute node: only what the
 agent dict needs) or an `InstanceFact` (a node instance: state, runtime ip and
@@ -54,8 +55,11 @@ __all__ = [
 ]
 
 WINDOWS_TYPE = "cloudify.openstack.nodes.WindowsServer"
-_FLAT_BROKER_V32 = {"broker_user": "guest", "broker_pass": "guest"}
-"""T32 writes `guest`/`guest` for 3.2 managers (`cloudify`/`c10udify` only for 3.2.1)."""
+_FLAT_BROKER_V32 = {
+    "3.2": {"broker_user": "guest", "broker_pass": "guest"},
+    "3.2.1": {"broker_user": "cloudify", "broker_pass": "c10udify"},
+}
+"""T32 writes `guest`/`guest` for 3.2 managers, `cloudify`/`c10udify` for 3.2.1 (§3.3)."""
 
 
 # ------------------------------------------------------------------------------------ facts
@@ -166,6 +170,8 @@ class AgentDefaults:
     bootstrap: dict[str, Any] = field(hash=False)
     """`context.cloudify.cloudify_agent` of the provider context (may be empty)."""
     manager_ip: str = ""
+    release: str = ""
+    """"3.2.1" for a 3.2.1 manager (its tool's agent dicts differ from 3.2's); else the version."""
 
     @property
     def broker_config(self) -> dict[str, Any]:
@@ -182,13 +188,17 @@ class AgentDefaults:
         }
 
 
-def agent_defaults(version: Version, provider_context: Doc | None) -> AgentDefaults:
+def agent_defaults(
+    version: Version, provider_context: Doc | None, release: str = ""
+) -> AgentDefaults:
     """Defaults from a provider context document (`{"name", "context": {...}}`), or none."""
     cloudify = ((provider_context or {}).get("context") or {}).get("cloudify") or {}
     bootstrap = cloudify.get("cloudify_agent") or {}
     if not isinstance(bootstrap, dict):
         bootstrap = {}
-    return AgentDefaults(version, dict(bootstrap), str(bootstrap.get("broker_ip") or ""))
+    return AgentDefaults(
+        version, dict(bootstrap), str(bootstrap.get("broker_ip") or ""), release or version.value
+    )
 
 
 def agent_v33(instance: InstanceFact, defaults: AgentDefaults) -> dict[str, Any]:
@@ -201,7 +211,8 @@ def agent_v33(instance: InstanceFact, defaults: AgentDefaults) -> dict[str, Any]
 
 def agent_v32(instance: InstanceFact, node: NodeFact, defaults: AgentDefaults) -> dict[str, Any]:
     """The 3.2.1 snapshots tool's agent dict (§3.3): `{}` unless the instance is `started`;
-    else bootstrap `cloudify_agent` overlaid by the node's, flat broker keys."""
+    else bootstrap `cloudify_agent` overlaid by the node's, flat broker keys. `version` and the
+    broker credentials are those the tool writes for the manager's release (3.2 or 3.2.1)."""
     if instance.state != "started":
         return {}
     merged = {**defaults.bootstrap, **node.agent_properties}
@@ -213,13 +224,14 @@ def agent_v32(instance: InstanceFact, node: NodeFact, defaults: AgentDefaults) -
         agent["ip"] = ip
     agent["manager_ip"] = defaults.manager_ip
     agent["windows"] = node.windows
-    agent["version"] = metadata_version(Version.V3_2)
+    release = defaults.release if defaults.release in _FLAT_BROKER_V32 else "3.2"
+    agent["version"] = release
     agent.update(
         {
             "broker_ip": defaults.manager_ip,
             "broker_ssl_enabled": False,
             "broker_ssl_cert": "",
-            **_FLAT_BROKER_V32,
+            **_FLAT_BROKER_V32[release],
         }
     )
     return agent
@@ -284,29 +296,49 @@ class _WriteFragmentsFn(beam.DoFn):
             yield WindowedValue(self._path, MIN_TIMESTAMP, (GlobalWindow(),))
 
 
+def _fragment_key(line: bytes) -> str:
+    """The deployment id a fragment line (`"<deployment>": {...}`) starts with."""
+    key, _ = json.JSONDecoder().raw_decode(line.decode())
+    return str(key)
+
+
 class _AssembleAgentsFn(beam.DoFn):
-    """Stream every fragment file into one agents.json file; emit it as an archive member."""
+    """Every fragment file into one agents.json file, deployments sorted by id (the same bytes
+    however the runner bundled and grouped them); emit it as an archive member.
+
+    Memory: an index of (deployment id, file, offset, length), one entry per deployment; the
+    fragments themselves are copied from their files, never held."""
 
     def __init__(self, staging: str) -> None:
         self._staging = staging
 
     def process(self, _: Any, parts: list[str]) -> Iterator[ArchiveMember]:
+        index: list[tuple[str, str, int, int]] = []
+        for part in parts:
+            with FileSystems.open(part) as f:
+                offset = 0
+                for line in f:
+                    body = line.rstrip(b"\n")
+                    if body:
+                        index.append((_fragment_key(body), part, offset, len(body)))
+                    offset += len(line)
+        index.sort()
         path = FileSystems.join(self._staging, AGENTS)
         out = FileSystems.create(path)
+        readers: dict[str, Any] = {}
         try:
             out.write(b"{")
-            first = True
-            for part in sorted(parts):
-                with FileSystems.open(part) as f:
-                    for line in f:
-                        line = line.rstrip(b"\n")
-                        if not line:
-                            continue
-                        out.write(line if first else b", " + line)
-                        first = False
+            for n, (_key, part, offset, length) in enumerate(index):
+                reader = readers.get(part)
+                if reader is None:
+                    reader = readers[part] = FileSystems.open(part)
+                reader.seek(offset)
+                out.write(reader.read(length) if n == 0 else b", " + reader.read(length))
             out.write(b"}")
         finally:
             out.close()
+            for reader in readers.values():
+                reader.close()
         yield ArchiveMember(AGENTS, source=path)
 
 
