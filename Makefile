@@ -45,8 +45,8 @@ test-distributed: venv server
 	$(TEST_ENV) $(VENV)/bin/pytest -q -m distributed -o addopts=-ra
 
 lint: venv
-	$(VENV)/bin/ruff check cli.py pipelines transforms tests bench
-	$(VENV)/bin/mypy cli.py pipelines transforms bench
+	$(VENV)/bin/ruff check cli.py core pipelines transforms tests bench
+	$(VENV)/bin/mypy cli.py core pipelines transforms bench
 
 clean:
 	rm -rf $(DEMO)

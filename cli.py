@@ -2,22 +2,36 @@
 
 Each command parses and validates its options, builds one frozen config, calls
 `pipelines.<job>.run(config, beam_args)` (or a read-only library function) and turns the typed
-errors of `pipelines.errors` into one-line messages and exit codes. `--debug` shows tracebacks.
+errors of `core.errors` into one-line messages and exit codes. `--debug` shows tracebacks.
 Everything after `--` goes to Beam untouched (runner flags: `-- --runner=FlinkRunner ...`).
 Library imports happen inside the commands, so `--help` is instant.
+
+Options several commands share are declared once and added by a decorator: `@server_options`
+(where the search server is and how to reach it, given to the command as one `SearchTarget`) and
+`@restore_options` (how a restore runs, as one `RestoreOptions`).
+
+Exit codes: 0 success, 1 a refused or failed job (or an unexpected error), 2 a usage error
+(as Click reports it), 130 interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
 
+import functools
+import inspect as pyinspect
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
+
+from core.model import Version
+from core.text import plural
 
 __all__ = ["app", "main"]
 
@@ -40,20 +54,35 @@ sample_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(sample_app, name="sample")
+snapshots_app = typer.Typer(
+    help="The manager's snapshot store: list, upload, download, delete and restore stored "
+    "snapshots (<fs-root>/snapshots/<id>/<id>.zip plus their snapshot documents).\n\n"
+    "Example: cfysnap snapshots list --es http://127.0.0.1:9200 --fs-root /opt/manager/resources",
+    no_args_is_help=True,
+)
+app.add_typer(snapshots_app, name="snapshots")
 
 BEAM_ARGS = {"allow_extra_args": True, "ignore_unknown_options": True}
 _debug = False
 
+# ------------------------------------------------------------------------------ choices
+VersionChoice = Enum("VersionChoice", {f"v{v.name[1:]}": v.value for v in Version}, type=str)  # type: ignore[misc]
+"""Every snapshot version cfysnap knows (`core.model.Version`)."""
+TargetVersion = Enum(  # type: ignore[misc]
+    "TargetVersion", {f"v{v.name[1:]}": v.value for v in Version if v >= Version.V3_3}, type=str
+)
+"""The versions a restore or a conversion can go to (3.2 had no snapshot restore)."""
 
-class VersionChoice(str, Enum):
-    v3_2 = "3.2"
-    v3_3 = "3.3"
-    v3_4 = "3.4"
+
+def _source_versions() -> dict[str, str]:
+    from core.manager import RELEASES
+
+    return {"auto": "auto", **{f"v{r.replace('.', '_')}": r for r in RELEASES}}
 
 
-class TargetVersion(str, Enum):
-    v3_3 = "3.3"
-    v3_4 = "3.4"
+SourceVersionChoice = Enum("SourceVersionChoice", _source_versions(), type=str)  # type: ignore[misc]
+"""What a live manager can be: auto (read from its data), or a release (3.2.1 included)."""
+V33, V34, AUTO = VersionChoice("3.3"), TargetVersion("3.4"), SourceVersionChoice("auto")
 
 
 class LayoutChoice(str, Enum):
@@ -62,25 +91,198 @@ class LayoutChoice(str, Enum):
     typeless = "typeless"
 
 
+class ExportFormat(str, Enum):
+    parquet = "parquet"
+
+
 ArchiveArg = Annotated[
     Path,
-    typer.Argument(help="Snapshot archive (.zip).", exists=True, dir_okay=False, readable=True),
-]
-EsOption = Annotated[
-    str,
-    typer.Option(
-        "--es", envvar="CFYSNAP_ES_URL", help="Search server base URL, e.g. http://127.0.0.1:9200."
+    typer.Argument(
+        help="Snapshot archive (.zip).", exists=True, dir_okay=False, readable=True, metavar="ARCHIVE"
     ),
 ]
 FsRootOption = Annotated[
     Path, typer.Option("--fs-root", help="The manager's file-server root (e.g. /opt/manager/resources).")
 ]
-LayoutOption = Annotated[
-    LayoutChoice,
-    typer.Option("--layout", help="Index layout on the server: typed (ES<=6), typeless (ES>=7), or auto."),
+LinesPerShardOption = Annotated[
+    int, typer.Option("--lines-per-shard", min=1, help="es_data lines per parallel work unit.")
 ]
+SnapshotIdArg = Annotated[str, typer.Argument(help="The snapshot id.", show_default=False)]
 
 
+# ------------------------------------------------------------------------ shared options
+def _with_options(
+    bundle: str, extra: list[pyinspect.Parameter], build: Callable[..., Any]
+) -> Callable[[Callable[..., T]], Callable[..., T]]:
+    """A decorator adding the options `extra` to a command; they reach it built into one value,
+    the keyword `bundle` (`build(**their values)`). Options are declared once, for every command
+    that takes them."""
+    names = [p.name for p in extra]
+
+    def decorate(fn: Callable[..., T]) -> Callable[..., T]:
+        signature = pyinspect.signature(fn, eval_str=True)
+        kept = [p for p in signature.parameters.values() if p.name != bundle]
+
+        @functools.wraps(fn)
+        def command(*args: Any, **kwargs: Any) -> T:
+            values = {name: kwargs.pop(name) for name in names}
+            return fn(*args, **kwargs, **{bundle: build(**values)})
+
+        params = kept + [p.replace(kind=pyinspect.Parameter.KEYWORD_ONLY) for p in extra]
+        command.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]
+        command.__annotations__ = {p.name: p.annotation for p in params}
+        return command
+
+    return decorate
+
+
+def _option(name: str, annotation: Any, default: Any = pyinspect.Parameter.empty) -> pyinspect.Parameter:
+    return pyinspect.Parameter(name, pyinspect.Parameter.KEYWORD_ONLY, annotation=annotation, default=default)
+
+
+def _secret(value: str | None, file: Path | None, what: str) -> str | None:
+    """A secret from its environment variable or from a file (first line); never from a flag,
+    which would show in process lists and shell history."""
+    if file is not None:
+        try:
+            lines = file.read_text().splitlines()
+        except OSError as exc:
+            raise typer.BadParameter(f"cannot read the {what} file {file}: {exc.strerror}") from None
+        return lines[0].strip() if lines else ""
+    return value or None
+
+
+def _target(
+    es: str,
+    layout: LayoutChoice,
+    ca_cert: Path | None,
+    client_cert: Path | None,
+    client_key: Path | None,
+    insecure: bool,
+) -> Any:
+    from core.search import TLS, Auth, Layout, SearchTarget
+
+    user = os.environ.get("CFYSNAP_ES_USER")
+    password = _secret(
+        os.environ.get("CFYSNAP_ES_PASSWORD"),
+        Path(os.environ["CFYSNAP_ES_PASSWORD_FILE"]) if os.environ.get("CFYSNAP_ES_PASSWORD_FILE") else None,
+        "password",
+    )
+    api_key = _secret(
+        os.environ.get("CFYSNAP_ES_API_KEY"),
+        Path(os.environ["CFYSNAP_ES_API_KEY_FILE"]) if os.environ.get("CFYSNAP_ES_API_KEY_FILE") else None,
+        "API key",
+    )
+    if user and api_key:
+        raise typer.BadParameter("give CFYSNAP_ES_USER (and a password) or an API key, not both")
+    auth = Auth(username=user, password=password) if user else Auth(api_key=api_key) if api_key else None
+    if (client_cert is None) != (client_key is None):
+        raise typer.BadParameter("--client-cert and --client-key go together")
+    tls = None
+    if ca_cert or client_cert or insecure:
+        tls = TLS(
+            ca_cert=str(ca_cert) if ca_cert else None,
+            client_cert=str(client_cert) if client_cert else None,
+            client_key=str(client_key) if client_key else None,
+            verify=not insecure,
+        )
+    layout_value = None if layout is LayoutChoice.auto else Layout(layout.value)
+    return SearchTarget(es, layout_value, tls, auth)
+
+
+def _opt(flag: str, kind: Any, text: str, default: Any = pyinspect.Parameter.empty, **how: Any) -> pyinspect.Parameter:
+    """One option of a shared group: `--some-flag` becomes the parameter `some_flag`."""
+    name = flag.lstrip("-").replace("-", "_")
+    return _option(name, Annotated[kind, typer.Option(flag, help=text, **how)], default)
+
+
+_PEM: dict[str, Any] = {"exists": True, "dir_okay": False, "readable": True}
+_ES_HELP = (
+    "Search server base URL, e.g. http://127.0.0.1:9200 (env CFYSNAP_ES_URL). Credentials come "
+    "from the environment, never the URL: CFYSNAP_ES_USER with CFYSNAP_ES_PASSWORD or "
+    "CFYSNAP_ES_PASSWORD_FILE, or CFYSNAP_ES_API_KEY or CFYSNAP_ES_API_KEY_FILE."
+)
+
+
+def _server_params(required: bool) -> list[pyinspect.Parameter]:
+    """--es (required, or optional for commands that can read an archive instead) and the
+    options that say how to reach the server."""
+    es = (
+        _opt("--es", str, _ES_HELP, envvar="CFYSNAP_ES_URL")
+        if required
+        else _opt("--es", str | None, "Read a live manager's search server instead. " + _ES_HELP, None)
+    )
+    return [
+        es,
+        _opt("--layout", LayoutChoice, "Index layout on the server: typed (ES<=6), typeless (ES>=7), or auto.", LayoutChoice.auto),
+        _opt("--ca-cert", Path | None, "CA bundle (PEM) to trust for https.", None, **_PEM),
+        _opt("--client-cert", Path | None, "Client certificate (PEM) for https.", None, **_PEM),
+        _opt("--client-key", Path | None, "Key of --client-cert (PEM).", None, **_PEM),
+        _opt("--insecure", bool, "Do not check the server's certificate.", False),
+    ]
+
+
+def _optional_target(es: str | None, **how: Any) -> Any:
+    return None if es is None else _target(es, **how)
+
+
+server_options = _with_options("target", _server_params(required=True), _target)
+"""Adds --es, --layout, --ca-cert, --client-cert, --client-key, --insecure; the command gets
+`target: SearchTarget`."""
+optional_server_options = _with_options("target", _server_params(required=False), _optional_target)
+"""The same with --es optional; the command gets `target: SearchTarget | None`."""
+
+
+@dataclass(frozen=True)
+class RestoreOptions:
+    """How a restore runs: everything `restore` and `snapshots restore` share but the archive."""
+
+    fs_root: Path
+    credentials_dir: Path
+    target_version: Version
+    force: bool
+    resume: bool
+    journal: str | None
+    staging: str | None
+    dry_run: bool
+    batch_docs: int
+    batch_bytes: int
+    lines_per_shard: int
+
+
+def _restore_options(**values: Any) -> RestoreOptions:
+    values["target_version"] = Version(values["target_version"].value)
+    return RestoreOptions(**values)
+
+
+# measured best on 2 cores (bench/restore_bench.py)
+RESTORE_OPTIONS = [
+    _option("fs_root", FsRootOption),
+    _opt(
+        "--credentials-dir", Path, "Where agent keys go: <DIR>/<deployment>_<node>/agent_key, "
+        "mode 0600 (Cloudify: /opt/manager/snapshot-credentials).",
+    ),
+    _opt("--target-version", TargetVersion, "Version of the target manager; older archives are upgraded.", V34),
+    _opt("--force", bool, "Restore into a target that has blueprints (clashing ids are still refused).", False),
+    _opt("--resume", bool, "Finish an interrupted restore from its journal, doing only what is missing.", False),
+    _opt(
+        "--journal", str | None, "Journal folder, any Beam filesystem path every worker reaches "
+        "(default <fs-root>/.cfysnap/restore-<archive sha256>).", None,
+    ),
+    _opt(
+        "--staging", str | None, "Where es_data shards are staged, a path every worker reaches "
+        "(default: in the journal folder).", None,
+    ),
+    _opt("--dry-run", bool, "Check and print what would be written; write nothing.", False),
+    _opt("--batch-docs", int, "Documents per bulk request, at most.", 2000, min=1),
+    _opt("--batch-bytes", int, "Bytes of documents per bulk request, at most.", 8_000_000, min=1),
+    _option("lines_per_shard", LinesPerShardOption, 10_000),
+]
+restore_options = _with_options("options", RESTORE_OPTIONS, _restore_options)
+"""Adds every restore option; the command gets `options: RestoreOptions`."""
+
+
+# ------------------------------------------------------------------------------- the edge
 def _configure_logging(debug: bool) -> None:
     logging.basicConfig(
         level=logging.DEBUG if debug else logging.INFO,
@@ -99,11 +301,11 @@ def _configure_logging(debug: bool) -> None:
 
 def _run(fn: Callable[[], T]) -> T:
     """Run a command body; typed errors become one line on stderr and their exit code."""
-    from pipelines.errors import CfysnapError
+    from core.errors import CfysnapError
 
     try:
         return fn()
-    except (typer.Exit, typer.Abort):
+    except (typer.Exit, typer.Abort, typer.BadParameter):
         raise
     except CfysnapError as exc:
         if _debug:
@@ -117,13 +319,11 @@ def _run(fn: Callable[[], T]) -> T:
         if _debug:
             raise
         typer.echo(f"error: unexpected {type(exc).__name__}: {exc} (rerun with --debug)", err=True)
-        raise typer.Exit(3) from None
+        raise typer.Exit(1) from None
 
 
-def _layout(layout: LayoutChoice) -> Any:
-    from pipelines.io.search import Layout
-
-    return None if layout is LayoutChoice.auto else Layout(layout.value)
+def _warn(text: str) -> None:
+    typer.echo(f"warning: {text}", err=True)
 
 
 @app.callback()
@@ -135,7 +335,7 @@ def _main(
     _configure_logging(debug)
 
 
-# ----------------------------------------------------------------------------------- inspect
+# ------------------------------------------------------------------------ inspect/validate
 @app.command()
 def inspect(
     archive: ArchiveArg,
@@ -145,8 +345,8 @@ def inspect(
 
     Example: cfysnap inspect snapshot.zip --json
     """
+    from core.progress import Progress
     from pipelines.inspect import inspect_archive
-    from pipelines.progress import Progress
 
     def body() -> None:
         with Progress("inspect", enabled=not as_json) as progress:
@@ -156,16 +356,15 @@ def inspect(
     _run(body)
 
 
-# ---------------------------------------------------------------------------------- validate
 @app.command()
-def validate(archive: Annotated[Path, typer.Argument(help="Snapshot archive (.zip).")]) -> None:
+def validate(archive: ArchiveArg) -> None:
     """Check an archive: readable zip, safe entry names, metadata, every es_data line, duplicates,
     manifest checksums. Exit 0 when valid, else one line per problem (member:line: reason), exit 1.
 
     Example: cfysnap validate snapshot.zip
     """
-    from pipelines.progress import Progress
-    from pipelines.validate import validate_archive
+    from core.progress import Progress
+    from core.validate import validate_archive
 
     def body() -> None:
         with Progress("validate") as progress:
@@ -173,7 +372,7 @@ def validate(archive: Annotated[Path, typer.Argument(help="Snapshot archive (.zi
         for problem in problems:
             typer.echo(str(problem), err=True)
         if problems:
-            typer.echo(f"invalid: {archive}: {len(problems)} problem(s)", err=True)
+            typer.echo(f"invalid: {archive}: {plural(len(problems), 'problem')}", err=True)
             raise typer.Exit(1)
         typer.echo(f"valid: {archive}")
 
@@ -184,32 +383,36 @@ def validate(archive: Annotated[Path, typer.Argument(help="Snapshot archive (.zi
 @sample_app.command("archive")
 def sample_archive(
     output: Annotated[Path, typer.Argument(help="Where to write the generated snapshot archive.")],
-    version: Annotated[VersionChoice, typer.Option("--version", help="Manager version to imitate.")] = VersionChoice.v3_3,
-    documents: Annotated[int, typer.Option("--documents", min=10, help="About how many documents.")] = 2000,
+    version: Annotated[VersionChoice, typer.Option("--version", help="Manager version to imitate.")] = V33,
+    documents: Annotated[int, typer.Option("--documents", min=10, help="How many documents (exactly, from 30 up).")] = 2000,
     seed: Annotated[int, typer.Option("--seed", help="Random seed (same seed, same archive).")] = 0,
 ) -> None:
     """Write a generated snapshot archive of a realistic manager.
 
     Example: cfysnap sample archive demo-3.2.zip --version 3.2 --documents 10000
     """
-    from pipelines.model import Version
     from pipelines.sample.archive import write_sample_archive
-    from pipelines.sample.generate import ManagerSpec
+    from pipelines.sample.generate import ManagerSpec, document_count, type_counts
 
     def body() -> None:
         spec = ManagerSpec.sized(Version(version.value), documents, seed=seed)
         write_sample_archive(spec, output)
-        typer.echo(f"wrote {output}")
+        counts = ", ".join(f"{t} {n}" for t, n in type_counts(spec).items() if n)
+        typer.echo(
+            f"wrote {output}: a {version.value} manager's snapshot, "
+            f"{document_count(spec):,} documents ({counts})"
+        )
 
     _run(body)
 
 
 @sample_app.command("manager")
+@server_options
 def sample_manager(
-    es: EsOption,
+    target: Any,
     fs_root: FsRootOption,
-    version: Annotated[VersionChoice, typer.Option("--version", help="Manager version to imitate.")] = VersionChoice.v3_3,
-    documents: Annotated[int, typer.Option("--documents", min=10, help="About how many documents.")] = 2000,
+    version: Annotated[VersionChoice, typer.Option("--version", help="Manager version to imitate.")] = V33,
+    documents: Annotated[int, typer.Option("--documents", min=10, help="How many documents (exactly, from 30 up).")] = 2000,
     seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
     keys_dir: Annotated[
         Path | None, typer.Option("--keys-dir", help="Where the Compute nodes' agent keys are written.")
@@ -222,7 +425,6 @@ def sample_manager(
             "context only (the target of a restore).",
         ),
     ] = False,
-    layout: LayoutOption = LayoutChoice.auto,
 ) -> None:
     """Load a generated manager into a search server and a file-server root, in the shape a real
     manager gives its server (on Elasticsearch 1.x: `cloudify_storage` with the manager's own
@@ -232,13 +434,11 @@ def sample_manager(
     """
     from dataclasses import replace
 
-    from pipelines.io.search import SearchClient
-    from pipelines.model import Version
     from pipelines.sample.generate import ManagerSpec
     from pipelines.sample.load import load_empty_manager, load_manager
 
     def body() -> None:
-        with SearchClient(es, layout=_layout(layout)) as client:
+        with target.connect() as client:
             if empty:
                 load_empty_manager(Version(version.value), client, fs_root, seed=seed)
                 typer.echo(
@@ -251,26 +451,27 @@ def sample_manager(
                 spec = replace(spec, keys_dir=str(keys_dir.resolve()))
             counts = load_manager(spec, client, fs_root)
             typer.echo(
-                f"loaded a {version.value} manager: {sum(counts.values())} documents into "
+                f"loaded a {version.value} manager: {sum(counts.values()):,} documents into "
                 f"{client.url}; files in {fs_root}"
             )
 
     _run(body)
 
 
-# [commands: versions/convert]
+# --------------------------------------------------------------------------- versions/convert
 @app.command()
 def versions() -> None:
-    """Print the chain of snapshot-format upgrade steps, each with its changelog.
+    """Print the chain of snapshot-format upgrade steps, each with its changelog, and the
+    restore defaults every plan ends with.
 
     Example: cfysnap versions
     """
-    from pipelines.model import Version
-    from transforms.versions import STEPS, describe
+    from transforms.versions import STEPS, defaults_step, describe
 
     def body() -> None:
         typer.echo("Known snapshot versions: " + ", ".join(v.value for v in Version))
-        typer.echo(describe(list(STEPS)))
+        final = defaults_step(Version.V3_4)
+        typer.echo(describe([*STEPS, *([final] if final else [])]))
 
     _run(body)
 
@@ -279,30 +480,27 @@ def versions() -> None:
 def convert(
     ctx: typer.Context,
     source: ArchiveArg,
-    output: Annotated[Path, typer.Argument(help="Where to write the converted archive (.zip).", dir_okay=False)],
+    output: Annotated[Path, typer.Argument(help="Where to write the converted archive (.zip).", dir_okay=False, metavar="OUTPUT")],
     to: Annotated[TargetVersion, typer.Option("--to", help="Snapshot version to convert to.")],
     dry_run: Annotated[
         bool,
         typer.Option("--dry-run", help="Print the plan and per type how many documents each step changes; write nothing."),
     ] = False,
     force: Annotated[bool, typer.Option("--force", help="Replace OUTPUT if it exists.")] = False,
-    lines_per_shard: Annotated[
-        int, typer.Option("--lines-per-shard", min=1, help="es_data lines per parallel work unit.")
-    ] = 10_000,
+    lines_per_shard: LinesPerShardOption = 10_000,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary (or dry-run report) as JSON.")] = False,
 ) -> None:
     """Upgrade a snapshot archive to a newer format (3.2 -> 3.3 -> 3.4), archive to archive.
 
-    Validates SOURCE first, then applies every version step in one Beam pass: documents get what
-    the newer manager adds, 3.2 events move from cloudify_events to logstash-YYYY.MM.DD of their own
-    timestamp, duplicates created by that move are dropped (counted), metadata.json and agents.json
-    are upgraded, every other member is carried over byte for byte. OUTPUT appears only when
-    complete and its counts reconcile. Arguments after `--` go to Beam.
+    Validates ARCHIVE first, then applies every version step in one Beam pass: documents get what
+    the newer manager's restore adds, 3.2 events move from cloudify_events to logstash-YYYY.MM.DD
+    of their own timestamp, duplicates created by that move are dropped (counted), metadata.json
+    and agents.json are upgraded, every other member is carried over byte for byte. OUTPUT
+    appears only when complete and its counts reconcile. Arguments after `--` go to Beam.
 
     Example: cfysnap convert snap-3.2.zip snap-3.4.zip --to 3.4 -- --direct_num_workers=2 --direct_running_mode=multi_processing
     """
     from pipelines.convert import ConvertConfig, run
-    from pipelines.model import Version
 
     def body() -> None:
         config = ConvertConfig(
@@ -312,7 +510,7 @@ def convert(
             dry_run=dry_run,
             force=force,
             lines_per_shard=lines_per_shard,
-            show_progress=not as_json,
+            progress=not as_json,
         )
         result = run(config, ctx.args)
         typer.echo(json.dumps(result.to_json(), indent=2) if as_json else result.render())
@@ -320,19 +518,12 @@ def convert(
     _run(body)
 
 
-# [commands: create]
-class SourceVersionChoice(str, Enum):
-    auto = "auto"
-    v3_2 = "3.2"
-    v3_2_1 = "3.2.1"
-    v3_3 = "3.3"
-    v3_4 = "3.4"
-
-
+# ------------------------------------------------------------------------------------ create
 @app.command(context_settings=BEAM_ARGS)
+@server_options
 def create(
     ctx: typer.Context,
-    es: EsOption,
+    target: Any,
     fs_root: Annotated[
         Path,
         typer.Option(
@@ -372,12 +563,11 @@ def create(
             "read from (conflicting facts are refused: then say it here). 3.2.1: a 3.2.1 manager, "
             "whose agents.json the 3.2.1 tool writes with its own broker credentials.",
         ),
-    ] = SourceVersionChoice.auto,
+    ] = AUTO,
     slices: Annotated[
         int | None,
-        typer.Option("--slices", min=1, help="Scroll slices per index (default: max(2, Beam workers))."),
+        typer.Option("--slices", min=1, help="Parallel reads per index on servers with sliced scroll (default: max(2, Beam workers)); 1.x/2.x are read one part per shard."),
     ] = None,
-    layout: LayoutOption = LayoutChoice.auto,
     force: Annotated[bool, typer.Option("--force", help="Replace OUTPUT if it exists.")] = False,
 ) -> None:
     """Create a snapshot archive of a live Cloudify 3.2/3.3/3.4 manager: its search-server
@@ -395,116 +585,48 @@ def create(
 
     def body() -> None:
         config = CreateConfig(
-            es_url=es,
+            target=target,
             fs_root=fs_root.resolve(),
             output=output,
             snapshot_id=snapshot_id,
             include_credentials=not exclude_credentials,
             exclude_events=exclude_events,
             exclude_logs=exclude_logs,
-            source_version=None
-            if source_version is SourceVersionChoice.auto
-            else source_version.value,
-            layout=_layout(layout),
+            source_version=None if source_version.value == "auto" else source_version.value,
             slices=slices,
             force=force,
         )
-        summary = run(config, ctx.args)
-        typer.echo(summary.render())
+        typer.echo(run(config, ctx.args).render())
 
     _run(body)
 
 
-# [commands: restore/verify]
-CredentialsDirOption = Annotated[
-    Path,
-    typer.Option(
-        "--credentials-dir",
-        help="Where agent keys go: <DIR>/<deployment>_<node>/agent_key, mode 0600 "
-        "(Cloudify: /opt/manager/snapshot-credentials).",
-    ),
-]
-TargetVersionOption = Annotated[
-    TargetVersion,
-    typer.Option("--target-version", help="Version of the target manager; older archives are upgraded."),
-]
-ForceRestoreOption = Annotated[
-    bool, typer.Option("--force", help="Restore into a target that has blueprints (clashing ids are still refused).")
-]
-ResumeOption = Annotated[
-    bool, typer.Option("--resume", help="Finish an interrupted restore from its journal, doing only what is missing.")
-]
-JournalOption = Annotated[
-    Path | None,
-    typer.Option("--journal", help="Journal file (default <fs-root>/.cfysnap/restore-<archive sha256>.jsonl)."),
-]
-RestoreDryRunOption = Annotated[
-    bool, typer.Option("--dry-run", help="Check and print what would be written; write nothing.")
-]
-BatchDocsOption = Annotated[int, typer.Option("--batch-docs", min=1, help="Documents per bulk request, at most.")]
-BatchBytesOption = Annotated[
-    int, typer.Option("--batch-bytes", min=1, help="Bytes of documents per bulk request, at most.")
-]
-ShardLinesOption = Annotated[int, typer.Option("--shard-lines", min=1, help="es_data lines per parallel shard.")]
-# measured best on 2 cores (bench/restore_bench.py); shared by `restore` and `snapshots restore`
-RESTORE_BATCH_DOCS, RESTORE_BATCH_BYTES, RESTORE_SHARD_LINES = 2000, 8_000_000, 10_000
-
-
-def _restore_job(
-    ctx: typer.Context,
-    archive: Path,
-    es: str,
-    fs_root: Path,
-    credentials_dir: Path,
-    target_version: TargetVersion,
-    force: bool,
-    resume: bool,
-    journal: Path | None,
-    dry_run: bool,
-    layout: LayoutChoice,
-    batch_docs: int,
-    batch_bytes: int,
-    shard_lines: int,
-) -> None:
+# ----------------------------------------------------------------------------- restore/verify
+def _restore_job(ctx: typer.Context, archive: Path, target: Any, options: RestoreOptions) -> None:
     """Build the RestoreConfig both restore commands share, run it, print its summary."""
-    from pipelines.model import Version
     from pipelines.restore import RestoreConfig, run
+    from transforms.restore import Batching
 
     config = RestoreConfig(
         archive=archive,
-        es_url=es,
-        fs_root=fs_root,
-        credentials_dir=credentials_dir,
-        target_version=Version(target_version.value),
-        force=force,
-        resume=resume,
-        journal=journal,
-        dry_run=dry_run,
-        layout=None if layout is LayoutChoice.auto else layout.value,
-        batch_docs=batch_docs,
-        batch_bytes=batch_bytes,
-        lines_per_shard=shard_lines,
+        target=target,
+        fs_root=options.fs_root,
+        credentials_dir=options.credentials_dir,
+        target_version=options.target_version,
+        force=options.force,
+        resume=options.resume,
+        journal=options.journal,
+        staging=options.staging,
+        dry_run=options.dry_run,
+        batching=Batching(options.lines_per_shard, options.batch_docs, options.batch_bytes),
     )
     typer.echo(run(config, tuple(ctx.args)).render())
 
 
 @app.command(context_settings=BEAM_ARGS)
-def restore(
-    ctx: typer.Context,
-    archive: ArchiveArg,
-    es: EsOption,
-    fs_root: FsRootOption,
-    credentials_dir: CredentialsDirOption,
-    target_version: TargetVersionOption = TargetVersion.v3_4,
-    force: ForceRestoreOption = False,
-    resume: ResumeOption = False,
-    journal: JournalOption = None,
-    dry_run: RestoreDryRunOption = False,
-    batch_docs: BatchDocsOption = RESTORE_BATCH_DOCS,
-    batch_bytes: BatchBytesOption = RESTORE_BATCH_BYTES,
-    shard_lines: ShardLinesOption = RESTORE_SHARD_LINES,
-    layout: LayoutOption = LayoutChoice.auto,
-) -> None:
+@server_options
+@restore_options
+def restore(ctx: typer.Context, archive: ArchiveArg, target: Any, options: Any) -> None:
     """Restore a snapshot into a target manager: check first (archive valid, not newer than the
     target, target clean unless --force, no clashing blueprint/deployment ids), then copy files,
     write agent keys, and bulk-load every document with its own id (events into the daily index of
@@ -514,27 +636,26 @@ def restore(
 
     Example: cfysnap restore snap.zip --es http://127.0.0.1:9200 --fs-root /opt/manager/resources --credentials-dir /opt/manager/snapshot-credentials -- --direct_num_workers=2 --direct_running_mode=multi_processing
     """
-    def body() -> None:
-        _restore_job(ctx, archive, es, fs_root, credentials_dir, target_version, force, resume,
-                     journal, dry_run, layout, batch_docs, batch_bytes, shard_lines)
-
-    _run(body)
+    _run(lambda: _restore_job(ctx, archive, target, options))
 
 
 @app.command()
+@server_options
 def verify(
     archive: ArchiveArg,
-    es: EsOption,
+    target: Any,
     fs_root: FsRootOption,
     credentials_dir: Annotated[
         Path | None,
         typer.Option("--credentials-dir", help="Where the restore wrote agent keys (checked when given)."),
     ] = None,
-    target_version: TargetVersionOption = TargetVersion.v3_4,
+    target_version: Annotated[
+        TargetVersion,
+        typer.Option("--target-version", help="Version of the target manager; older archives are upgraded."),
+    ] = V34,
     max_differences: Annotated[
         int, typer.Option("--max-differences", min=1, help="How many differences to list.")
     ] = 20,
-    layout: LayoutOption = LayoutChoice.auto,
 ) -> None:
     """Compare a target manager with an archive: documents per (index, type) by count and by
     digest of each document as the restore writes it, files by sha256, agent keys and their mode.
@@ -542,17 +663,15 @@ def verify(
 
     Example: cfysnap verify snap.zip --es http://127.0.0.1:9200 --fs-root /opt/manager/resources --credentials-dir /opt/manager/snapshot-credentials
     """
-    from pipelines.model import Version
     from pipelines.verify import VerifyConfig, run
 
     def body() -> None:
         config = VerifyConfig(
             archive=archive,
-            es_url=es,
+            target=target,
             fs_root=fs_root,
             credentials_dir=credentials_dir,
             target_version=Version(target_version.value),
-            layout=None if layout is LayoutChoice.auto else layout.value,
             max_differences=max_differences,
         )
         report = run(config)
@@ -563,49 +682,22 @@ def verify(
     _run(body)
 
 
-# [commands: snapshots/clear]
-snapshots_app = typer.Typer(
-    help="The manager's snapshot store: list, upload, download, delete and restore stored "
-    "snapshots (<fs-root>/snapshots/<id>/<id>.zip plus their snapshot documents).\n\n"
-    "Example: cfysnap snapshots list --es http://127.0.0.1:9200 --fs-root /opt/manager/resources",
-    no_args_is_help=True,
-)
-app.add_typer(snapshots_app, name="snapshots")
-
-SnapshotIdArg = Annotated[str, typer.Argument(help="The snapshot id.", show_default=False)]
-
-
-def _open_store(es: str, fs_root: Path, layout: LayoutChoice) -> Any:
-    """A SnapshotStore (its client closed by the caller) after reaping stale `creating` snapshots."""
-    from pipelines.io.search import SearchClient
-    from pipelines.store import SnapshotStore
-
-    store = SnapshotStore(SearchClient(es, layout=_layout(layout)), fs_root)
-    try:
-        for record in store.reap_stale():
-            typer.echo(f"warning: snapshot {record.id} marked failed: {record.error}", err=True)
-    except BaseException:
-        store.client.close()
-        raise
-    return store
-
-
+# --------------------------------------------------------------------------------- snapshots
 @snapshots_app.command("list")
+@server_options
 def snapshots_list(
-    es: EsOption,
+    target: Any,
     fs_root: FsRootOption,
     as_json: Annotated[bool, typer.Option("--json", help="Print the snapshots as a JSON list.")] = False,
-    layout: LayoutOption = LayoutChoice.auto,
 ) -> None:
     """List the stored snapshots (oldest first): id, created_at, status, error.
 
     Example: cfysnap snapshots list --es http://127.0.0.1:9200 --fs-root /opt/manager/resources --json
     """
+    from pipelines.snapshots import list_snapshots
 
     def body() -> None:
-        store = _open_store(es, fs_root, layout)
-        with store.client:
-            records = store.list()
+        records = list_snapshots(target, fs_root, _warn)
         if as_json:
             typer.echo(json.dumps([r.to_doc() for r in records], indent=2))
             return
@@ -614,31 +706,31 @@ def snapshots_list(
         widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
         for row in rows:
             typer.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
-        typer.echo(f"{len(records)} snapshot(s)")
+        typer.echo(f"{len(records)} snapshot{'' if len(records) == 1 else 's'}")
 
     _run(body)
 
 
 @snapshots_app.command("upload")
+@server_options
 def snapshots_upload(
     path: Annotated[
-        str, typer.Argument(help="Archive to store: a local path or any Beam filesystem URL (gs://, s3://, ...).")
+        str,
+        typer.Argument(help="Archive to store: a local path or any Beam filesystem URL (gs://, s3://, ...).", metavar="ARCHIVE"),
     ],
     snapshot_id: Annotated[str, typer.Option("--snapshot-id", "-s", help="Id to store it under (must be new).")],
-    es: EsOption,
+    target: Any,
     fs_root: FsRootOption,
-    layout: LayoutOption = LayoutChoice.auto,
 ) -> None:
     """Validate an archive and store it as a new snapshot with status `uploaded`. An invalid
-    archive or an existing id is refused and nothing is stored.
+    archive, an existing id or a 3.2 manager (no snapshot store) is refused and nothing is stored.
 
     Example: cfysnap snapshots upload snap.zip --snapshot-id before-upgrade --es http://127.0.0.1:9200 --fs-root /opt/manager/resources
     """
+    from pipelines.snapshots import upload
 
     def body() -> None:
-        store = _open_store(es, fs_root, layout)
-        with store.client:
-            transfer = store.upload(snapshot_id, path)
+        transfer = upload(target, fs_root, snapshot_id, path, _warn)
         typer.echo(
             f"uploaded {snapshot_id}: {transfer.path} ({transfer.size} bytes, sha256 {transfer.sha256})"
         )
@@ -647,6 +739,7 @@ def snapshots_upload(
 
 
 @snapshots_app.command("download")
+@server_options
 def snapshots_download(
     snapshot_id: SnapshotIdArg,
     output: Annotated[
@@ -656,21 +749,19 @@ def snapshots_download(
             help="Where to write it: a file, an existing folder (gets <id>.zip), or a Beam filesystem URL.",
         ),
     ],
-    es: EsOption,
+    target: Any,
     fs_root: FsRootOption,
     force: Annotated[bool, typer.Option("--force", help="Replace OUTPUT if it exists.")] = False,
-    layout: LayoutOption = LayoutChoice.auto,
 ) -> None:
     """Copy a stored `created` or `uploaded` snapshot's archive out of the manager (streamed,
     atomic). Failed and still-creating snapshots are refused.
 
     Example: cfysnap snapshots download before-upgrade -o backup.zip --es http://127.0.0.1:9200 --fs-root /opt/manager/resources
     """
+    from pipelines.snapshots import download
 
     def body() -> None:
-        store = _open_store(es, fs_root, layout)
-        with store.client:
-            transfer = store.download(snapshot_id, output, overwrite=force)
+        transfer = download(target, fs_root, snapshot_id, output, force, _warn)
         typer.echo(
             f"downloaded {snapshot_id} to {transfer.path} ({transfer.size} bytes, sha256 {transfer.sha256})"
         )
@@ -679,22 +770,17 @@ def snapshots_download(
 
 
 @snapshots_app.command("delete")
-def snapshots_delete(
-    snapshot_id: SnapshotIdArg,
-    es: EsOption,
-    fs_root: FsRootOption,
-    layout: LayoutOption = LayoutChoice.auto,
-) -> None:
+@server_options
+def snapshots_delete(snapshot_id: SnapshotIdArg, target: Any, fs_root: FsRootOption) -> None:
     """Delete a stored snapshot: its folder <fs-root>/snapshots/<id>/ and its document (any
     status but a `creating` one whose creator is still running).
 
     Example: cfysnap snapshots delete before-upgrade --es http://127.0.0.1:9200 --fs-root /opt/manager/resources
     """
+    from pipelines.snapshots import delete
 
     def body() -> None:
-        store = _open_store(es, fs_root, layout)
-        with store.client:
-            record = store.delete(snapshot_id)
+        record = delete(target, fs_root, snapshot_id, _warn)
         status = f" (status {record.status})" if record else " (folder only: it had no document)"
         typer.echo(f"deleted snapshot {snapshot_id}{status}")
 
@@ -702,99 +788,72 @@ def snapshots_delete(
 
 
 @snapshots_app.command("restore", context_settings=BEAM_ARGS)
-def snapshots_restore(
-    ctx: typer.Context,
-    snapshot_id: SnapshotIdArg,
-    es: EsOption,
-    fs_root: FsRootOption,
-    credentials_dir: CredentialsDirOption,
-    target_version: TargetVersionOption = TargetVersion.v3_4,
-    force: ForceRestoreOption = False,
-    resume: ResumeOption = False,
-    journal: JournalOption = None,
-    dry_run: RestoreDryRunOption = False,
-    batch_docs: BatchDocsOption = RESTORE_BATCH_DOCS,
-    batch_bytes: BatchBytesOption = RESTORE_BATCH_BYTES,
-    shard_lines: ShardLinesOption = RESTORE_SHARD_LINES,
-    layout: LayoutOption = LayoutChoice.auto,
-) -> None:
+@server_options
+@restore_options
+def snapshots_restore(ctx: typer.Context, snapshot_id: SnapshotIdArg, target: Any, options: Any) -> None:
     """Restore a stored snapshot (status created or uploaded) into the manager, exactly as
     `cfysnap restore` does with <fs-root>/snapshots/<id>/<id>.zip. Failed and still-creating
     snapshots are refused. Beam options go after `--`.
 
     Example: cfysnap snapshots restore before-upgrade --es http://127.0.0.1:9200 --fs-root /opt/manager/resources --credentials-dir /opt/manager/snapshot-credentials
     """
+    from pipelines.snapshots import archive_for_restore
+
     def body() -> None:
-        store = _open_store(es, fs_root, layout)
-        with store.client:
-            archive = store.archive_for_restore(snapshot_id)
-        _restore_job(ctx, archive, es, fs_root, credentials_dir, target_version, force, resume,
-                     journal, dry_run, layout, batch_docs, batch_bytes, shard_lines)
+        archive = archive_for_restore(target, options.fs_root, snapshot_id, _warn)
+        _restore_job(ctx, archive, target, options)
 
     _run(body)
 
 
+# ------------------------------------------------------------------------------------- clear
 @app.command()
+@server_options
 def clear(
-    es: EsOption,
+    target: Any,
     fs_root: FsRootOption,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
-    layout: LayoutOption = LayoutChoice.auto,
 ) -> None:
     """Clear a manager before a restore (the documented manual procedure): delete every document
     except the provider_context and snapshot documents (cloudify_storage and every event index),
     and empty blueprints/, uploaded-blueprints/, plugins/ and deployments/ (the folders stay).
     Shows what it will delete and asks first unless --yes; prints what it deleted, per type.
+    Answering no cancels (exit 0, nothing deleted); with no terminal to ask, --yes is needed.
 
     Example: cfysnap clear --es http://127.0.0.1:9200 --fs-root /opt/manager/resources --yes
     """
     from pipelines.clear import ClearConfig, plan, run
 
     def body() -> None:
-        config = ClearConfig(es_url=es, fs_root=fs_root, layout=_layout(layout))
+        config = ClearConfig(target=target, fs_root=fs_root)
         if not yes:
             typer.echo(plan(config).render("will delete"))
             try:
-                confirmed = typer.confirm(f"Clear the manager at {es} and {fs_root}?")
+                confirmed = typer.confirm(f"Clear the manager at {target} and {fs_root}?")
             except typer.Abort:
-                confirmed = None
+                typer.echo("clear refused: no answer to the question (pass --yes); nothing was deleted", err=True)
+                raise typer.Exit(1) from None
             if not confirmed:
-                why = "no confirmation (pass --yes)" if confirmed is None else "cancelled"
-                typer.echo(f"clear refused: {why}; nothing was deleted", err=True)
-                raise typer.Exit(1)
+                typer.echo("clear cancelled; nothing was deleted")
+                return
         typer.echo(run(config).render())
 
     _run(body)
 
 
-# [commands: export]
-class ExportFormat(str, Enum):
-    parquet = "parquet"
-
-
+# ------------------------------------------------------------------------------------ export
 @app.command(context_settings=BEAM_ARGS)
+@optional_server_options
 def export(
     ctx: typer.Context,
-    paths: Annotated[
-        list[Path],
-        typer.Argument(
-            help="[ARCHIVE] OUT_DIR: the snapshot archive to read (omit it with --es) and the "
-            "dataset folder to write (must not exist, or be empty).",
-            metavar="[ARCHIVE] OUT_DIR",
-        ),
+    out_dir: Annotated[
+        Path,
+        typer.Argument(help="The dataset folder to write (must not exist, or be empty).", metavar="OUT_DIR"),
     ],
-    es: Annotated[
-        str | None,
-        typer.Option("--es", help="Read a live manager's search server instead of an archive."),
-    ] = None,
-    fs_root: Annotated[
+    target: Any,
+    archive: Annotated[
         Path | None,
-        typer.Option(
-            "--fs-root",
-            help="The manager's file-server root (accepted with --es; export reads documents only).",
-            exists=True,
-            file_okay=False,
-        ),
+        typer.Option("--archive", help="Read this snapshot archive (give this or --es).", exists=True, dir_okay=False),
     ] = None,
     format_: Annotated[
         ExportFormat, typer.Option("--format", help="Output format.")
@@ -810,32 +869,21 @@ def export(
     rows_per_group: Annotated[
         int, typer.Option("--rows-per-group", min=1, help="Rows per Parquet row group (memory bound).")
     ] = 50_000,
-    layout: LayoutOption = LayoutChoice.auto,
 ) -> None:
-    """Export events and logs (or every document type) as a Parquet dataset for analytics,
-    partitioned hive-style by type and day (type=cloudify_event/day=2016-03-14/part-*.parquet).
-    Columns: timestamp (UTC, ms), event_type, level, deployment_id, execution_id, workflow_id,
-    node_id, message, _index, _id, and doc (the whole _source as JSON). Day is the document's UTC
-    date (@timestamp/timestamp for events and logs, created_at for other types), else none.
-    Read it with pyarrow.dataset or DuckDB. Written atomically; counts are reconciled. Beam
-    runner flags go after `--`.
+    """Export events and logs (or every document type) of an archive (--archive) or a live
+    manager (--es) as a Parquet dataset for analytics, partitioned hive-style by type and day
+    (type=cloudify_event/day=2016-03-14/part-*.parquet). Columns: timestamp (UTC, ms), event_type,
+    level, deployment_id, execution_id, workflow_id, node_id, message, _index, _id, and doc (the
+    whole _source as JSON). Day is the document's UTC date (@timestamp/timestamp for events and
+    logs, created_at for other types), else none. Read it with pyarrow.dataset or DuckDB. Written
+    atomically; counts are reconciled. Beam runner flags go after `--`.
 
-    Example: cfysnap export snapshot.zip events-parquet --types events,logs -- --direct_num_workers=2 --direct_running_mode=multi_processing
+    Example: cfysnap export events-parquet --archive snapshot.zip --types events,logs -- --direct_num_workers=2 --direct_running_mode=multi_processing
     """
     from pipelines.export import ExportConfig, parse_types, run
 
-    # Click gives positional words after `--` to the arguments first: they are Beam flags.
-    beam_args = [str(p) for p in paths if str(p).startswith("-")] + list(ctx.args)
-    paths = [p for p in paths if not str(p).startswith("-")]
-    if es is None and len(paths) != 2:
-        raise typer.BadParameter("give ARCHIVE OUT_DIR, or --es URL and OUT_DIR")
-    if es is not None and len(paths) != 1:
-        raise typer.BadParameter("with --es give only OUT_DIR (no archive)")
-    if es is None and fs_root is not None:
-        raise typer.BadParameter("--fs-root goes with --es")
-    archive = paths[0] if es is None else None
-    if archive is not None and not archive.is_file():
-        raise typer.BadParameter(f"archive {archive} is not a file")
+    if (archive is None) == (target is None):
+        raise typer.BadParameter("give exactly one of --archive and --es")
     try:
         selected = parse_types(types)
     except ValueError as exc:
@@ -843,24 +891,41 @@ def export(
 
     def body() -> None:
         config = ExportConfig(
-            output=paths[-1],
+            output=out_dir,
             archive=archive,
-            es_url=es,
-            layout=_layout(layout),
+            target=target,
             types=selected,
             format=format_.value,
             rows_per_group=rows_per_group,
         )
-        summary = run(config, beam_args)
-        typer.echo(summary.render())
+        typer.echo(run(config, ctx.args).render())
 
     _run(body)
 
 
-def main() -> None:
-    """Console-script entry point (`cfysnap`)."""
-    app()
+def main(args: list[str] | None = None) -> int:
+    """Console-script entry point (`cfysnap`): runs the app, and prints a usage error in the
+    one-line form of every other error (`error: …`), exit code 2, as Click's code for it."""
+    from typer._click import exceptions as click  # Typer vendors its Click
+
+    command = typer.main.get_command(app)
+    try:
+        return int(command.main(args=args, prog_name="cfysnap", standalone_mode=False) or 0)
+    except click.NoArgsIsHelpError as exc:
+        typer.echo(exc.ctx.get_help() if exc.ctx else str(exc))
+        return 0
+    except click.UsageError as exc:
+        where = f"cfysnap {exc.ctx.command_path.partition(' ')[2]}".strip() if exc.ctx else "cfysnap"
+        message = exc.format_message().replace("Value error, ", "")
+        typer.echo(f"error: {message} (see `{where} --help`)", err=True)
+        return 2
+    except click.ClickException as exc:
+        typer.echo(f"error: {exc.format_message()}", err=True)
+        return exc.exit_code
+    except (typer.Abort, KeyboardInterrupt):
+        typer.echo("error: interrupted", err=True)
+        return 130
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -31,12 +31,12 @@ from collections import Counter
 from pathlib import Path
 
 from bench._measure import CFYSNAP, peak_rss_mb
+from core.archive import ES_DATA, SnapshotReader, SnapshotWriter, dump_hit, parse_hit
+from core.model import Version
+from core.validate import validate_archive
 from pipelines.convert import ConvertConfig, ConvertSummary, converted_members, run
-from pipelines.io.archive import ES_DATA, SnapshotReader, SnapshotWriter, dump_hit, parse_hit
-from pipelines.model import Version
 from pipelines.sample.archive import write_sample_archive
 from pipelines.sample.generate import ManagerSpec, document_count
-from pipelines.validate import validate_archive
 from transforms.versions import plan, upgrade_hit
 
 TWO_PROCESSES = ("--direct_num_workers=2", "--direct_running_mode=multi_processing")
@@ -90,7 +90,7 @@ def plain_convert(source: Path, output: Path, target: Version) -> int:
 
 def beam_convert(source: Path, output: Path, lines_per_shard: int, *beam_args: str) -> ConvertSummary:
     config = ConvertConfig(
-        source, output, Version.V3_4, force=True, lines_per_shard=lines_per_shard, show_progress=False
+        source, output, Version.V3_4, force=True, lines_per_shard=lines_per_shard, progress=False
     )
     summary = run(config, beam_args)
     assert isinstance(summary, ConvertSummary)

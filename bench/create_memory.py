@@ -29,8 +29,8 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from pipelines.io.search import SearchClient  # noqa: E402
-from pipelines.model import Version  # noqa: E402
+from core.model import Version  # noqa: E402
+from core.search import SearchClient  # noqa: E402
 from pipelines.sample.generate import ManagerSpec, document_count  # noqa: E402
 from pipelines.sample.load import load_manager  # noqa: E402
 

@@ -19,9 +19,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import psutil  # noqa: E402
 
+from core.archive import SnapshotReader  # noqa: E402
+from core.model import Version  # noqa: E402
 from pipelines.export import ExportConfig, run  # noqa: E402
-from pipelines.io.archive import SnapshotReader  # noqa: E402
-from pipelines.model import Version  # noqa: E402
 from pipelines.sample.archive import write_sample_archive  # noqa: E402
 from pipelines.sample.generate import ManagerSpec  # noqa: E402
 
@@ -80,7 +80,7 @@ def main() -> None:
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
     started = time.monotonic()
-    summary = run(ExportConfig(output=out, archive=archive, show_progress=False), beam_args)
+    summary = run(ExportConfig(output=out, archive=archive, progress=False), beam_args)
     seconds = time.monotonic() - started
     stop.set()
     watcher.join()

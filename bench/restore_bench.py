@@ -41,9 +41,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipelines.io.archive import SnapshotReader, parse_hit  # noqa: E402
-from pipelines.io.search import SearchClient  # noqa: E402
-from pipelines.model import Version  # noqa: E402
+from core.archive import SnapshotReader, parse_hit  # noqa: E402
+from core.model import Version  # noqa: E402
+from core.search import SearchClient, SearchTarget  # noqa: E402
 from pipelines.restore import RestoreConfig, run  # noqa: E402
 from pipelines.sample.archive import write_sample_archive  # noqa: E402
 from pipelines.sample.generate import ManagerSpec  # noqa: E402
@@ -89,7 +89,7 @@ def bench_restore(archive: Path, url: str, work: Path, beam_args: list[str]) -> 
         wipe(client)
     fs_root = work / f"fs-{len(beam_args)}"
     shutil.rmtree(fs_root, ignore_errors=True)
-    config = RestoreConfig(archive=archive, es_url=url, fs_root=fs_root,
+    config = RestoreConfig(archive=archive, target=SearchTarget(url), fs_root=fs_root,
                            credentials_dir=work / f"creds-{len(beam_args)}", progress=False)
     started = time.monotonic()
     summary = run(config, beam_args)

@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 
 from bench._measure import CFYSNAP, peak_rss_mb
-from pipelines.io.archive import SnapshotWriter
+from core.archive import SnapshotWriter
 
 
 def write_archive(path: Path, lines: int) -> None:

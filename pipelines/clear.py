@@ -24,9 +24,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipelines.errors import JobFailed, UnsafePath
-from pipelines.io.search import Layout, SearchClient
-from pipelines.model import FILE_FOLDERS, NEVER_IN_SNAPSHOT_TYPES, STORAGE_INDEX, is_event_index
+from core.errors import JobFailed, UnsafePath
+from core.model import FILE_FOLDERS, NEVER_IN_SNAPSHOT_TYPES, STORAGE_INDEX, is_event_index
+from core.search import SearchClient, SearchTarget
+from core.text import plural
 
 __all__ = ["ClearConfig", "ClearSummary", "KEPT_TYPES", "plan", "run"]
 
@@ -40,9 +41,12 @@ TypeKey = tuple[str, str]
 class ClearConfig:
     """Where the manager lives: its search server and its file-server root."""
 
-    es_url: str
+    target: SearchTarget
+    """The server (a bare URL given here is taken as `SearchTarget(url)`)."""
     fs_root: Path
-    layout: Layout | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "target", SearchTarget.of(self.target))
 
 
 @dataclass
@@ -66,11 +70,11 @@ class ClearSummary:
         return sum(self.files.values())
 
     def render(self, verb: str = "deleted") -> str:
-        lines = [f"{verb} {self.total_documents} document(s):"]
+        lines = [f"{verb} {plural(self.total_documents, 'document')}:"]
         lines += [f"  {i}/{t}: {n}" for (i, t), n in sorted(self.documents.items())]
-        lines.append(f"kept {sum(self.kept.values())} document(s):")
+        lines.append(f"kept {plural(sum(self.kept.values()), 'document')}:")
         lines += [f"  {i}/{t}: {n}" for (i, t), n in sorted(self.kept.items())]
-        lines.append(f"{verb} {self.total_files} file-server entr(y/ies):")
+        lines.append(f"{verb} {plural(self.total_files, 'file-server entry')}:")
         lines += [f"  {name}/: {n}" for name, n in sorted(self.files.items())]
         return "\n".join(lines)
 
@@ -108,7 +112,7 @@ def _folders(fs_root: Path) -> Iterator[tuple[str, Path]]:
 def plan(config: ClearConfig) -> ClearSummary:
     """What `run` would delete, without changing anything."""
     folders = list(_folders(Path(config.fs_root)))
-    with SearchClient(config.es_url, layout=config.layout) as client:
+    with config.target.connect() as client:
         pairs = _manager_pairs(client)
     summary = ClearSummary()
     for key, count in pairs.items():
@@ -138,7 +142,7 @@ def run(config: ClearConfig) -> ClearSummary:
     fs_root = Path(config.fs_root)
     folders = list(_folders(fs_root))  # refuse unsafe folders before deleting anything
     summary = ClearSummary()
-    with SearchClient(config.es_url, layout=config.layout) as client:
+    with config.target.connect() as client:
         before = _manager_pairs(client)
         try:
             for key, count in sorted(before.items()):
@@ -155,7 +159,7 @@ def run(config: ClearConfig) -> ClearSummary:
     changed = {k: n for k, n in summary.kept.items() if after.get(k, 0) != n}
     if left or changed:
         reason = "; ".join(
-            [f"{i}/{t}: {n} document(s) left" for (i, t), n in sorted(left.items())]
+            [f"{i}/{t}: {plural(n, 'document')} left" for (i, t), n in sorted(left.items())]
             + [
                 f"{i}/{t}: kept {n}, now {after.get((i, t), 0)}"
                 for (i, t), n in sorted(changed.items())

@@ -9,7 +9,7 @@
     carried over byte for byte, manifest.json rebuilt) ──────────────┘
 
 Contracts:
-- Nothing appears at `output` unless the source validates (`pipelines.validate`); the validation
+- Nothing appears at `output` unless the source validates (`core.validate`); the validation
   runs in a child process while the pipeline converts into staging, and the job waits for it
   before the rename. An invalid source fails with its first problem and leaves nothing behind.
   A downgrade raises `DowngradeRefused` before any work.
@@ -50,23 +50,21 @@ from typing import Any
 import apache_beam as beam
 import numpy as np
 
-from pipelines import progress as progress_mod
-from pipelines.errors import CfysnapError, CorruptArchive, JobFailed, job_error
-from pipelines.io.archive import AGENTS, ES_DATA, MANIFEST, METADATA, SnapshotReader, parse_hit
-from pipelines.model import Version, hit_key, parse_version
-from pipelines.options import beam_options
-from pipelines.validate import Problem, validate_archive
+from core import progress as progress_mod
+from core.archive import AGENTS, ES_DATA, MANIFEST, METADATA, SnapshotReader, parse_hit
+from core.counts import counter_values
+from core.errors import CfysnapError, CorruptArchive, JobFailed, job_error
+from core.model import Version, hit_key, parse_version
+from core.options import beam_options
+from core.text import plural
+from core.validate import Problem, validate_archive
 from transforms.shards import (
-    LINES_PER_SHARD,
     ArchiveMember,
-    ShardInfo,
-    SplitEsDataIntoShards,
     WriteSnapshotArchive,
 )
 from transforms.upgrade import (
     COUNTER_NAMESPACE,
-    DeduplicateShards,
-    UpgradeShards,
+    ConvertEsData,
     key_digest,
 )
 from transforms.versions import Step, describe, plan, step_changes, upgrade_agents, upgrade_metadata
@@ -105,7 +103,7 @@ class ConvertConfig:
     staging: Path | None = None
     """Folder in which a hidden staging folder for shards is made (and removed at the end);
     default: beside `output`. Needs about twice es_data's uncompressed size."""
-    show_progress: bool = True
+    progress: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "source", Path(self.source))
@@ -248,25 +246,6 @@ class DryRunReport:
 
 
 # ----------------------------------------------------------------------------------- graph
-class ConvertEsData(beam.PTransform):
-    """archive path → `ShardInfo`s of its upgraded es_data, each (index, type, id) once.
-
-    Only shard paths, small `ShardInfo`s and packed key digests cross a shuffle, and documents
-    are never Beam elements: each shard is read, upgraded and written by one DoFn call.
-    """
-
-    def __init__(self, staging: str, steps: Sequence[Step], lines_per_shard: int = LINES_PER_SHARD) -> None:
-        super().__init__()
-        self._staging, self._steps, self._lines = staging, tuple(steps), lines_per_shard
-
-    def expand(self, archive_paths: beam.PCollection[str]) -> beam.PCollection[ShardInfo]:
-        shards = archive_paths | "SplitEsDataIntoShards" >> SplitEsDataIntoShards(self._staging, self._lines)
-        upgraded = shards | "UpgradeShards" >> UpgradeShards(self._staging, self._steps)
-        return (upgraded.key_digests, upgraded.shard_infos) | "DeduplicateShards" >> DeduplicateShards(
-            self._staging
-        )
-
-
 # ---------------------------------------------------------------------------------- members
 def converted_members(
     snap: SnapshotReader, steps: Sequence[Step], staging: Path | None = None
@@ -324,7 +303,7 @@ def _refuse_problems(config: ConvertConfig, problems: Sequence[Problem]) -> None
     """Raise the first problem of an invalid source (and how many there are); nothing if valid."""
     if problems:
         first = problems[0]
-        more = f" (and {len(problems) - 1} more problem(s); see `cfysnap validate`)" if len(problems) > 1 else ""
+        more = f" (and {plural(len(problems) - 1, 'more problem')}; see `cfysnap validate`)" if len(problems) > 1 else ""
         # a problem with the whole file is already named by its path: don't name it twice
         archive = "" if first.member == str(config.source) else str(config.source)
         raise CorruptArchive(first.member, first.line, first.reason + more, archive)
@@ -341,7 +320,7 @@ def _validated_plan(config: ConvertConfig) -> tuple[Version, list[Step]]:
 _VALIDATE_CHILD = """
 import json, sys, time
 started = time.monotonic()
-from pipelines.validate import validate_archive
+from core.validate import validate_archive
 problems = [[p.member, p.line, p.reason] for p in validate_archive(sys.argv[1])]
 json.dump({"problems": problems, "seconds": time.monotonic() - started}, sys.stdout)
 """
@@ -353,7 +332,7 @@ class _ConcurrentValidation:
     A fresh interpreter (`python -c`, the parent's `sys.path`), neither forked (the parent may
     hold Beam/gRPC threads) nor multiprocessing-spawned (that re-imports the caller's main
     module, which a script calling `run` need not guard). The child imports only
-    `pipelines.validate` and prints the problems as JSON. `problems()` waits for them;
+    `core.validate` and prints the problems as JSON. `problems()` waits for them;
     `cancel()` kills the child when the job stops early.
     """
 
@@ -463,7 +442,7 @@ def _convert(
                 members = converted_members(snap, steps, staging)
                 source_manifest = snap.manifest()
             expected_total = _manifest_total(source_manifest)
-            with progress_mod.Progress("convert", total=expected_total, enabled=config.show_progress):
+            with progress_mod.Progress("convert", total=expected_total, enabled=config.progress):
                 counters = _run_pipeline(config, steps, members, str(staging), str(partial), beam_args, done)
         except BaseException:
             # an invalid source may fail the pipeline first: its validation problem is the error
@@ -519,15 +498,7 @@ def _run_pipeline(
         result.wait_until_finish()
     except Exception as exc:  # noqa: BLE001 - turned into a typed error right here
         raise job_error("convert", exc, done) from None
-    return _counters(result)
-
-
-def _counters(result: Any) -> dict[str, int]:
-    query = result.metrics().query(beam.metrics.MetricsFilter().with_namespace(COUNTER_NAMESPACE))
-    totals: Counter[str] = Counter()
-    for counter in query["counters"]:
-        totals[counter.key.metric.name] += counter.committed or 0
-    return dict(totals)
+    return counter_values(result, COUNTER_NAMESPACE)
 
 
 def _reconcile(
@@ -580,7 +551,7 @@ def dry_run(config: ConvertConfig) -> DryRunReport:
     changes: dict[str, list[int]] = {}
     digests = array("q")
     with SnapshotReader(config.source) as snap, progress_mod.Progress(
-        "dry run", total=_manifest_total(snap.manifest()), enabled=config.show_progress
+        "dry run", total=_manifest_total(snap.manifest()), enabled=config.progress
     ) as bar:
         meta, agents = snap.metadata(), snap.agents()
         for n, (lineno, line) in enumerate(snap.iter_lines(), 1):
@@ -618,7 +589,5 @@ def dry_run(config: ConvertConfig) -> DryRunReport:
 def _duplicates_to_drop(digests: array) -> int:
     """How many documents share a key digest with an earlier one (an upper bound on the drops:
     a 64-bit digest collision would count too, and the real run keeps both)."""
-    if not digests:
-        return 0
     values = np.frombuffer(digests.tobytes(), dtype=np.int64)
     return int(len(values) - len(np.unique(values)))

@@ -39,20 +39,19 @@ import shutil
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import apache_beam as beam
-from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import DirectOptions
 
-from pipelines.errors import CfysnapError, JobFailed, SearchServerError, StoreError, job_error
-from pipelines.io.archive import METADATA, SnapshotReader
-from pipelines.io.search import Layout, SearchClient, SearchTarget
-from pipelines.manager import ManagerFacts, inspect_manager
-from pipelines.model import (
+from core.archive import METADATA, SnapshotReader
+from core.counts import counter_values
+from core.errors import CfysnapError, JobFailed, SearchServerError, StoreError, job_error
+from core.manager import ManagerFacts, inspect_manager
+from core.model import (
     EVENT_TYPES,
     NEVER_IN_SNAPSHOT_TYPES,
     STORAGE_INDEX,
@@ -60,9 +59,11 @@ from pipelines.model import (
     Version,
     metadata_version,
 )
-from pipelines.options import beam_options
-from pipelines.progress import Progress
-from pipelines.store import SnapshotStore, Status, archive_path
+from core.options import beam_options
+from core.progress import Progress
+from core.search import Layout, SearchClient, SearchTarget
+from core.store import SnapshotStore, Status, archive_path
+from core.text import plural
 from transforms.agents import AgentDefaults, BuildAgentsJson, agent_defaults
 from transforms.read_manager import (
     DROPPED_NAMESPACE,
@@ -96,7 +97,8 @@ Counts = dict[tuple[str, str], int]
 class CreateConfig:
     """One create job. Exactly one of `output` and `snapshot_id`."""
 
-    es_url: str
+    target: SearchTarget
+    """The server (a bare URL given here is taken as `SearchTarget(url)`)."""
     fs_root: Path
     output: Path | None = None
     snapshot_id: str | None = None
@@ -104,8 +106,7 @@ class CreateConfig:
     exclude_events: bool = False
     exclude_logs: bool = False
     source_version: str | None = None
-    """"3.2", "3.2.1", "3.3" or "3.4"; None: read from the data (`pipelines.manager`)."""
-    layout: Layout | None = None
+    """"3.2", "3.2.1", "3.3" or "3.4"; None: read from the data (`core.manager`)."""
     slices: int | None = None
     """Parallel reads per index: scroll slices (Elasticsearch ≥ 5, OpenSearch); default
     max(2, number of Beam workers). 1.x/2.x servers are read one part per shard instead."""
@@ -117,6 +118,7 @@ class CreateConfig:
     """Replace an existing `output` (without it an existing file is refused, untouched)."""
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "target", SearchTarget.of(self.target))
         if (self.output is None) == (self.snapshot_id is None):
             raise ValueError("give exactly one of output and snapshot_id")
         if self.slices is not None and self.slices < 1:
@@ -268,7 +270,7 @@ def start_snapshot(client: SearchClient, config: CreateConfig, version: Version)
         STORAGE_INDEX, "execution", {"terms": {"status": list(ACTIVE_EXECUTION_STATUSES)}}
     )
     if active:
-        raise StoreError(snapshot_id, f"{active} execution(s) still running; try again later")
+        raise StoreError(snapshot_id, f"{plural(active, 'execution')} still running; try again later")
     now = _now()
     snapshot = {"id": snapshot_id, "created_at": now, "status": "creating", "error": ""}
     execution_id = str(uuid.uuid4())
@@ -315,7 +317,7 @@ def _record_failure(config: CreateConfig, execution_id: str | None, error: str) 
     """Mark the snapshot and its execution failed; None, or why that could not be done."""
     assert config.snapshot_id is not None
     deadline = time.monotonic() + config.status_timeout
-    with SearchClient(config.es_url, layout=config.layout, max_retries=0, timeout=10) as client:
+    with config.target.connect(max_retries=0, timeout=10) as client:
 
         def mark() -> None:
             SnapshotStore(client, config.fs_root).mark(config.snapshot_id or "", Status.FAILED, error)
@@ -341,7 +343,7 @@ def run(config: CreateConfig, beam_args: Sequence[str] = ()) -> CreateSummary:
     )
     if config.output is not None and output.exists() and not config.force:
         raise JobFailed("create", f"{output} exists (use --force to replace it)")
-    with SearchClient(config.es_url, layout=config.layout) as client:
+    with config.target.connect() as client:
         source = inspect_manager(client, config.source_version)
         _LOG.info("%s", source.reading.describe())
         execution_id = (
@@ -402,8 +404,8 @@ def _create(
         with Progress("create", total=sum(expected.values()), enabled=config.progress):
             result = pipeline.run()
             result.wait_until_finish()
-        read = _counter_values(result, READ_NAMESPACE)
-        dropped = _counter_values(result, DROPPED_NAMESPACE)
+        read = counter_values(result, READ_NAMESPACE)
+        dropped = counter_values(result, DROPPED_NAMESPACE)
         with SnapshotReader(staged_archive) as snap:
             manifest = snap.manifest() or {}
         written = {k: int(v) for k, v in (manifest.get("documents") or {}).items()}
@@ -443,7 +445,10 @@ def _build_pipeline(
     layout: Layout,
 ) -> None:
     hits = p | "ReadManagerDocuments" >> ReadManagerDocuments(
-        SearchTarget(config.es_url, layout), sources, parallelism=slices, page_size=config.page_size
+        replace(config.target, layout=layout),
+        sources,
+        parallelism=slices,
+        page_size=config.page_size,
     )
     shard_infos = (
         hits
@@ -474,15 +479,6 @@ def _json_bytes(obj: Any) -> bytes:
     import json
 
     return json.dumps(obj).encode()
-
-
-def _counter_values(result: Any, namespace: str) -> dict[str, int]:
-    query = result.metrics().query(MetricsFilter().with_namespace(namespace))
-    values: dict[str, int] = {}
-    for counter in query["counters"]:
-        value = counter.committed if counter.committed is not None else counter.attempted
-        values[counter.key.metric.name] = values.get(counter.key.metric.name, 0) + int(value or 0)
-    return values
 
 
 def _reconcile(

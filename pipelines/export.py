@@ -29,25 +29,26 @@ import shutil
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import apache_beam as beam
-from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import DirectOptions
 
-from pipelines.errors import JobFailed, job_error
-from pipelines.io.archive import SnapshotReader
-from pipelines.io.search import Layout, SearchClient, SearchTarget
-from pipelines.model import EVENT_TYPES, EVENTS_INDEX, LOGSTASH_PREFIX, STORAGE_INDEX, Hit
-from pipelines.options import beam_options
-from pipelines.progress import Progress
+from core.archive import SnapshotReader
+from core.counts import counter_values
+from core.errors import JobFailed, job_error
+from core.model import EVENT_TYPES, EVENTS_INDEX, LOGSTASH_PREFIX, STORAGE_INDEX
+from core.options import beam_options
+from core.progress import Progress
+from core.search import SearchClient, SearchTarget
 from transforms.parquet import (
     COUNTER_NAMESPACE,
     ROWS_PER_GROUP,
     CommitDataset,
+    KeepTypes,
     ToExportRows,
     WriteParquetParts,
 )
@@ -77,8 +78,7 @@ class ExportConfig:
 
     output: Path
     archive: Path | None = None
-    es_url: str | None = None
-    layout: Layout | None = None
+    target: SearchTarget | None = None
     types: tuple[str, ...] | None = EVENT_TYPES
     """Document types to export; None = every type."""
     format: str = "parquet"
@@ -86,10 +86,12 @@ class ExportConfig:
     lines_per_shard: int = LINES_PER_SHARD
     slices: int | None = None
     page_size: int = 1000
-    show_progress: bool = True
+    progress: bool = True
 
     def __post_init__(self) -> None:
-        if (self.archive is None) == (self.es_url is None):
+        if self.target is not None:
+            object.__setattr__(self, "target", SearchTarget.of(self.target))
+        if (self.archive is None) == (self.target is None):
             raise ValueError("give exactly one source: an archive or a search server URL")
         if self.format not in FORMATS:
             raise ValueError(f"unknown format {self.format!r} (known: {', '.join(FORMATS)})")
@@ -100,7 +102,7 @@ class ExportConfig:
 
     @property
     def source(self) -> str:
-        return str(self.archive) if self.archive is not None else str(self.es_url)
+        return str(self.archive) if self.archive is not None else str(self.target)
 
 
 @dataclass(frozen=True)
@@ -131,31 +133,6 @@ class ExportSummary:
 
 
 # ------------------------------------------------------------------------------ transforms
-class _KeepTypesFn(beam.DoFn):
-    def __init__(self, types: tuple[str, ...] | None) -> None:
-        self._types = None if types is None else frozenset(types)
-        self._read = beam.metrics.Metrics.counter(COUNTER_NAMESPACE, "documents_read")
-        self._skipped = beam.metrics.Metrics.counter(COUNTER_NAMESPACE, "documents_skipped")
-
-    def process(self, hit: Hit) -> Iterator[Hit]:
-        self._read.inc()
-        if self._types is None or hit["_type"] in self._types:
-            yield hit
-        else:
-            self._skipped.inc()
-
-
-class KeepTypes(beam.PTransform):
-    """hits → the hits of `types` (None: all); counts documents read and skipped."""
-
-    def __init__(self, types: tuple[str, ...] | None) -> None:
-        super().__init__()
-        self._types = types
-
-    def expand(self, hits: beam.PCollection[Hit]) -> beam.PCollection[Hit]:
-        return hits | "KeepSelectedTypes" >> beam.ParDo(_KeepTypesFn(self._types))
-
-
 # ----------------------------------------------------------------------------------- sources
 def _archive_expected(archive: Path) -> dict[str, int] | None:
     """Documents per type from the archive's manifest (None: archive without a manifest)."""
@@ -210,15 +187,17 @@ def run(config: ExportConfig, beam_args: Sequence[str] = ()) -> ExportSummary:
     if output.exists() and (not output.is_dir() or any(output.iterdir())):
         raise JobFailed("export", f"{output} exists and is not an empty folder")
     options = beam_options(beam_args)
+    target: SearchTarget | None = None
     if config.archive is not None:
         expected = _archive_expected(config.archive)
         sources: list[Source] = []
     else:
         workers = options.view_as(DirectOptions).direct_num_workers or 1
-        with SearchClient(config.es_url or "", layout=config.layout) as client:
+        assert config.target is not None
+        with config.target.connect() as client:
             sources = _server_sources(client, config.types)
             expected = _server_expected(client, sources)
-            layout = client.layout
+            target = replace(config.target, layout=client.layout)
     if expected is not None and config.types is not None:
         expected = {t: n for t, n in expected.items() if t in config.types}
 
@@ -240,8 +219,9 @@ def run(config: ExportConfig, beam_args: Sequence[str] = ()) -> ExportSummary:
                 | "ReadShards" >> ReadShards()
             )
         else:
+            assert target is not None
             hits = p | "ReadManagerDocuments" >> ReadManagerDocuments(
-                SearchTarget(config.es_url or "", layout),
+                target,
                 sources,
                 parallelism=config.slices or max(2, workers),
                 page_size=config.page_size,
@@ -255,13 +235,13 @@ def run(config: ExportConfig, beam_args: Sequence[str] = ()) -> ExportSummary:
             | "CommitDataset" >> CommitDataset(str(dataset), str(summary_path))
         )
         total = sum(expected.values()) if expected is not None else None
-        with Progress("export", total=total, enabled=config.show_progress):
+        with Progress("export", total=total, enabled=config.progress):
             try:
                 result = p.run()
                 result.wait_until_finish()
             except Exception as exc:  # noqa: BLE001 - turned into a typed error right here
                 raise job_error("export", exc, done) from None
-        counters = _counters(result)
+        counters = counter_values(result, COUNTER_NAMESPACE)
         committed = json.loads(summary_path.read_text())
         summary = ExportSummary(
             output=output,
@@ -282,14 +262,6 @@ def run(config: ExportConfig, beam_args: Sequence[str] = ()) -> ExportSummary:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return replace(summary, seconds=time.monotonic() - started)
-
-
-def _counters(result: Any) -> dict[str, int]:
-    query = result.metrics().query(MetricsFilter().with_namespace(COUNTER_NAMESPACE))
-    totals: Counter[str] = Counter()
-    for counter in query["counters"]:
-        totals[counter.key.metric.name] += counter.committed or 0
-    return dict(totals)
 
 
 def _reconcile(

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipelines.io.archive import (
+from core.archive import (
     AGENTS,
     CREDENTIALS_PREFIX,
     ES_DATA,
@@ -22,6 +22,7 @@ from pipelines.io.archive import (
     SnapshotReader,
     parse_hit,
 )
+from core.text import plural
 
 __all__ = ["ArchiveReport", "inspect_archive"]
 
@@ -69,7 +70,7 @@ class ArchiveReport:
             f"agents               {a.get('deployments', 0)} deployments, {a.get('nodes', 0)} Compute nodes,"
             f" {a.get('instances', 0)} instances ({a.get('empty', 0)} empty)"
         )
-        lines.append(f"credentials          {self.credentials} agent key(s)")
+        lines.append(f"credentials          {plural(self.credentials, 'agent key')}")
         lines.append("members")
         for name in (METADATA, ES_DATA, AGENTS, MANIFEST, "influxdb_data", "manager.json"):
             if name in self.members:

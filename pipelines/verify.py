@@ -17,29 +17,34 @@ when scanning the target.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import stat
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipelines.io.archive import CREDENTIALS_PREFIX, SnapshotReader
-from pipelines.model import Doc, Version
-from pipelines.restore import file_children, file_sha256, key_names, restore_context
+from core.archive import CREDENTIALS_PREFIX, SnapshotReader
+from core.digests import document_digest, file_sha256
+from core.model import Doc, Version
+from core.search import SearchClient, SearchTarget
+from core.text import plural
+from transforms.restore import restore_context
 
-__all__ = ["VerifyConfig", "VerifyReport", "run", "document_digest"]
+__all__ = ["VerifyConfig", "VerifyReport", "run"]
 
 
 @dataclass(frozen=True)
 class VerifyConfig:
     archive: Path
-    es_url: str
+    target: SearchTarget
+    """The server (a bare URL given here is taken as `SearchTarget(url)`)."""
     fs_root: Path
     credentials_dir: Path | None = None
     target_version: Version = Version.V3_4
-    layout: str | None = None
     max_differences: int = 20
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "target", SearchTarget.of(self.target))
 
 
 @dataclass
@@ -67,18 +72,12 @@ class VerifyReport:
         if self.ok:
             return f"verified: the target matches the archive ({checked})"
         total = sum(self.kinds.values())
-        lines = [f"{total} difference(s) ({checked} checked):"]
+        lines = [f"{plural(total, 'difference')} ({checked} checked):"]
         lines += [f"  {kind}: {n}" for kind, n in sorted(self.kinds.items())]
         lines += [f"  - {d}" for d in self.differences]
         if total > len(self.differences):
             lines.append(f"  … and {total - len(self.differences)} more")
         return "\n".join(lines)
-
-
-def document_digest(source: Doc) -> str:
-    """sha256 (first 32 hex) of a `_source` in canonical JSON (sorted keys)."""
-    text = json.dumps(source, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
 def _without_key_path(source: Doc) -> Doc:
@@ -91,8 +90,6 @@ def _without_key_path(source: Doc) -> Doc:
 
 def run(config: VerifyConfig) -> VerifyReport:
     """Compare the target with the archive; see the module docstring. Never writes data."""
-    from pipelines.io.search import Layout, SearchClient
-
     report = VerifyReport(max_differences=config.max_differences)
     with SnapshotReader(config.archive) as reader:
         ctx = restore_context(reader, config.target_version, config.credentials_dir)
@@ -105,13 +102,12 @@ def run(config: VerifyConfig) -> VerifyReport:
                 source = _without_key_path(source)
             expected[(out["_index"], out["_type"])][out["_id"]] = document_digest(source)
 
-        layout = Layout(config.layout) if config.layout else None
-        with SearchClient(config.es_url, layout=layout) as client:
+        with config.target.connect() as client:
             client.refresh()
             for (index, doc_type), docs in sorted(expected.items()):
                 _compare_documents(client, index, doc_type, docs, strip, report)
 
-        for _child, members in file_children(reader).items():
+        for _child, members in reader.file_children().items():
             for member in members:
                 report.files += 1
                 target = Path(config.fs_root) / member
@@ -126,7 +122,7 @@ def run(config: VerifyConfig) -> VerifyReport:
                     report.add("file differs", f"file {member}: content differs (sha256)")
 
         if config.credentials_dir is not None:
-            for name in key_names(reader):
+            for name in reader.key_names():
                 report.keys += 1
                 target = Path(config.credentials_dir) / name / "agent_key"
                 if not target.is_file():
@@ -143,7 +139,7 @@ def run(config: VerifyConfig) -> VerifyReport:
 
 
 def _compare_documents(
-    client: object,
+    client: SearchClient,
     index: str,
     doc_type: str,
     docs: dict[str, str],
@@ -152,7 +148,7 @@ def _compare_documents(
 ) -> None:
     seen: set[str] = set()
     where = f"{index}/{doc_type}"
-    for hit in client.scan(index, [doc_type]):  # type: ignore[attr-defined]
+    for hit in client.scan(index, [doc_type]):
         doc_id = hit["_id"]
         seen.add(doc_id)
         report.documents += 1

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.errors import SearchServerError
-from pipelines.io.search import SearchClient
-from pipelines.model import Version
+from core.errors import SearchServerError
+from core.model import Version
+from core.search import SearchClient
 from pipelines.sample.load import load_empty_manager
 
 REPO = Path(__file__).resolve().parent.parent

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import zipfile
 from collections import Counter
 from pathlib import Path
@@ -11,21 +13,22 @@ import pytest
 from typer.testing import CliRunner
 
 from cli import app
-from pipelines.errors import CorruptArchive, UnsafePath
-from pipelines.inspect import inspect_archive
-from pipelines.io.archive import (
+from core.archive import (
     SnapshotReader,
     SnapshotWriter,
     dump_hit,
     parse_hit,
     safe_target_path,
 )
-from pipelines.model import Version
+from core.errors import CorruptArchive, UnsafePath
+from core.model import Version
+from core.validate import validate_archive
+from pipelines.inspect import inspect_archive
 from pipelines.sample.archive import write_sample_archive
 from pipelines.sample.generate import ManagerSpec
-from pipelines.validate import validate_archive
 
 runner = CliRunner()
+ROOT = Path(__file__).resolve().parent.parent
 
 META_33 = {"has_cloudify_events": False, "snapshot_version": "3.3"}
 HIT = {
@@ -74,7 +77,7 @@ def test_truncated_zip(tmp_path: Path) -> None:
     code, lines = run_validate(cut)
     assert code == 1
     assert lines[0].startswith(f"{cut}: not a readable zip archive (truncated or corrupt")
-    assert lines[-1] == f"invalid: {cut}: 1 problem(s)"
+    assert lines[-1] == f"invalid: {cut}: 1 problem"
 
 
 def test_non_json_line_names_its_line(tmp_path: Path) -> None:
@@ -168,9 +171,13 @@ def test_duplicate_documents_named_with_lines(tmp_path: Path) -> None:
 
 
 def test_validate_never_prints_a_traceback_for_a_missing_file(tmp_path: Path) -> None:
-    code, lines = run_validate(tmp_path / "nope.zip")
-    assert code == 1
-    assert lines[0] == f"{tmp_path / 'nope.zip'}: no such file"
+    """A path that is not there is a usage error (exit 2), one line, as for every command."""
+    missing = tmp_path / "nope.zip"
+    out = subprocess.run([sys.executable, str(ROOT / "cli.py"), "validate", str(missing)],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and out.stdout == ""
+    assert out.stderr == (f"error: Invalid value for 'ARCHIVE': file '{missing}' does not exist. "
+                          "(see `cfysnap validate --help`)\n")
 
 
 # ----------------------------------------------------------------------------- library contracts
@@ -279,13 +286,13 @@ def test_duplicate_entry_names_are_reported(tmp_path: Path) -> None:
         zf.writestr("metadata.json", json.dumps({**META_33, "has_cloudify_events": True}))
     code, lines = run_validate(path)
     assert code == 1
-    assert lines == ["metadata.json: entry appears twice in the archive", f"invalid: {path}: 1 problem(s)"]
+    assert lines == ["metadata.json: entry appears twice in the archive", f"invalid: {path}: 1 problem"]
 
 
 def test_writer_removes_its_temporary_file_when_commit_fails(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import pipelines.io.archive as archive_mod
+    import core.archive as archive_mod
 
     def failing_fsync(fd: int) -> None:
         raise OSError(28, "No space left on device")

@@ -10,10 +10,10 @@ import pytest
 from typer.testing import CliRunner
 
 from cli import app
+from core.errors import UnsafePath
+from core.model import FILE_FOLDERS, STORAGE_INDEX, Version, is_event_index
+from core.search import SearchClient
 from pipelines.clear import ClearConfig, plan, run
-from pipelines.errors import UnsafePath
-from pipelines.io.search import SearchClient
-from pipelines.model import FILE_FOLDERS, STORAGE_INDEX, Version, is_event_index
 from pipelines.sample.generate import ManagerSpec, manager_hits
 from pipelines.sample.load import load_manager
 from tests.conftest import answering, configured_url, wipe
@@ -151,16 +151,17 @@ def test_cli_asks_first_and_refuses_without_an_answer(
 
     no_stdin = runner.invoke(app, args)
     assert no_stdin.exit_code == 1, no_stdin.output
-    assert "clear refused: no confirmation (pass --yes); nothing was deleted" in no_stdin.output
-    said_no = runner.invoke(app, args, input="n\n")
-    assert said_no.exit_code == 1 and "clear refused: cancelled" in said_no.output
+    assert "clear refused: no answer to the question (pass --yes); nothing was deleted\n" in (
+        no_stdin.output)
+    said_no = runner.invoke(app, args, input="n\n")  # a cancellation, not a failure
+    assert said_no.exit_code == 0 and "clear cancelled; nothing was deleted\n" in said_no.output
     assert all_keys(search) == before
 
     said_yes = runner.invoke(app, args, input="y\n")
     assert said_yes.exit_code == 0, said_yes.output
     total = sum(deleted_counts(spec).values())
-    assert f"will delete {total} document(s):" in said_yes.output
-    assert f"deleted {total} document(s):" in said_yes.output
+    assert f"will delete {total} documents:" in said_yes.output
+    assert f"deleted {total} documents:" in said_yes.output
     for (index, doc_type), count in deleted_counts(spec).items():
         assert f"  {index}/{doc_type}: {count}\n" in said_yes.output
     assert all_keys(search) == kept_keys(spec)

@@ -14,25 +14,25 @@ from pathlib import Path
 from typing import Any
 
 import apache_beam as beam
+import numpy as np
 import pytest
 from apache_beam.testing.test_pipeline import TestPipeline as BeamPipeline
 from apache_beam.testing.util import assert_that, equal_to
 from typer.testing import CliRunner
 
 from cli import app
+from core.archive import MANIFEST, SnapshotReader
+from core.errors import CorruptArchive, JobFailed
+from core.model import Version
+from core.options import beam_options
+from core.validate import validate_archive
 from pipelines.convert import ConvertConfig, ConvertSummary, DryRunReport, dry_run, run
-from pipelines.errors import CorruptArchive, JobFailed
-from pipelines.io.archive import MANIFEST, SnapshotReader
-from pipelines.model import Version
-from pipelines.options import beam_options
 from pipelines.sample.archive import write_sample_archive
 from pipelines.sample.generate import ManagerSpec
-from pipelines.validate import validate_archive
 from tests.test_versions import CREATE_AMQP, INSTALL_NEW_AGENTS, VALIDATE_AMQP, table_gaps
 from transforms.shards import WriteShards, read_shard
 from transforms.upgrade import (
-    DeduplicateByKey,
-    UpgradeDocuments,
+    DeduplicateShards,
     keep_one,
     key_digest,
     repeated_digests,
@@ -90,7 +90,7 @@ def es_lines(path: Path) -> Counter[bytes]:
 
 
 def convert(source: Path, output: Path, target: Version, *beam_args: str, **kw: Any) -> ConvertSummary:
-    result = run(ConvertConfig(source, output, target, show_progress=False, **kw), beam_args)
+    result = run(ConvertConfig(source, output, target, progress=False, **kw), beam_args)
     assert isinstance(result, ConvertSummary)
     return result
 
@@ -351,7 +351,7 @@ def test_an_existing_output_is_kept_unless_forced(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------------- dry run
 def test_dry_run_counts_changes_per_type_and_step_and_writes_nothing(tmp_path: Path) -> None:
     source = zip_tree(GOLDEN / "v3_2_to_v3_4" / "input", tmp_path / "in.zip")
-    report = dry_run(ConvertConfig(source, tmp_path / "out.zip", Version.V3_4, dry_run=True, show_progress=False))
+    report = dry_run(ConvertConfig(source, tmp_path / "out.zip", Version.V3_4, dry_run=True, progress=False))
     assert isinstance(report, DryRunReport)
     assert [s.name for s in report.steps] == ["3.2 -> 3.3", "3.3 -> 3.4", "3.4 restore defaults"]
     assert report.documents == {
@@ -371,7 +371,7 @@ def test_dry_run_counts_changes_per_type_and_step_and_writes_nothing(tmp_path: P
 def test_dry_run_counts_the_duplicates_a_run_drops(tmp_path: Path) -> None:
     hits = [event("cloudify_events", "d", "2015-12-01T10:00:00Z"), event("logstash-2015.12.01", "d", "2015-12-01T10:00:00Z")]
     source = write_archive(tmp_path / "in.zip", META_32, hits)
-    report = dry_run(ConvertConfig(source, tmp_path / "o.zip", Version.V3_3, show_progress=False))
+    report = dry_run(ConvertConfig(source, tmp_path / "o.zip", Version.V3_3, progress=False))
     assert report.duplicates_to_drop == 1
 
 
@@ -448,33 +448,17 @@ def test_repeated_digests() -> None:
     assert key_digest(("i", "t", "a")) == key_digest(("i", "t", "a")) != key_digest(("i", "ta", ""))
 
 
-def test_upgrade_documents_transform() -> None:
-    hits = [
-        event("cloudify_events", "e1", "2015-12-01T10:00:00Z"),
-        {"_index": "cloudify_storage", "_type": "execution", "_id": "x", "_source": {}},
-        {"_index": "cloudify_storage", "_type": "unknown", "_id": "u", "_source": {"f": 1}},
-    ]
-    with BeamPipeline(options=beam_options()) as p:
-        out = p | beam.Create(hits) | UpgradeDocuments(plan(Version.V3_2, Version.V3_3))
-        assert_that(
-            out,
-            equal_to([
-                {**hits[0], "_index": "logstash-2015.12.01"},
-                {**hits[1], "_source": {"is_system_workflow": False}},
-                hits[2],
-            ]),
-        )
-
-
-def test_deduplicate_by_key_transform(tmp_path: Path) -> None:
+def test_deduplicate_shards_keeps_one_line_per_key(tmp_path: Path) -> None:
     staging = str(tmp_path)
     one = event("logstash-2015.12.01", "a", "2015-12-01T10:00:00Z", "1")
     two = event("logstash-2015.12.01", "a", "2015-12-01T10:00:00Z", "2")
     other = event("logstash-2015.12.01", "b", "2015-12-01T10:00:00Z")
+    hits = [one, two, other, other]
+    digests = np.array([key_digest((h["_index"], h["_type"], h["_id"])) for h in hits], dtype="<i8")
     with BeamPipeline(options=beam_options()) as p:
-        hits = p | beam.Create([one, two, other, other])
-        infos = hits | WriteShards(staging, "t")
-        unique = (hits, infos) | DeduplicateByKey(staging)
+        infos = p | "Hits" >> beam.Create(hits) | WriteShards(staging, "t")
+        blobs = p | "Digests" >> beam.Create([(0, digests.tobytes())])
+        unique = (blobs, infos) | DeduplicateShards(staging)
         docs = unique | beam.FlatMap(lambda info: read_shard_lines(info.path))
         assert_that(docs, equal_to([one, other]))
 

@@ -18,16 +18,18 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
+from core.archive import SnapshotReader
+from core.errors import JobFailed, StoreError, UnsafePath
+from core.manager import read_version
+from core.model import STORAGE_INDEX, Version
+from core.search import SearchClient
+from core.store import archive_path
+from core.validate import validate_archive
 from pipelines.create import (
     CreateConfig,
     _reconcile,
     run,
 )
-from pipelines.errors import JobFailed, StoreError, UnsafePath
-from pipelines.io.archive import SnapshotReader
-from pipelines.io.search import SearchClient
-from pipelines.manager import read_version
-from pipelines.model import STORAGE_INDEX, Version
 from pipelines.sample.generate import (
     ManagerSpec,
     agents_json,
@@ -37,8 +39,6 @@ from pipelines.sample.generate import (
     snapshot_hits,
 )
 from pipelines.sample.load import load_manager
-from pipelines.store import archive_path
-from pipelines.validate import validate_archive
 from tests.conftest import SEARCH_SERVER, fresh_manager, wipe
 from transforms import search_io
 from transforms.agents import (
@@ -631,7 +631,7 @@ def test_a_3_2_1_manager_gets_the_3_2_1_tools_agents_through_convert_and_restore
     from pipelines import convert, restore, verify
 
     converted = tmp_path / "34.zip"
-    convert.run(convert.ConvertConfig(out, converted, Version.V3_4, show_progress=False))
+    convert.run(convert.ConvertConfig(out, converted, Version.V3_4, progress=False))
     with SnapshotReader(converted) as snap:
         agents = [a for nodes in snap.agents().values() for inst in nodes.values()
                   for a in inst.values() if a]
@@ -641,7 +641,7 @@ def test_a_3_2_1_manager_gets_the_3_2_1_tools_agents_through_convert_and_restore
         assert {k: agent["broker_config"][k] for k in ("broker_user", "broker_pass", "broker_port")} == {
             "broker_user": "cloudify", "broker_pass": "c10udify", "broker_port": 5672}
     fresh_manager(search)
-    config = restore.RestoreConfig(archive=out, es_url=search.url, fs_root=tmp_path / "target",
+    config = restore.RestoreConfig(archive=out, target=search.url, fs_root=tmp_path / "target",
                                    credentials_dir=tmp_path / "creds", progress=False)
     assert restore.run(config).agents_merged == started
     search.refresh()
@@ -651,5 +651,5 @@ def test_a_3_2_1_manager_gets_the_3_2_1_tools_agents_through_convert_and_restore
     assert len(runtime) == started
     assert all(a["broker_config"]["broker_user"] == "cloudify" and a["version"] == "3.2.1"
                for a in runtime)
-    assert verify.run(verify.VerifyConfig(archive=out, es_url=search.url, fs_root=tmp_path / "target",
+    assert verify.run(verify.VerifyConfig(archive=out, target=search.url, fs_root=tmp_path / "target",
                                           credentials_dir=tmp_path / "creds")).ok

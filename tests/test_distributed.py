@@ -14,7 +14,11 @@ shard paths are random per bundle, so the order differs between any two runs.
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import signal
 import subprocess
+import sys
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
@@ -23,15 +27,15 @@ from typing import Any
 import apache_beam as beam
 import pytest
 
-from pipelines.io.archive import ES_DATA, MANIFEST, SnapshotReader
-from pipelines.io.search import SearchClient
-from pipelines.model import Version
-from pipelines.options import beam_options
+from core.archive import ES_DATA, MANIFEST, SnapshotReader
+from core.model import Version
+from core.options import beam_options
+from core.search import SearchClient
+from core.validate import validate_archive
 from pipelines.sample.archive import write_sample_archive
 from pipelines.sample.generate import ManagerSpec
 from pipelines.sample.load import load_manager
-from pipelines.validate import validate_archive
-from tests.conftest import REPO, wipe
+from tests.conftest import REPO, fresh_manager, wipe
 from transforms.shards import (
     ArchiveMember,
     ReadShards,
@@ -162,7 +166,7 @@ def test_convert_gives_the_same_archive_on_flink(flink: list[str], tmp_path: Pat
     write_sample_archive(ManagerSpec.sized(Version.V3_2, 600, seed=3), source)
     config = ConvertConfig(
         source=source, output=tmp_path / "local.zip", target=Version.V3_4, lines_per_shard=64,
-        show_progress=False,
+        progress=False,
     )
     local = run(config, [])
     on_flink = run(replace(config, output=tmp_path / "flink.zip"), flink)
@@ -185,7 +189,7 @@ def test_create_gives_the_same_archive_on_flink(
     wipe(search)
     load_manager(spec, search, tmp_path / "fs")
     config = CreateConfig(
-        es_url=search.url, fs_root=tmp_path / "fs", output=tmp_path / "local.zip", progress=False
+        target=search.url, fs_root=tmp_path / "fs", output=tmp_path / "local.zip", progress=False
     )
     local = run(config, [])
     on_flink = run(replace(config, output=tmp_path / "flink.zip"), flink)
@@ -204,7 +208,7 @@ def test_export_gives_the_same_dataset_on_flink(flink: list[str], tmp_path: Path
     write_sample_archive(ManagerSpec.sized(Version.V3_3, 600, seed=9), source)
     config = ExportConfig(
         output=tmp_path / "local", archive=source, types=None, lines_per_shard=64,
-        rows_per_group=50, show_progress=False,
+        rows_per_group=50, progress=False,
     )
     local = run(config, [])
     on_flink = run(replace(config, output=tmp_path / "flink"), flink)
@@ -216,3 +220,71 @@ def test_export_gives_the_same_dataset_on_flink(flink: list[str], tmp_path: Path
     assert on_flink.rows == local.rows
     assert sum(local.rows.values()) > 500
     assert rows(tmp_path / "flink") == rows(tmp_path / "local")
+
+
+# --------------------------------------------------------------------------- restore on Flink
+def _restore_args(archive: Path, url: str, root: Path) -> list[str]:
+    return ["restore", str(archive), "--es", url, "--fs-root", str(root / "fs"),
+            "--credentials-dir", str(root / "creds"), "--batch-docs", "50"]
+
+
+def _target_documents(client: SearchClient) -> Counter[str]:
+    client.refresh()
+    return Counter(
+        json.dumps([h["_index"], h["_type"], h["_id"], h["_source"]], sort_keys=True)
+        for h in client.scan("*")
+        if h["_type"] != "provider_context"
+    )
+
+
+def _job_servers() -> set[int]:
+    """Pids of the Flink job servers Beam started (a killed launcher leaves its job server)."""
+    found = set()
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                cmdline = open(f"/proc/{pid}/cmdline", "rb").read()
+            except OSError:
+                continue
+            if b"flink-job-server" in cmdline and b"--job-port" in cmdline:
+                found.add(int(pid))
+    return found
+
+
+@pytest.mark.server
+def test_restore_gives_the_same_target_on_flink_and_resumes_after_a_kill(
+    flink: list[str], search: SearchClient, tmp_path: Path
+) -> None:
+    """restore on Flink (the journal and the staging folder are FileSystems paths the workers
+    write to) gives the target the local runner gives it; killed in the middle of the bulk, it
+    resumes, on Flink, to exactly the same target, verified, nothing doubled."""
+    archive = tmp_path / "sample-3.3.zip"
+    write_sample_archive(ManagerSpec.sized(Version.V3_3, 1200, seed=4), archive)
+
+    root = tmp_path / "target"  # the same paths for both runs: nodes name their key paths
+    fresh_manager(search)
+    local = cli(*_restore_args(archive, search.url, root))
+    assert local.returncode == 0, local.stderr
+    expected = _target_documents(search)
+    assert sum(expected.values()) > 1000
+
+    shutil.rmtree(root)
+    fresh_manager(search)
+    before = _job_servers()
+    killed = cli(*_restore_args(archive, search.url, root), "--", *flink,
+                 env={"CFYSNAP_TEST_KILL_AT": "batch:5"})
+    for pid in _job_servers() - before:  # the killed launcher's job server
+        os.kill(pid, signal.SIGKILL)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    resumed = cli(*_restore_args(archive, search.url, root), "--resume", "--", *flink)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed" in resumed.stdout
+    assert _target_documents(search) == expected  # exactly the local runner's target
+    checked = cli("verify", str(archive), "--es", search.url, "--fs-root", str(root / "fs"),
+                  "--credentials-dir", str(root / "creds"))
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, str(REPO / "cli.py"), *args], capture_output=True,
+                          text=True, cwd=REPO, env={**os.environ, **(env or {})}, timeout=600)

@@ -17,11 +17,11 @@ import pytest
 from typer.testing import CliRunner
 
 from cli import app
-from pipelines.errors import JobFailed, UnsafePath
+from core.archive import SnapshotReader
+from core.errors import JobFailed, UnsafePath
+from core.model import EVENT_TYPES, Version
+from core.search import SearchClient
 from pipelines.export import ExportConfig, parse_types, run
-from pipelines.io.archive import SnapshotReader
-from pipelines.io.search import SearchClient
-from pipelines.model import EVENT_TYPES, Version
 from pipelines.sample.archive import write_sample_archive
 from pipelines.sample.generate import ManagerSpec, snapshot_hits
 from pipelines.sample.load import load_manager
@@ -186,7 +186,7 @@ def test_parse_types() -> None:
 # ------------------------------------------------------------------------ archive → Parquet
 def test_events_and_logs_of_an_archive_read_back_exactly(archive_33: Path, tmp_path: Path) -> None:
     out = tmp_path / "events"
-    summary = run(ExportConfig(output=out, archive=archive_33, show_progress=False))
+    summary = run(ExportConfig(output=out, archive=archive_33, progress=False))
     expected = expected_rows(archive_hits(archive_33), EVENT_TYPES)
     assert summary.rows == {
         t: sum(1 for k in expected if k[0] == t) for t in EVENT_TYPES
@@ -203,7 +203,7 @@ def test_all_types_multi_process_small_row_groups(archive_33: Path, tmp_path: Pa
     out = tmp_path / "all"
     summary = run(
         ExportConfig(output=out, archive=archive_33, types=None, rows_per_group=100,
-                     lines_per_shard=300, show_progress=False),
+                     lines_per_shard=300, progress=False),
         MULTI,
     )
     expected = expected_rows(archive_hits(archive_33), None)
@@ -224,7 +224,7 @@ def test_a_non_empty_output_is_refused_and_a_failed_export_leaves_nothing(
     taken.mkdir()
     (taken / "keep.txt").write_text("mine")
     with pytest.raises(JobFailed, match="not an empty folder"):
-        run(ExportConfig(output=taken, archive=archive_33, show_progress=False))
+        run(ExportConfig(output=taken, archive=archive_33, progress=False))
     assert [p.name for p in taken.iterdir()] == ["keep.txt"]
 
     broken = tmp_path / "broken.zip"
@@ -238,7 +238,7 @@ def test_a_non_empty_output_is_refused_and_a_failed_export_leaves_nothing(
             dst.writestr(info, data)
     out = tmp_path / "out"
     with pytest.raises(Exception) as failed:
-        run(ExportConfig(output=out, archive=broken, lines_per_shard=200, show_progress=False))
+        run(ExportConfig(output=out, archive=broken, lines_per_shard=200, progress=False))
     assert "701" in str(failed.value)
     assert not out.exists()
     assert not list(tmp_path.glob(".out.staging-*"))
@@ -255,7 +255,7 @@ def test_export_from_a_live_manager_matches_its_documents(
     wipe(search)
     load_manager(spec, search, tmp_path / "fs")
     out = tmp_path / "from-es"
-    summary = run(ExportConfig(output=out, es_url=search.url, show_progress=False), MULTI)
+    summary = run(ExportConfig(output=out, target=search.url, progress=False), MULTI)
     expected = expected_rows(snapshot_hits(spec), EVENT_TYPES)
     assert sum(summary.rows.values()) == len(expected) > 300
     assert_same_rows(read_pyarrow(out), expected)
@@ -269,14 +269,17 @@ def test_cli_export_help_and_run(archive_33: Path, tmp_path: Path) -> None:
     assert "Example: cfysnap export" in help_text and "--types" in help_text
     out = tmp_path / "cli"
     result = runner.invoke(
-        app, ["export", str(archive_33), str(out), "--types", "logs", "--", "--direct_num_workers=1"]
+        app, ["export", str(out), "--archive", str(archive_33), "--types", "logs", "--",
+              "--direct_num_workers=1"]
     )
     assert result.exit_code == 0, result.output
     assert "cloudify_log:" in result.output
     assert [p.name for p in out.iterdir()] == ["type=cloudify_log"]
-    again = runner.invoke(app, ["export", str(archive_33), str(out)])
+    again = runner.invoke(app, ["export", str(out), "--archive", str(archive_33)])
     assert again.exit_code == 1 and "not an empty folder" in again.output
     assert runner.invoke(app, ["export", str(out)]).exit_code == 2  # no archive, no --es
+    both = runner.invoke(app, ["export", str(out), "--archive", str(archive_33), "--es", "http://x"])
+    assert both.exit_code == 2 and "give exactly one of --archive and --es" in both.output
 
 
 # ------------------------------------------------------------------------ review regressions
@@ -299,7 +302,8 @@ def test_cli_export_of_a_damaged_archive_is_one_line_naming_it(
     out = tmp_path / "out"
     cli = Path(sys.executable).parent / "cfysnap"
     proc = subprocess.run(
-        [str(cli), "export", str(damaged), str(out)], capture_output=True, text=True, timeout=300
+        [str(cli), "export", str(out), "--archive", str(damaged)], capture_output=True, text=True,
+        timeout=300,
     )
     assert proc.returncode == 1
     lines = proc.stderr.splitlines()

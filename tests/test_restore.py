@@ -13,23 +13,19 @@ import sys
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
-import apache_beam as beam
 import pytest
-from apache_beam.testing.test_pipeline import TestPipeline as BeamPipeline
-from apache_beam.testing.util import assert_that, equal_to
 
+from core.archive import AGENTS, ES_DATA, SnapshotReader, SnapshotWriter
+from core.errors import CorruptArchive, RestoreRefused
+from core.journal import Journal, merge_ranges
+from core.model import FILE_FOLDERS, Hit, Version
+from core.search import Layout, SearchClient
 from pipelines import restore, verify
-from pipelines.errors import BulkLoadError, CorruptArchive, RestoreRefused, job_error
-from pipelines.io.archive import AGENTS, ES_DATA, SnapshotReader, SnapshotWriter
-from pipelines.io.search import BulkItemError, BulkResult, Layout, SearchClient
-from pipelines.journal import Journal
-from pipelines.model import FILE_FOLDERS, Hit, Version
 from pipelines.sample.archive import write_sample_archive
 from pipelines.sample.generate import ManagerSpec
-from transforms.bulk_load import BulkLoad, LoadedBatch, line_ranges
+from transforms.restore import Batching
 from transforms.restore_docs import (
     flatten_agents,
     merge_agent,
@@ -141,8 +137,8 @@ def test_restore_hit_applies_changes_only_where_they_belong() -> None:
 
 
 # --------------------------------------------------------------------------------- journal
-def test_journal_replays_events_ignores_a_torn_line_and_merges_line_ranges(tmp_path: Path) -> None:
-    journal = Journal(tmp_path / "j" / "restore.jsonl")
+def test_journal_replays_events_ignores_torn_files_and_merges_line_ranges(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "j" / "restore-abc")
     journal.start({"archive_sha256": "abc"})
     journal.append({"event": "checked"})
     journal.append({"event": "file", "path": "blueprints/a", "action": "copied"})
@@ -150,65 +146,24 @@ def test_journal_replays_events_ignores_a_torn_line_and_merges_line_ranges(tmp_p
     for digest, lines in (("d1", [[1, 10]]), ("d2", [[11, 20], [25, 30]]), ("d1", [[1, 10]])):
         journal.append({"event": "batch", "digest": digest, "lines": lines,
                         "counts": {"cloudify_storage/node": len(lines)}})
-    with open(journal.path, "ab") as f:
-        f.write(b'{"event": "finished"')  # killed mid-write
+    events = tmp_path / "j" / "restore-abc" / "events"
+    (events / "000004-finished.json.1a2b3c4d.tmp").write_bytes(b'{"event": "fini')  # killed
+    (events / "000005-finished.json").write_bytes(b'{"event": "fini')  # cannot be: unreadable
+    assert sorted(p.name for p in events.iterdir())[:4] == [
+        "000000-started.json", "000001-checked.json", "000002-file.json", "000003-key.json"]
+    assert sorted(p.name for p in (events.parent / "batches").iterdir()) == ["d1.json", "d2.json"]
     state = journal.replay()
+    assert state.started is not None and state.started["archive_sha256"] == "abc"
     assert state.checked and not state.finished
     assert state.files == {"blueprints/a": "copied"} and state.keys == {"dep_vm"}
     assert state.loaded_lines() == [(1, 20), (25, 30)]
     assert state.loaded_counts() == {"cloudify_storage/node": 3}
-    assert stat.S_IMODE(journal.path.stat().st_mode) == 0o600
-    assert line_ranges([5, 3, 4, 9, 10, 1]) == ((1, 1), (3, 5), (9, 10))
-
-
-# -------------------------------------------------------------------------------- BulkLoad
-class _FakeClient:
-    """Fault injection only: fails one document permanently (a mapping error, status 400)."""
-
-    def bulk_entry(self, hit: Hit) -> Any:
-        return SimpleNamespace(index=hit["_index"], doc_type=hit["_type"], doc_id=hit["_id"], size=1)
-
-    def bulk_entries(self, entries: list[Any]) -> BulkResult:
-        failed = [BulkItemError(e.index, e.doc_type, e.doc_id, 400, "mapper_parsing_exception")
-                  for e in entries if e.doc_id == "bad"]
-        return BulkResult(len(entries) - len(failed), failed)
-
-    def close(self) -> None:
-        pass
-
-
-def _numbered(n: int, bad: bool = False) -> list[tuple[int, Hit]]:
-    return [(i + 1, {"_index": "cloudify_storage", "_type": "execution",
-                     "_id": "bad" if bad and i == 3 else f"x{i}", "_source": {"id": f"x{i}"}})
-            for i in range(n)]
-
-
-def test_bulk_load_fails_the_job_naming_the_document_that_failed() -> None:
-    with pytest.raises(Exception) as info:  # noqa: PT011 - the runner wraps the DoFn's error
-        with BeamPipeline() as p:
-            _ = p | beam.Create(_numbered(10, bad=True)) | BulkLoad(_FakeClient, max_docs=3)
-    assert "cloudify_storage/execution/bad: 400 mapper_parsing_exception" in str(info.value)
-    error = job_error("restore", info.value)
-    assert isinstance(error, BulkLoadError)
-    assert [(i, t, d, s) for i, t, d, s, _ in error.items] == [
-        ("cloudify_storage", "execution", "bad", 400)
-    ]
-
-
-@pytest.mark.server
-def test_bulk_load_into_the_real_server_batches_by_count_and_keeps_ids(target: SearchClient) -> None:
-    url = target.url
-    with BeamPipeline() as p:
-        batches = (p | beam.Create(_numbered(25)) | BulkLoad(lambda: SearchClient(url), max_docs=10)
-                   | beam.Map(lambda b: (b.documents <= 10, b.documents)))
-        total = batches | beam.Map(lambda t: t[1]) | beam.CombineGlobally(sum)
-        assert_that(total, equal_to([25]), label="all")
-        assert_that(batches | beam.Map(lambda t: t[0]) | beam.Distinct(), equal_to([True]),
-                    label="bounded")
-    target.refresh()
-    ids = sorted(h["_id"] for h in target.scan("cloudify_storage", ["execution"]))
-    assert ids == sorted(f"x{i}" for i in range(25))
-    assert isinstance(LoadedBatch((), (), "", 0).documents, int)
+    for path in (events / "000001-checked.json", events.parent):  # keys and broker hosts
+        assert stat.S_IMODE(path.stat().st_mode) == (0o600 if path.is_file() else 0o700)
+    assert merge_ranges([(5, 5), (3, 4), (9, 10), (1, 1), (4, 6)]) == [(1, 1), (3, 6), (9, 10)]
+    resumed = Journal(journal.path)  # a second run appends after what is there
+    resumed.append({"event": "finished"})
+    assert resumed.replay().finished
 
 
 # ---------------------------------------------------------------------------- whole restores
@@ -220,13 +175,14 @@ def sample(tmp_path: Path, version: Version = Version.V3_3, **sizes: int) -> Pat
 
 
 def config(tmp_path: Path, archive: Path, url: str, **kw: Any) -> restore.RestoreConfig:
-    return restore.RestoreConfig(archive=archive, es_url=url, fs_root=tmp_path / "fs",
+    batching = Batching(batch_docs=kw.pop("batch_docs", 25))
+    return restore.RestoreConfig(archive=archive, target=url, fs_root=tmp_path / "fs",
                                  credentials_dir=tmp_path / "creds", progress=False,
-                                 batch_docs=kw.pop("batch_docs", 25), **kw)
+                                 batching=batching, **kw)
 
 
 def verify_config(tmp_path: Path, archive: Path, url: str, **kw: Any) -> verify.VerifyConfig:
-    return verify.VerifyConfig(archive=archive, es_url=url, fs_root=tmp_path / "fs",
+    return verify.VerifyConfig(archive=archive, target=url, fs_root=tmp_path / "fs",
                                credentials_dir=tmp_path / "creds", **kw)
 
 
@@ -471,7 +427,7 @@ def test_a_killed_restore_resumes_to_exactly_the_same_end(
                   "--credentials-dir", str(tmp_path / "creds"))
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert sum(type_counts(target).values()) == 122  # no duplicates
-    journal = next((tmp_path / "fs" / ".cfysnap").glob("restore-*.jsonl"))
+    journal = next((tmp_path / "fs" / ".cfysnap").glob("restore-*"))
     state = Journal(journal).replay()
     assert state.finished and sum(state.loaded_counts().values()) == 122
 

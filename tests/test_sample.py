@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 
-from pipelines.errors import BulkLoadError
-from pipelines.io.search import Layout, SearchClient
-from pipelines.model import COMPUTE_TYPE, STORAGE_INDEX, Version, storage_mappings
+from core.errors import BulkLoadError
+from core.model import COMPUTE_TYPE, STORAGE_INDEX, Version, storage_mappings
+from core.search import Layout, SearchClient
 from pipelines.sample import (
     ManagerSpec,
     agents_json,

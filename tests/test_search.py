@@ -1,4 +1,4 @@
-"""pipelines.io.search: names (pure), the real server (marked `server`), and fault injection with a
+"""core.search: names (pure), the real server (marked `server`), and fault injection with a
 tiny fake server for what a real one will not do on demand (429 items)."""
 
 from __future__ import annotations
@@ -14,8 +14,9 @@ from typing import Any
 
 import pytest
 
-from pipelines.errors import BulkLoadError, SearchServerError
-from pipelines.io.search import (
+from core.errors import BulkLoadError, SearchServerError
+from core.model import Hit, Version, hit_key, storage_mappings
+from core.search import (
     BulkItemError,
     BulkResult,
     Dialect,
@@ -25,8 +26,8 @@ from pipelines.io.search import (
     ServerInfo,
     _error_reason,
 )
-from pipelines.model import Hit, Version, hit_key, storage_mappings
 from pipelines.sample.load import install_manager
+from tests.conftest import wipe
 
 # ---- pure: names ----------------------------------------------------------------------------
 
@@ -417,8 +418,11 @@ def test_ensure_index_on_a_typed_server_changes_no_mapping(store: SearchClient) 
     assert store.index_exists("logstash-2016.01.02")
     _, after = store.request("GET", "/cloudify_storage/_mapping")
     assert after == before
-    with pytest.raises(SearchServerError, match="index elsewhere does not exist"):
-        store.ensure_index("elsewhere", "thing")
+    store.ensure_index("elsewhere", "thing")  # another index: the server's own defaults
+    assert store.index_exists("elsewhere")
+    wipe(store)
+    with pytest.raises(SearchServerError, match="index cloudify_storage does not exist"):
+        store.ensure_index("cloudify_storage", "node")
 
 
 @pytest.mark.server

@@ -1,4 +1,4 @@
-"""pipelines.store: ids and records (pure), then the lifecycle against the real search server,
+"""core.store: ids and records (pure), then the lifecycle against the real search server,
 stale `creating` snapshots, and uploads/downloads on local paths and on `mem://`.
 
 Beam's Python SDK ships no in-memory filesystem (only the Java SDK has one), so `MemFileSystem`
@@ -26,13 +26,10 @@ from apache_beam.io.filesystems import FileSystems
 from typer.testing import CliRunner
 
 from cli import app
-from pipelines.errors import StoreError
-from pipelines.io.search import SearchClient
-from pipelines.model import FILE_FOLDERS, STORAGE_INDEX, Version
-from pipelines.sample.archive import write_sample_archive
-from pipelines.sample.generate import ManagerSpec, manager_hits, snapshot_hits
-from pipelines.sample.load import load_manager
-from pipelines.store import (
+from core.errors import StoreError
+from core.model import FILE_FOLDERS, STORAGE_INDEX, Version
+from core.search import SearchClient
+from core.store import (
     MARKER,
     CreatorMarker,
     SnapshotRecord,
@@ -41,6 +38,9 @@ from pipelines.store import (
     check_snapshot_id,
     now_stamp,
 )
+from pipelines.sample.archive import write_sample_archive
+from pipelines.sample.generate import ManagerSpec, manager_hits, snapshot_hits
+from pipelines.sample.load import load_manager
 
 runner = CliRunner()
 
@@ -343,8 +343,8 @@ def test_a_creator_killed_mid_create_leaves_failed_not_creating(
 ) -> None:
     code = (
         "import os, sys\n"
-        "from pipelines.io.search import SearchClient\n"
-        "from pipelines.store import SnapshotStore\n"
+        "from core.search import SearchClient\n"
+        "from core.store import SnapshotStore\n"
         "store = SnapshotStore(SearchClient(sys.argv[1]), sys.argv[2])\n"
         "with store.creating('killed') as archive:\n"
         "    archive.parent.joinpath('.killed.zip.1234.partial').write_bytes(b'half')\n"
@@ -496,7 +496,7 @@ def test_cli_walk_through_create_list_download_delete_upload_restore(
     lines = table.output.splitlines()
     assert lines[0].split() == ["id", "created_at", "status", "error"]
     assert lines[-2].split() == ["s1", *s1.created_at.split(), "created"]
-    assert lines[-1] == "3 snapshot(s)"
+    assert lines[-1] == "3 snapshots"
 
     # download: the same bytes
     out = tmp_path / "out.zip"

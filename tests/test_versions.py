@@ -13,8 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipelines.errors import CfysnapError, CorruptArchive, UnsupportedVersion
-from pipelines.model import Hit, Version, hit_key, parse_version
+from core.errors import CfysnapError, CorruptArchive, UnsupportedVersion
+from core.model import Hit, Version, hit_key, parse_version
 from transforms import versions
 from transforms.versions import (
     STEPS,

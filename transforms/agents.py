@@ -29,12 +29,11 @@ from typing import Any
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.transforms.window import GlobalWindow
-from apache_beam.utils.timestamp import MIN_TIMESTAMP
 from apache_beam.utils.windowed_value import WindowedValue
 
-from pipelines.io.archive import AGENTS
-from pipelines.model import STORAGE_INDEX, Doc, Hit, Version, is_compute_node, metadata_version
+from core.archive import AGENTS
+from core.model import STORAGE_INDEX, Doc, Hit, Version, is_compute_node, metadata_version
+from transforms._beam import RunOnce, in_global_window
 from transforms.shards import ArchiveMember
 
 __all__ = [
@@ -293,7 +292,7 @@ class _WriteFragmentsFn(beam.DoFn):
     def finish_bundle(self) -> Iterator[WindowedValue]:
         if self._out is not None:
             self._out.close()
-            yield WindowedValue(self._path, MIN_TIMESTAMP, (GlobalWindow(),))
+            yield in_global_window(self._path)
 
 
 def _fragment_key(line: bytes) -> str:
@@ -373,9 +372,4 @@ class BuildAgentsJson(beam.PTransform):
             )
             | "WriteFragments" >> beam.ParDo(_WriteFragmentsFn(self._staging))
         )
-        return (
-            hits.pipeline
-            | "OnceForAgents" >> beam.Create([None])
-            | "AssembleAgentsJson"
-            >> beam.ParDo(_AssembleAgentsFn(self._staging), beam.pvalue.AsList(fragment_files))
-        )
+        return (fragment_files,) | "AssembleAgentsJson" >> RunOnce(_AssembleAgentsFn(self._staging))

@@ -32,15 +32,15 @@ import apache_beam as beam
 import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.transforms.window import GlobalWindow
-from apache_beam.utils.timestamp import MIN_TIMESTAMP
 from apache_beam.utils.windowed_value import WindowedValue
 
-from pipelines import progress
-from pipelines.errors import UnsafePath
-from pipelines.model import EVENT_TYPES, Hit
+from core import progress
+from core.errors import UnsafePath
+from core.model import EVENT_TYPES, Hit
+from transforms._beam import RunOnce, in_global_window
 
 __all__ = [
+    "KeepTypes",
     "EXPORT_SCHEMA",
     "COLUMNS",
     "NO_DAY",
@@ -258,7 +258,7 @@ class _WriteParquetPartsFn(beam.DoFn):
         while self._open:
             self._close(*self._open.popitem(last=False))
         for part in self._done:
-            yield WindowedValue(part, MIN_TIMESTAMP, (GlobalWindow(),))
+            yield in_global_window(part)
 
 
 class WriteParquetParts(beam.PTransform):
@@ -331,9 +331,29 @@ class CommitDataset(beam.PTransform):
         self._dataset, self._summary = dataset, summary_path
 
     def expand(self, parts: beam.PCollection[PartFile]) -> beam.PCollection[dict[str, Any]]:
-        return (
-            parts.pipeline
-            | "Once" >> beam.Create([None])
-            | "MoveParts"
-            >> beam.ParDo(_CommitFn(self._dataset, self._summary), beam.pvalue.AsList(parts))
-        )
+        return (parts,) | "MoveParts" >> RunOnce(_CommitFn(self._dataset, self._summary))
+
+
+class _KeepTypesFn(beam.DoFn):
+    def __init__(self, types: tuple[str, ...] | None) -> None:
+        self._types = None if types is None else frozenset(types)
+        self._read = beam.metrics.Metrics.counter(COUNTER_NAMESPACE, "documents_read")
+        self._skipped = beam.metrics.Metrics.counter(COUNTER_NAMESPACE, "documents_skipped")
+
+    def process(self, hit: Hit) -> Iterator[Hit]:
+        self._read.inc()
+        if self._types is None or hit["_type"] in self._types:
+            yield hit
+        else:
+            self._skipped.inc()
+
+
+class KeepTypes(beam.PTransform):
+    """hits → the hits of `types` (None: all); counts documents read and skipped."""
+
+    def __init__(self, types: tuple[str, ...] | None) -> None:
+        super().__init__()
+        self._types = types
+
+    def expand(self, hits: beam.PCollection[Hit]) -> beam.PCollection[Hit]:
+        return hits | "KeepSelectedTypes" >> beam.ParDo(_KeepTypesFn(self._types))

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import apache_beam as beam
 
-from pipelines.errors import JobFailed, UnsafePath
-from pipelines.io.archive import CREDENTIALS_PREFIX, unsafe_member_reason
-from pipelines.io.search import SearchTarget
-from pipelines.model import STORAGE_INDEX, Hit, credentials_dir_name, is_compute_node
+from core.archive import CREDENTIALS_PREFIX, unsafe_member_reason
+from core.errors import JobFailed, UnsafePath
+from core.model import STORAGE_INDEX, Hit, credentials_dir_name, is_compute_node
+from core.search import SearchTarget
 from transforms.search_io import READ_NAMESPACE, ReadFromSearch
 from transforms.shards import ArchiveMember
 

@@ -38,24 +38,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipelines.errors import CorruptArchive
-from pipelines.io.archive import CREDENTIALS_PREFIX, ES_DATA
-from pipelines.model import (
+from core.archive import ES_DATA
+from core.errors import CorruptArchive
+from core.model import (
     LOGSTASH_PREFIX,
     STORAGE_INDEX,
     Doc,
     Hit,
+    broker_config_from_flat,
+    event_day,
     is_event_index,
 )
-from transforms.versions.v3_2_to_v3_3 import event_day
 
 __all__ = [
     "Agent",
     "AgentWarning",
-    "FLAT_BROKER_KEYS",
     "event_index",
     "route_event",
-    "key_member",
     "key_target",
     "rewrite_key_path",
     "normalise_agent",
@@ -65,13 +64,6 @@ __all__ = [
     "restored_key",
 ]
 
-FLAT_BROKER_KEYS = (
-    "broker_user",
-    "broker_pass",
-    "broker_ip",
-    "broker_ssl_enabled",
-    "broker_ssl_cert",
-)
 KEY_FILE = "agent_key"
 
 Agent = dict[str, Any]
@@ -118,11 +110,6 @@ def restored_key(hit: Hit) -> tuple[str, str, str]:
 
 
 # -------------------------------------------------------------------------------- credentials
-def key_member(name: str) -> str:
-    """The archive member of the key of node `<deployment>_<node>`."""
-    return f"{CREDENTIALS_PREFIX}{name}/{KEY_FILE}"
-
-
 def key_target(credentials_dir: Path | str, name: str) -> str:
     """The absolute path a restore writes node `name`'s key to: `<dir>/<name>/agent_key`."""
     return str(Path(credentials_dir).absolute() / name / KEY_FILE)
@@ -142,12 +129,6 @@ def rewrite_key_path(node: Doc, key_path: str) -> Doc:
 
 
 # ------------------------------------------------------------------------------------- agents
-def _ssl_enabled(value: object) -> bool:
-    if isinstance(value, str):
-        return value.strip().lower() in ("true", "1", "yes", "on")
-    return bool(value)
-
-
 def normalise_agent(agent: Agent, runtime_agent: Mapping[str, Any]) -> Agent:
     """An agents.json entry in the 3.3.1 form: `broker_config` (from the flat keys if it has none,
     with an integer `broker_port`), whose empty `broker_ip` falls back to the runtime `manager_ip`.
@@ -158,9 +139,8 @@ def normalise_agent(agent: Agent, runtime_agent: Mapping[str, Any]) -> Agent:
             raise ValueError(f"broker_config is a {type(broker).__name__}, not an object")
         rest = dict(agent)
     else:
-        broker = {k: agent[k] for k in FLAT_BROKER_KEYS if k in agent}
-        broker["broker_port"] = 5671 if _ssl_enabled(broker.get("broker_ssl_enabled")) else 5672
-        rest = {k: v for k, v in agent.items() if k not in FLAT_BROKER_KEYS}
+        rest = broker_config_from_flat(agent)
+        broker = rest["broker_config"]
     if not broker.get("broker_ip"):
         broker = {**broker, "broker_ip": runtime_agent.get("manager_ip") or ""}
     rest["broker_config"] = broker

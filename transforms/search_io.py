@@ -1,7 +1,11 @@
 """A Beam IO connector for search servers (Elasticsearch 1.x–9.x, OpenSearch), in the style of
-Beam's own IO modules (`apache_beam/io/mongodbio.py`).
+Beam's own IO modules (`apache_beam/io/mongodbio.py`): `ReadFromSearch` and `WriteToSearch`.
 
     p | ReadFromSearch(SearchTarget(url), "cloudify_storage", parallelism=4) | ...
+    hits | WriteToSearch(SearchTarget(other_url), max_docs=2000)
+
+The server's dialect (request forms of 1.x, 2.x, 5–6, 7–9, OpenSearch; typed or `<index>-<type>`
+layout) comes from `core.search.SearchClient`, chosen from the server's version.
 
 `ReadFromSearch` plans its parts on the workers, not when the graph is built: one element per
 (index pattern, types) goes to a planning step that asks the server how to split the read
@@ -14,22 +18,52 @@ Output elements are hits in the shape of a 3.x snapshot's es_data line,
 `{"_index", "_type", "_id", "_score": 0.0, "_source"}`, with Cloudify's logical index and type
 names whatever the server's layout. A Beam counter per "index/type" (namespace given by
 `counter_namespace`) counts what was read, so a job can reconcile it with what it wrote.
+
+`WriteToSearch` writes hits (or `(tag, hit)` pairs, `tagged=True`) with the bulk API:
+- each hit is serialised once (`SearchClient.bulk_entry`): those bytes bound the batch and are
+  the request body. A batch is bounded by `max_docs` documents AND `max_bytes` of request body
+  (a single larger document goes alone);
+- batches are sent by one sender thread, so the next batch is built while the server indexes
+  the previous one; at most `in_flight` batches wait for the server, and `finish_bundle()`
+  flushes the last partial batch and waits until every batch of the bundle is acknowledged (a
+  bundle that did not fail has written, and checked, all its documents);
+- every document keeps its `_id`, so a resent batch overwrites, never duplicates;
+- only items (or requests) that failed with 429 or 5xx are resent, with exponential backoff;
+  any other failed item fails the bundle with `BulkLoadError` naming the documents;
+- each acknowledged batch is emitted as a `WrittenBatch` (its counts, the digest of its keys,
+  the tags of its elements) after `on_batch(batch)`, a picklable callable run on the worker (a
+  job's journal, its progress).
+Memory: `in_flight` + 1 batches.
 """
 
 from __future__ import annotations
 
-from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections import Counter, deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import apache_beam as beam
 from apache_beam.transforms.display import DisplayDataItem
+from apache_beam.utils.windowed_value import WindowedValue
 
-from pipelines.io.search import Partition, SearchTarget
-from pipelines.model import Hit
+from core.digests import batch_digest
+from core.errors import BulkLoadError
+from core.model import Hit
+from core.search import Partition, SearchTarget
+from transforms._beam import in_global_window
 
-__all__ = ["ReadFromSearch", "ReadPart", "READ_NAMESPACE"]
+__all__ = [
+    "ReadFromSearch",
+    "WriteToSearch",
+    "WrittenBatch",
+    "ReadPart",
+    "READ_NAMESPACE",
+    "WRITE_NAMESPACE",
+]
+
+WRITE_NAMESPACE = "cfysnap.write"
 
 READ_NAMESPACE = "cfysnap.read"
 
@@ -140,4 +174,160 @@ class ReadFromSearch(beam.PTransform):
             "doc_types": DisplayDataItem(",".join(self._whole.doc_types or ()), label="Types"),
             "parallelism": DisplayDataItem(self._parallelism, label="Parallelism"),
             "page_size": DisplayDataItem(self._page_size, label="Page size"),
+        }
+
+
+# ------------------------------------------------------------------------------------- write
+@dataclass(frozen=True)
+class WrittenBatch:
+    """One bulk batch the server acknowledged, every item of it."""
+
+    counts: tuple[tuple[str, int], ...]
+    """Documents per "index/type"."""
+    digest: str
+    """`core.digests.batch_digest` of its (index, type, id) keys: the batch's identity."""
+    nbytes: int
+    """Size of the request body."""
+    tags: tuple[Any, ...] = ()
+    """The tags of its elements, in order (`WriteToSearch(tagged=True)`)."""
+
+    @property
+    def documents(self) -> int:
+        return sum(n for _, n in self.counts)
+
+
+class _WriteFn(beam.DoFn):
+    def __init__(
+        self,
+        target: SearchTarget,
+        max_docs: int,
+        max_bytes: int,
+        op_type: str,
+        tagged: bool,
+        on_batch: Callable[[WrittenBatch], None] | None,
+        in_flight: int,
+        namespace: str,
+    ) -> None:
+        self._target, self._max_docs, self._max_bytes = target, max_docs, max_bytes
+        self._op_type, self._tagged, self._on_batch = op_type, tagged, on_batch
+        self._in_flight = in_flight
+        self._written = beam.metrics.Metrics.counter(namespace, "documents_written")
+        self._batches = beam.metrics.Metrics.counter(namespace, "batches_written")
+
+    def setup(self) -> None:
+        self._client = self._target.connect()
+        # one sender thread: the next batch is parsed and serialised while the server indexes
+        # the previous one (socket waits release the GIL)
+        self._sender = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cfysnap-bulk")
+
+    def start_bundle(self) -> None:
+        self._tags: list[Any] = []
+        self._entries: list[Any] = []
+        self._size = 0
+        self._pending: deque[Future[WrittenBatch]] = deque()
+
+    def process(self, element: Any) -> Iterator[WrittenBatch]:
+        tag, hit = element if self._tagged else (None, element)
+        entry = self._client.bulk_entry(hit, op_type=self._op_type)  # serialised once
+        if self._entries and (
+            len(self._entries) >= self._max_docs or self._size + entry.size > self._max_bytes
+        ):
+            yield from self._submit()
+        self._tags.append(tag)
+        self._entries.append(entry)
+        self._size += entry.size
+
+    def finish_bundle(self) -> Iterator[WindowedValue]:
+        if self._entries:
+            for batch in self._submit():
+                yield in_global_window(batch)
+        while self._pending:  # the bundle ends only when every batch is acknowledged
+            yield in_global_window(self._acknowledged())
+
+    def _submit(self) -> Iterator[WrittenBatch]:
+        """Hand the current batch to the sender; yield batches already acknowledged. At most
+        `in_flight` batches wait for the server, so memory stays a few batches."""
+        entries, tags, nbytes = self._entries, self._tags, self._size
+        self._entries, self._tags, self._size = [], [], 0
+        while len(self._pending) >= self._in_flight:
+            yield self._acknowledged()
+        self._pending.append(self._sender.submit(self._send, entries, tags, nbytes))
+        while self._pending and self._pending[0].done():
+            yield self._acknowledged()
+
+    def _acknowledged(self) -> WrittenBatch:
+        """The oldest batch once the server acknowledged it (re-raises the sender's
+        BulkLoadError); Beam counters are updated here, on the bundle's thread."""
+        batch = self._pending.popleft().result()
+        self._written.inc(batch.documents)
+        self._batches.inc()
+        return batch
+
+    def _send(self, entries: list[Any], tags: list[Any], nbytes: int) -> WrittenBatch:
+        """Runs on the sender thread: one bulk request, every item checked, then `on_batch`."""
+        result = self._client.bulk_entries(entries)
+        keys = [(e.index, e.doc_type, e.doc_id) for e in entries]
+        if result.failed:
+            raise BulkLoadError([item.as_tuple() for item in result.failed])
+        if result.succeeded != len(entries):  # every item must be accounted for
+            raise BulkLoadError([(i, t, d, 0, "not acknowledged") for i, t, d in keys])
+        counts = Counter(f"{i}/{t}" for i, t, _ in keys)
+        batch = WrittenBatch(
+            tuple(sorted(counts.items())),
+            batch_digest(keys),
+            nbytes,
+            tuple(tags) if self._tagged else (),
+        )
+        if self._on_batch is not None:
+            self._on_batch(batch)
+        return batch
+
+    def teardown(self) -> None:
+        sender = getattr(self, "_sender", None)
+        if sender is not None:
+            sender.shutdown(wait=True, cancel_futures=True)
+        client = getattr(self, "_client", None)
+        if client is not None:
+            client.close()
+
+
+class WriteToSearch(beam.PTransform):
+    """hits `{"_index", "_type", "_id", "_source"}` (or `(tag, hit)`, `tagged=True`) →
+    `WrittenBatch`es: every hit written with its `_id` (`op_type` "index" overwrites, "create"
+    refuses an existing id), batches bounded by `max_docs` and `max_bytes`, every response item
+    checked. See the module docstring for the contracts."""
+
+    def __init__(
+        self,
+        target: SearchTarget | str,
+        *,
+        max_docs: int = 1000,
+        max_bytes: int = 5_000_000,
+        op_type: str = "index",
+        tagged: bool = False,
+        on_batch: Callable[[WrittenBatch], None] | None = None,
+        in_flight: int = 1,
+        counter_namespace: str = WRITE_NAMESPACE,
+    ) -> None:
+        super().__init__()
+        if max_docs < 1 or max_bytes < 1 or in_flight < 1:
+            raise ValueError("WriteToSearch: max_docs, max_bytes and in_flight must be positive")
+        if op_type not in ("index", "create"):
+            raise ValueError(f"WriteToSearch: op_type must be 'index' or 'create', not {op_type!r}")
+        self._target = target if isinstance(target, SearchTarget) else SearchTarget(target)
+        self._max_docs, self._max_bytes, self._op_type = max_docs, max_bytes, op_type
+        self._fn = _WriteFn(
+            self._target, max_docs, max_bytes, op_type, tagged, on_batch, in_flight,
+            counter_namespace,
+        )
+
+    def expand(self, hits: beam.PCollection) -> beam.PCollection[WrittenBatch]:
+        return hits | "BulkWrite" >> beam.ParDo(self._fn)
+
+    def display_data(self) -> dict[str, Any]:
+        return {
+            "server": DisplayDataItem(str(self._target), label="Search server"),
+            "max_docs": DisplayDataItem(self._max_docs, label="Documents per bulk request"),
+            "max_bytes": DisplayDataItem(self._max_bytes, label="Bytes per bulk request"),
+            "op_type": DisplayDataItem(self._op_type, label="Bulk action"),
         }

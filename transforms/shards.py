@@ -26,13 +26,10 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.transforms.window import GlobalWindow
-from apache_beam.utils.timestamp import MIN_TIMESTAMP
 from apache_beam.utils.windowed_value import WindowedValue
 
-from pipelines import progress
-from pipelines.errors import CorruptArchive
-from pipelines.io.archive import (
+from core import progress
+from core.archive import (
     ES_DATA,
     SnapshotReader,
     SnapshotWriter,
@@ -40,7 +37,9 @@ from pipelines.io.archive import (
     dump_hit,
     parse_hit,
 )
-from pipelines.model import Hit
+from core.errors import CorruptArchive
+from core.model import Hit
+from transforms._beam import RunOnce, in_global_window
 
 __all__ = [
     "Shard",
@@ -200,7 +199,7 @@ class _WriteShardFn(beam.DoFn):
         self._out.close()
         self._written.inc(sum(self._counts.values()))
         info = ShardInfo(self._path, tuple(sorted(self._counts.items())), self._nbytes)
-        yield WindowedValue(info, MIN_TIMESTAMP, (GlobalWindow(),))
+        yield in_global_window(info)
 
 
 class WriteShards(beam.PTransform):
@@ -291,15 +290,5 @@ class WriteSnapshotArchive(beam.PTransform):
         self._output = output
 
     def expand(self, inputs: tuple[beam.PCollection, beam.PCollection]) -> beam.PCollection[dict]:
-        shard_infos, members = inputs
-        return (
-            shard_infos.pipeline
-            | "Once" >> beam.Create([None])
-            | "AssembleArchive"
-            >> beam.ParDo(
-                _AssembleFn(self._output),
-                beam.pvalue.AsList(shard_infos),
-                beam.pvalue.AsList(members),
-            )
-        )
+        return inputs | "AssembleArchive" >> RunOnce(_AssembleFn(self._output))
 

@@ -13,9 +13,6 @@ as it was read, byte for byte; a changed line is `json.dumps` of the upgraded hi
 3.2 event moved to its daily index: its line is the original with only the `_index` value
 replaced, when that provably is the same document (see `upgraded_line`).
 
-`UpgradeDocuments` (hits → hits) and `DeduplicateByKey` (hits and their staged shards) are the
-same steps for pipelines whose documents already are elements.
-
 Deduplication never moves whole documents through a shuffle (STYLE principle 12). Upgrading
 can make two hits share a key: 3.2's `cloudify_events` hits move to `logstash-<day>`, where a hit
 with the same `_type` and `_id` may already live. So:
@@ -40,11 +37,9 @@ real key, so both documents are kept.
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import re
 import uuid
-from array import array
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, NamedTuple
@@ -52,24 +47,22 @@ from typing import Any, NamedTuple
 import apache_beam as beam
 import numpy as np
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.transforms.window import GlobalWindow
-from apache_beam.utils.timestamp import MIN_TIMESTAMP
 from apache_beam.utils.windowed_value import WindowedValue
 
-from pipelines import progress
-from pipelines.errors import CorruptArchive
-from pipelines.io.archive import ES_DATA, dump_hit, parse_hit
-from pipelines.model import Hit, HitKey, hit_key
-from transforms.shards import Shard, ShardInfo
+from core import progress
+from core.archive import ES_DATA, dump_hit, parse_hit
+from core.digests import key_digest, key_digest_bytes, repeated
+from core.errors import CorruptArchive
+from core.model import Hit, HitKey, hit_key
+from transforms._beam import in_global_window
+from transforms.shards import LINES_PER_SHARD, Shard, ShardInfo, SplitEsDataIntoShards
 from transforms.versions import Step, upgrade_hit
 
 __all__ = [
+    "ConvertEsData",
     "UpgradeShards",
     "UpgradedShards",
     "DeduplicateShards",
-    "UpgradeDocuments",
-    "DeduplicateByKey",
-    "FindDuplicatedKeys",
     "FindRepeatedDigests",
     "upgraded_line",
     "key_digest",
@@ -89,24 +82,12 @@ DigestBlob = tuple[int, bytes]
 """(bucket, packed little-endian int64 key digests): how key digests travel between workers."""
 
 
-def key_digest(key: HitKey) -> int:
-    """A signed 64-bit digest of (index, type, id) (Beam's int coder is signed); equal keys, equal digests."""
-    return int.from_bytes(_digest_bytes(key), "little", signed=True)
-
-
-def _digest_bytes(key: HitKey) -> bytes:
-    """`key_digest` as the 8 little-endian bytes it is packed as."""
-    return hashlib.blake2b("\x00".join(key).encode(), digest_size=8).digest()
-
-
 def repeated_digests(blobs: Iterable[bytes]) -> list[int]:
     """The digests that occur more than once in `blobs` (packed little-endian int64s)."""
     arrays = [np.frombuffer(b, dtype="<i8") for b in blobs if b]
     if not arrays:
         return []
-    digests = np.sort(np.concatenate(arrays))
-    repeated = digests[1:][digests[1:] == digests[:-1]]
-    return [int(d) for d in np.unique(repeated)]
+    return [int(d) for d in repeated(np.concatenate(arrays))]
 
 
 def _canonical(line: bytes) -> str:
@@ -234,7 +215,7 @@ class _UpgradeShardFn(beam.DoFn):
                 new, key, was_changed = upgraded_line(line, first + offset, steps)
                 batch.append(new)
                 counts[key[:2]] += 1  # type: ignore[index]
-                digests += _digest_bytes(key)
+                digests += key_digest_bytes(key)
                 changed += was_changed
                 if len(batch) >= self._REPORT_EVERY:
                     nbytes += self._flush(batch, out)
@@ -279,68 +260,7 @@ class UpgradeShards(beam.PTransform):
         return UpgradedShards(outputs["shard_infos"], outputs[_UpgradeShardFn.DIGESTS])
 
 
-# ------------------------------------------------------------------------------ upgrade
-class _UpgradeFn(beam.DoFn):
-    def __init__(self, steps: Sequence[Step]) -> None:
-        self._steps = tuple(steps)
-        self._changed = beam.metrics.Metrics.counter(COUNTER_NAMESPACE, "documents_changed")
-
-    def process(self, hit: Hit) -> Iterator[Hit]:
-        upgraded = upgrade_hit(hit, self._steps)
-        if upgraded is not hit:
-            self._changed.inc()
-        yield upgraded
-
-
-class UpgradeDocuments(beam.PTransform):
-    """hits → hits with `steps` applied, one for one, in order (see `transforms.versions`).
-
-    Pure and idempotent: a hit no step changes comes out as the same object; unknown types and
-    fields pass through. Counts `documents_changed`. An event that cannot be placed in a daily
-    index fails the job with `CorruptArchive` (naming the document).
-    """
-
-    def __init__(self, steps: Sequence[Step]) -> None:
-        super().__init__()
-        self._steps = _steps_chain(steps)
-
-    def expand(self, hits: beam.PCollection[Hit]) -> beam.PCollection[Hit]:
-        if not self._steps:
-            return hits
-        return hits | "ApplySteps" >> beam.ParDo(_UpgradeFn(self._steps))
-
-
 # ---------------------------------------------------------------------------- duplicates
-def _windowed(value: Any) -> WindowedValue:
-    return WindowedValue(value, MIN_TIMESTAMP, (GlobalWindow(),))
-
-
-class _DigestKeysFn(beam.DoFn):
-    """hit → nothing per element; (bucket, packed digests) blobs every `_DIGEST_FLUSH` hits."""
-
-    def start_bundle(self) -> None:
-        self._buckets = [array("q") for _ in range(DIGEST_BUCKETS)]
-        self._pending = 0
-
-    def process(self, hit: Hit) -> Iterator[tuple[int, bytes]]:
-        digest = key_digest(hit_key(hit))
-        self._buckets[digest % DIGEST_BUCKETS].append(digest)
-        self._pending += 1
-        if self._pending >= _DIGEST_FLUSH:
-            yield from self._drain()
-
-    def _drain(self) -> Iterator[tuple[int, bytes]]:
-        for bucket, digests in enumerate(self._buckets):
-            if digests:
-                yield bucket, np.asarray(digests, dtype="<i8").tobytes()
-        self._buckets = [array("q") for _ in range(DIGEST_BUCKETS)]
-        self._pending = 0
-
-    def finish_bundle(self) -> Iterator[WindowedValue]:
-        for blob in self._drain():
-            yield _windowed(blob)
-
-
 class FindRepeatedDigests(beam.PTransform):
     """`DigestBlob`s → the digests that occur more than once (usually none). Only the packed
     digests are shuffled: 8 bytes a document."""
@@ -350,18 +270,6 @@ class FindRepeatedDigests(beam.PTransform):
             digest_blobs
             | "GroupDigestsByBucket" >> beam.GroupByKey()
             | "RepeatedInBucket" >> beam.FlatMap(lambda bucket_blobs: repeated_digests(bucket_blobs[1]))
-        )
-
-
-class FindDuplicatedKeys(beam.PTransform):
-    """hits → the digests (`key_digest`) of keys that occur more than once. Only digests are
-    shuffled (8 bytes a hit, packed); the output is usually empty."""
-
-    def expand(self, hits: beam.PCollection[Hit]) -> beam.PCollection[int]:
-        return (
-            hits
-            | "DigestKeys" >> beam.ParDo(_DigestKeysFn())
-            | "FindRepeatedDigests" >> FindRepeatedDigests()
         )
 
 
@@ -435,7 +343,7 @@ class _WriteLinesFn(beam.DoFn):
     def finish_bundle(self) -> Iterator[WindowedValue]:
         if self._out is not None:
             self._out.close()
-            yield _windowed(ShardInfo(self._path, tuple(sorted(self._counts.items())), self._nbytes))
+            yield in_global_window(ShardInfo(self._path, tuple(sorted(self._counts.items())), self._nbytes))
 
 
 class DeduplicateShards(beam.PTransform):
@@ -468,20 +376,20 @@ class DeduplicateShards(beam.PTransform):
         return (split["unique"], kept_duplicates) | "AllUniqueShards" >> beam.Flatten()
 
 
-class DeduplicateByKey(beam.PTransform):
-    """(hits, their staged `ShardInfo`s) → `ShardInfo`s in which each (index, type, id) occurs once.
+class ConvertEsData(beam.PTransform):
+    """archive path → `ShardInfo`s of its upgraded es_data, each (index, type, id) once.
 
-    `hits` are exactly the documents `shard_infos` hold (both from the same `WriteShards` input):
-    their key digests, then `DeduplicateShards`.
+    Only shard paths, small `ShardInfo`s and packed key digests cross a shuffle, and documents
+    are never Beam elements: each shard is read, upgraded and written by one DoFn call.
     """
 
-    def __init__(self, staging: str) -> None:
+    def __init__(self, staging: str, steps: Sequence[Step], lines_per_shard: int = LINES_PER_SHARD) -> None:
         super().__init__()
-        self._staging = staging
+        self._staging, self._steps, self._lines = staging, tuple(steps), lines_per_shard
 
-    def expand(
-        self, inputs: tuple[beam.PCollection[Hit], beam.PCollection[ShardInfo]]
-    ) -> beam.PCollection[ShardInfo]:
-        hits, shard_infos = inputs
-        digest_blobs = hits | "DigestKeys" >> beam.ParDo(_DigestKeysFn())
-        return (digest_blobs, shard_infos) | "DeduplicateShards" >> DeduplicateShards(self._staging)
+    def expand(self, archive_paths: beam.PCollection[str]) -> beam.PCollection[ShardInfo]:
+        shards = archive_paths | "SplitEsDataIntoShards" >> SplitEsDataIntoShards(self._staging, self._lines)
+        upgraded = shards | "UpgradeShards" >> UpgradeShards(self._staging, self._steps)
+        return (upgraded.key_digests, upgraded.shard_infos) | "DeduplicateShards" >> DeduplicateShards(
+            self._staging
+        )

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipelines.io.archive import AGENTS, METADATA, SnapshotWriter
-from pipelines.model import Version, metadata_version
+from core.archive import AGENTS, METADATA, SnapshotWriter
+from core.model import Version, metadata_version
 from pipelines.sample.generate import (
     ManagerSpec,
     file_members,

@@ -34,7 +34,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from pipelines.model import (
+from core.model import (
     COMPUTE_TYPE,
     EVENTS_INDEX,
     LOGSTASH_PREFIX,

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from pipelines.model import (
+from core.model import (
     EVENTS_INDEX,
     INDEX_SETTINGS,
     STORAGE_INDEX,
@@ -32,7 +32,7 @@ def install_manager(client: Any, version: Version) -> None:
     each physical index is created with its first document.
     An index that exists is kept as it is.
     """
-    from pipelines.io.search import Layout
+    from core.search import Layout
 
     if client.layout is not Layout.TYPED:
         return
@@ -64,7 +64,7 @@ def load_manager(spec: ManagerSpec, client: Any, fs_root: Path) -> dict[tuple[st
     duplicates) and refreshed; the file server written under `fs_root` and agent keys at
     `spec.keys_dir`.
 
-    `client` is a `pipelines.io.search.SearchClient`. Raises `BulkLoadError` if any document
+    `client` is a `core.search.SearchClient`. Raises `BulkLoadError` if any document
     failed. Returns the number of docs sent per (index, type). Streams: memory is one bulk chunk.
     """
     install_manager(client, spec.version)

@@ -34,8 +34,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipelines.errors import CfysnapError
-from pipelines.model import Hit, Version, parse_version
+from core.errors import CfysnapError
+from core.model import Hit, Version, parse_version
 from transforms.versions.defaults import COLUMNS, columns_for, update_hit
 
 __all__ = [

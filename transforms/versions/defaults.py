@@ -29,7 +29,7 @@ import copy
 from collections.abc import Callable
 from typing import Any
 
-from pipelines.model import Doc, Hit, Version, is_compute_node
+from core.model import Doc, Hit, Version, is_compute_node
 
 __all__ = [
     "COLUMNS",

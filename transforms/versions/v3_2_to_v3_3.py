@@ -28,16 +28,18 @@ sub-objects are shared), and an unchanged document is returned as the very same 
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime
 from typing import Any
 
-from pipelines.errors import CorruptArchive
-from pipelines.model import (
+from core.errors import CorruptArchive
+from core.model import (
     EVENTS_INDEX,
+    FLAT_BROKER_KEYS,
     LOGSTASH_PREFIX,
     Doc,
     Hit,
     Version,
+    broker_config_from_flat,
+    event_day,
     metadata_version,
 )
 
@@ -47,21 +49,11 @@ __all__ = [
     "upgrade_hit",
     "upgrade_metadata",
     "upgrade_agents",
-    "event_day",
 ]
 
 SOURCE = Version.V3_2
 TARGET = Version.V3_3
 
-FLAT_BROKER_KEYS = (
-    "broker_user",
-    "broker_pass",
-    "broker_ip",
-    "broker_ssl_enabled",
-    "broker_ssl_cert",
-)
-BROKER_PORT_SSL = 5671
-BROKER_PORT_NO_SSL = 5672
 
 
 def _with_missing(doc: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
@@ -75,33 +67,6 @@ def _with_missing(doc: dict[str, Any], defaults: dict[str, Any]) -> dict[str, An
 
 def upgrade_execution(doc: Doc) -> Doc:
     return _with_missing(doc, {"is_system_workflow": False})
-
-
-def _parse_utc_day(value: object, *, naive_is_utc: bool) -> date | None:
-    if not isinstance(value, str) or not value.strip():
-        return None
-    try:
-        moment = datetime.fromisoformat(value.strip())
-    except ValueError:
-        return None
-    if moment.tzinfo is None:
-        if not naive_is_utc:
-            return None
-        return moment.date()
-    return moment.astimezone(UTC).date()
-
-
-def event_day(source: Doc) -> date | None:
-    """The UTC day an event belongs to, or None when it carries no usable time.
-
-    `@timestamp` is logstash's ISO time and always UTC (a zone-less value is read as UTC);
-    `timestamp` is the sender's local time with a numeric zone ("2015-12-01 10:11:12.345+0000")
-    and is converted to UTC, because logstash names its daily index by the UTC day. A zone-less
-    `timestamp` is ambiguous (the sender's zone is unknown), so it counts as unusable.
-    """
-    return _parse_utc_day(source.get("@timestamp"), naive_is_utc=True) or _parse_utc_day(
-        source.get("timestamp"), naive_is_utc=False
-    )
 
 
 def _move_event(hit: Hit) -> Hit:
@@ -146,22 +111,13 @@ def upgrade_metadata(meta: dict[str, Any]) -> dict[str, Any]:
 # --- agents.json -------------------------------------------------------------------------------
 
 
-def _ssl_enabled(value: object) -> bool:
-    if isinstance(value, str):
-        return value.strip().lower() in ("true", "1", "yes", "on")
-    return bool(value)
-
-
 def upgrade_agent(agent: object) -> object:
     """One agent entry: flat broker keys -> `broker_config` (with integer `broker_port`)."""
     if not isinstance(agent, dict) or not agent or "broker_config" in agent:
         return agent
-    flat = {k: agent[k] for k in FLAT_BROKER_KEYS if k in agent}
-    if not flat:
+    if not any(k in agent for k in FLAT_BROKER_KEYS):
         return agent
-    port = BROKER_PORT_SSL if _ssl_enabled(flat.get("broker_ssl_enabled")) else BROKER_PORT_NO_SSL
-    rest = {k: v for k, v in agent.items() if k not in FLAT_BROKER_KEYS}
-    return {**rest, "broker_config": {**flat, "broker_port": port}}
+    return broker_config_from_flat(agent)
 
 
 def _map_changed(mapping: object, fn: Any) -> object:

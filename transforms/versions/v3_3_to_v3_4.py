@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipelines.model import Hit, Version, metadata_version
+from core.model import Hit, Version, metadata_version
 
 __all__ = ["SOURCE", "TARGET", "upgrade_hit", "upgrade_metadata", "upgrade_agents"]
 

@@ -30,8 +30,8 @@ from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
-from pipelines.errors import CorruptArchive, UnsafePath
-from pipelines.model import Hit, Version, parse_version
+from core.errors import CorruptArchive, UnsafePath
+from core.model import FILE_FOLDERS, Hit, Version, parse_version
 
 __all__ = [
     "METADATA",
@@ -159,6 +159,25 @@ class SnapshotReader:
         """File entries (no directory entries), in archive order."""
         return [n for n, i in self._infos.items() if not i.is_dir()]
 
+
+    def file_children(self) -> dict[str, list[str]]:
+        """`<folder>/<child>` → its member names, for the file-server folders (§1)."""
+        children: dict[str, list[str]] = {}
+        for name in self.file_names():
+            parts = name.split("/")
+            if parts[0] in FILE_FOLDERS and len(parts) >= 2 and parts[1]:
+                children.setdefault(f"{parts[0]}/{parts[1]}", []).append(name)
+        return dict(sorted(children.items()))
+
+    def key_names(self) -> list[str]:
+        """`<deployment>_<node>` of every `snapshot-credentials/<name>/agent_key` member."""
+        names = []
+        for name in self.file_names():
+            if name.startswith(CREDENTIALS_PREFIX) and name.endswith("/agent_key"):
+                middle = name[len(CREDENTIALS_PREFIX) : -len("/agent_key")]
+                if middle and "/" not in middle:
+                    names.append(middle)
+        return sorted(names)
     def open(self, name: str) -> IO[bytes]:
         if name not in self._infos:
             raise CorruptArchive(name, None, "member missing from archive", str(self.path))
@@ -345,10 +364,6 @@ class SnapshotWriter:
     def write_json(self, name: str, obj: Any) -> None:
         self.write_bytes(name, json.dumps(obj).encode())
 
-    def write_file(self, name: str, source: str | os.PathLike[str]) -> None:
-        with open(source, "rb") as src, self.open_member(name) as dst:
-            shutil.copyfileobj(src, dst, COPY_CHUNK)
-
     def write_stream(self, name: str, source: IO[bytes]) -> None:
         with self.open_member(name) as dst:
             shutil.copyfileobj(source, dst, COPY_CHUNK)
@@ -376,9 +391,6 @@ class SnapshotWriter:
         self._counts = Counter(counts)
 
     @property
-    def document_counts(self) -> dict[tuple[str, str], int]:
-        return dict(self._counts)
-
     @property
     def members(self) -> dict[str, dict[str, Any]]:
         return dict(self._members)

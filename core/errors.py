@@ -12,6 +12,8 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
+from core.text import plural
+
 __all__ = [
     "CfysnapError",
     "CorruptArchive",
@@ -72,8 +74,6 @@ class UnsafePath(CfysnapError):
 class SearchServerError(CfysnapError):
     """The search server is unreachable or answered with an error."""
 
-    exit_code = 2
-
     def __init__(self, url: str, reason: str) -> None:
         super().__init__(url, reason)
         self.url, self.reason = url, reason
@@ -92,7 +92,7 @@ class BulkLoadError(CfysnapError):
     def __str__(self) -> str:
         shown = "; ".join(f"{i}/{t}/{d}: {s} {r}" for i, t, d, s, r in self.items[:5])
         more = f" (+{len(self.items) - 5} more)" if len(self.items) > 5 else ""
-        return f"bulk load failed for {len(self.items)} document(s): {shown}{more}"
+        return f"bulk load failed for {plural(len(self.items), 'document')}: {shown}{more}"
 
 
 class RestoreRefused(CfysnapError):

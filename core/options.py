@@ -30,9 +30,3 @@ def beam_options(args: Sequence[str] = ()) -> PipelineOptions:
             _LOG.info("using FnApiRunner for %s (no Prism download)", standard.runner)
         standard.runner = DEFAULT_RUNNER
     return options
-
-
-def is_local_runner(options: PipelineOptions) -> bool:
-    """True when the pipeline runs on this machine (local paths are shared by all workers)."""
-    runner = options.view_as(StandardOptions).runner or DEFAULT_RUNNER
-    return str(runner).split(".")[-1] in StandardOptions.LOCAL_RUNNERS

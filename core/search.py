@@ -6,8 +6,8 @@ How those are stored depends on the server (spec §4):
 
 - `Layout.TYPED` (Elasticsearch ≤ 6, what every Cloudify 3.x manager runs: 1.x): one index per
   logical index, mapping types as in Cloudify. The manager owns `cloudify_storage` and its
-  mappings: this module never creates nor changes them (only event indices, which logstash
-  creates on a manager, are created when missing).
+  mappings: this module never creates nor changes them (other missing indices, like the daily
+  event indices logstash creates on a manager, are created with the server's defaults).
 - `Layout.TYPELESS` (Elasticsearch ≥ 7, OpenSearch): one physical index per (index, type),
   named `f"{index}-{type}"`. Types never contain "-", so the split at the last "-" is exact.
 
@@ -38,6 +38,7 @@ The client is picklable: the live transport is dropped and re-created on first u
 
 from __future__ import annotations
 
+import base64
 import fnmatch
 import json
 import random
@@ -55,18 +56,22 @@ from elastic_transport import (
 from elastic_transport import (
     ConnectionTimeout,
     NodeConfig,
+    TlsError,
     Transport,
     TransportApiResponse,
     TransportError,
 )
 from elastic_transport.client_utils import url_to_node_config
 
-from pipelines.errors import BulkLoadError, SearchServerError
-from pipelines.model import Doc, Hit, is_event_index
+from core.errors import BulkLoadError, SearchServerError
+from core.model import STORAGE_INDEX, Doc, Hit
+from core.text import plural
 
 __all__ = [
     "Layout",
     "SearchTarget",
+    "TLS",
+    "Auth",
     "Dialect",
     "Partition",
     "ServerInfo",
@@ -217,24 +222,69 @@ _MATCH_ALL: dict[str, Any] = {"match_all": {}}
 
 
 @dataclass(frozen=True)
+class TLS:
+    """How to check the server's certificate and present ours (https URLs)."""
+
+    ca_cert: str | None = None
+    """A CA bundle (PEM) to trust instead of the system's."""
+    client_cert: str | None = None
+    client_key: str | None = None
+    verify: bool = True
+    """False: accept any certificate (`--insecure`)."""
+
+
+@dataclass(frozen=True)
+class Auth:
+    """Basic auth or an API key. Its values never appear in a repr, a message or a log."""
+
+    username: str | None = field(default=None, repr=False)
+    password: str | None = field(default=None, repr=False)
+    api_key: str | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if bool(self.api_key) == bool(self.username):
+            raise ValueError("Auth: give a username (and password) or an API key, not both")
+
+    @property
+    def header(self) -> str:
+        if self.api_key:
+            return f"ApiKey {self.api_key}"
+        token = base64.b64encode(f"{self.username}:{self.password or ''}".encode()).decode()
+        return f"Basic {token}"
+
+    def __repr__(self) -> str:
+        return "Auth(api key)" if self.api_key else "Auth(basic)"
+
+
+@dataclass(frozen=True)
 class SearchTarget:
-    """Where a search server is and how to address it: frozen and picklable, so jobs and
+    """Where a search server is and how to reach it: frozen and picklable, so jobs and
     transforms carry it to workers, where `connect()` makes a client (in `DoFn.setup`).
-    `layout` None: chosen from the server's version."""
+    `layout` None: chosen from the server's version. `str()` is the URL without credentials."""
 
     url: str
     layout: Layout | None = None
+    tls: TLS | None = None
+    auth: Auth | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.layout is not None and not isinstance(self.layout, Layout):
             object.__setattr__(self, "layout", Layout(self.layout))
 
+    @classmethod
+    def of(cls, value: SearchTarget | str) -> SearchTarget:
+        """`value` itself, or a target for a bare URL."""
+        return value if isinstance(value, SearchTarget) else cls(value)
+
     def connect(self, **options: Any) -> SearchClient:
         """A new client (options: `timeout`, `max_retries`, `retry_backoff`)."""
-        return SearchClient(self.url, layout=self.layout, **options)
+        return SearchClient(self.url, layout=self.layout, tls=self.tls, auth=self.auth, **options)
 
     def __str__(self) -> str:
         return _strip_credentials(self.url)
+
+    def __repr__(self) -> str:
+        return f"SearchTarget({str(self)!r})"
 
 
 def _retryable(status: int) -> bool:
@@ -315,6 +365,26 @@ def _string_error_reason(text: str) -> str:
     return (shown + (f" (nested: {', '.join(nested)})" if nested else ""))[:300]
 
 
+def _status_reason(status: int, body: Any) -> str:
+    """`HTTP <status> <reason>`; 401/403 say that the credentials were refused (a proxy's page
+    would say nothing useful, and the credentials themselves are never shown)."""
+    if status in (401, 403):
+        return f"HTTP {status}: authentication refused (check the credentials given for it)"
+    return f"HTTP {status} {_error_reason(body)}"
+
+
+_TLS_DETAIL = re.compile(r"\[SSL: ([A-Z_]+)\][^(\]]*|certificate verify failed[^(\]]*|"
+                         r"hostname [^ ]+ doesn't match [^(\]]*")
+
+
+def _tls_reason(error: Exception) -> str:
+    """The TLS failure in a few words ("certificate verify failed: unable to get local issuer
+    certificate"), from the first cause that names one."""
+    text = " ".join(str(e) for e in (getattr(error, "errors", ()) or (error,)))
+    found = _TLS_DETAIL.search(text)
+    return found.group(0).strip(" :,") if found else type(error).__name__
+
+
 def _quote(part: str) -> str:
     return urllib.parse.quote(part, safe="")
 
@@ -334,6 +404,8 @@ class SearchClient:
         url: str,
         *,
         layout: Layout | None = None,
+        tls: TLS | None = None,
+        auth: Auth | None = None,
         timeout: float = 60.0,
         max_retries: int = 5,
         retry_backoff: float = 0.5,
@@ -350,6 +422,18 @@ class SearchClient:
             )
         except ValueError:
             raise SearchServerError(self.url, "not a valid server URL") from None
+        if tls is not None:
+            self._node_config = self._node_config.replace(
+                ca_certs=tls.ca_cert,
+                client_cert=tls.client_cert,
+                client_key=tls.client_key,
+                verify_certs=tls.verify,
+                ssl_show_warn=tls.verify,
+            )
+        if auth is not None:
+            headers = dict(self._node_config.headers)
+            headers["authorization"] = auth.header
+            self._node_config = self._node_config.replace(headers=headers)
         self._transport: Transport | None = None
         self._info: ServerInfo | None = None
         self._ensured: set[tuple[str, str]] = set()
@@ -396,44 +480,24 @@ class SearchClient:
     # ---- raw requests ----------------------------------------------------------------------
 
     def request(
-        self,
-        method: str,
-        path: str,
-        body: Any = None,
-        *,
-        params: dict[str, Any] | None = None,
-        ok: Sequence[int] = (),
-        ndjson: bool = False,
-        retries: int | None = None,
+        self, method: str, path: str, body: Any = None, *, ok: Sequence[int] = (), **how: Any
     ) -> tuple[int, Any]:
         """Send one request; return `(status, body)`.
 
         Statuses below 300 and those in `ok` are returned; anything else, and every connection
-        failure, raises `SearchServerError`. `retries=0` disables transport-level retries (for
-        requests that must not be repeated, like scroll continuations).
+        failure, raises `SearchServerError`. `how`: `params`, `ndjson`, and `retries` (0 disables
+        transport-level retries, for requests that must not be repeated, like scroll
+        continuations).
         """
-        status, response = self._send(
-            method, path, body, params=params, ndjson=ndjson, retries=retries
-        )
+        status, response = self._send(method, path, body, **how)
         if status < 300 or status in ok:
             return status, response
-        raise SearchServerError(
-            self.url, f"{method} {path}: HTTP {status} {_error_reason(response)}"
-        )
+        raise SearchServerError(self.url, f"{method} {path}: {_status_reason(status, response)}")
 
-    def _send(
-        self,
-        method: str,
-        path: str,
-        body: Any = None,
-        *,
-        params: dict[str, Any] | None = None,
-        ndjson: bool = False,
-        retries: int | None = None,
-    ) -> tuple[int, Any]:
+    def _send(self, method: str, path: str, body: Any = None, **how: Any) -> tuple[int, Any]:
         """Send one request and return `(status, body)` whatever the status; raise
         `SearchServerError` only when no answer came back."""
-        response = self._perform(method, path, body, params=params, ndjson=ndjson, retries=retries)
+        response = self._perform(method, path, body, **how)
         return response.meta.status, response.body
 
     def _perform(
@@ -462,6 +526,8 @@ class SearchClient:
             raise SearchServerError(
                 self.url, f"{method} {path}: timed out after {self.timeout:g}s"
             ) from None
+        except TlsError as e:
+            raise SearchServerError(self.url, f"TLS failed: {_tls_reason(e)}") from None
         except TransportConnectionError as e:
             cause = e.errors[0] if e.errors else e
             raise SearchServerError(self.url, f"cannot connect ({type(cause).__name__})") from None
@@ -481,6 +547,8 @@ class SearchClient:
         distributions of Elasticsearch ≥ 7 (405); those answer `GET /_nodes/_local` and send the
         `x-elastic-product` header (7.14+)."""
         status, root = self._send("GET", "/")
+        if status in (401, 403):
+            raise SearchServerError(self.url, f"GET /: {_status_reason(status, root)}")
         if status == 200 and isinstance(root, dict) and isinstance(root.get("version"), dict):
             v = root["version"]
             if isinstance(v.get("number"), str):
@@ -715,7 +783,7 @@ class SearchClient:
             reason = _error_reason(failures[0].get("reason", failures[0]))
             raise SearchServerError(
                 self.url,
-                f"scroll over {target.lstrip('/')}: {total - ok} of {total} shard(s) did not "
+                f"scroll over {target.lstrip('/')}: {total - ok} of {plural(total, 'shard')} did not "
                 f"answer ({reason})",
             )
 
@@ -746,10 +814,10 @@ class SearchClient:
 
         Typeless: the physical index is created if missing (1 shard, 0 replicas, `SAFE_MAPPING`).
         Typed: an existing index is used as it is, mappings never sent nor changed (the target
-        manager owns them); a missing event index (`cloudify_events`, `logstash-*`) is created
-        with the server's defaults, as logstash does on a manager; any other missing index
-        (`cloudify_storage` above all: a manager's bootstrap creates it with its own mappings)
-        raises `SearchServerError` rather than being created with the wrong ones.
+        manager owns them); a missing index is created with the server's defaults, as its own
+        auto-creation (and logstash, for daily event indices) would do, except `cloudify_storage`:
+        a manager's bootstrap creates it with its own mappings, so a missing one raises
+        `SearchServerError` rather than being created with the wrong ones.
         """
         physical = self.physical_index(index, doc_type)
         status, _ = self._send("HEAD", f"/{_quote(physical)}")
@@ -759,7 +827,7 @@ class SearchClient:
         body = None
         if self.layout is Layout.TYPELESS:
             body = {"settings": {"index": _INDEX_SETTINGS}, "mappings": SAFE_MAPPING}
-        elif not is_event_index(index):
+        elif index == STORAGE_INDEX:
             raise SearchServerError(
                 self.url,
                 f"index {index} does not exist; a manager creates it with its own mappings when "
@@ -769,9 +837,7 @@ class SearchClient:
         reason = _error_reason(response)
         already = "already_exists" in reason or "AlreadyExists" in reason
         if status >= 300 and not already:
-            raise SearchServerError(
-                self.url, f"create index {physical}: HTTP {status} {reason}"
-            )
+            raise SearchServerError(self.url, f"create index {physical}: HTTP {status} {reason}")
         self._ensured.add((index, doc_type))
 
     def bulk(
@@ -973,13 +1039,13 @@ class SearchClient:
                 shards.get("total") or 0
             ):
                 raise SearchServerError(
-                    self.url, f"delete by query in {name}: {shards.get('failed')} shard(s) failed"
+                    self.url, f"delete by query in {name}: {plural(int(shards.get('failed') or 0), 'shard')} failed"
                 )
         self.refresh(index)
         left = self.count(index, doc_type, query)
         if left:
             raise SearchServerError(
-                self.url, f"delete by query in {index}: {left} of {before} document(s) remain"
+                self.url, f"delete by query in {index}: {left} of {plural(before, 'document')} remain"
             )
         return before
 
@@ -1014,14 +1080,6 @@ class SearchClient:
     def refresh(self, index: str | None = None) -> None:
         path = "/_refresh" if index is None else self._target(index, None) + "/_refresh"
         self.request("POST", path, params=_LENIENT)
-
-    def delete_indices(self, pattern: str) -> None:
-        """Delete every physical index of a logical pattern (by name: works where wildcard
-        deletes are forbidden). Indices starting with "." are never touched."""
-        names = sorted(self._physical_mappings(pattern))
-        for start in range(0, len(names), 50):
-            chunk = ",".join(_quote(n) for n in names[start : start + 50])
-            self.request("DELETE", f"/{chunk}", params={"ignore_unavailable": "true"}, ok=(404,))
 
 
 @dataclass(frozen=True)

@@ -8,10 +8,11 @@ definition of what a "hit", a "version" or an "event index" is
 from __future__ import annotations
 
 import re
+from datetime import UTC, date, datetime
 from enum import Enum
 from typing import Any
 
-from pipelines.errors import UnsupportedVersion
+from core.errors import UnsupportedVersion
 
 __all__ = [
     "Doc",
@@ -32,6 +33,9 @@ __all__ = [
     "is_event_index",
     "is_compute_node",
     "credentials_dir_name",
+    "event_day",
+    "FLAT_BROKER_KEYS",
+    "broker_config_from_flat",
     "INDEX_SETTINGS",
     "storage_mappings",
 ]
@@ -196,3 +200,60 @@ def storage_mappings(version: Version) -> dict[str, dict[str, Any]]:
             },
         }
     return mappings
+
+
+# ------------------------------------------------------------------------------- event days
+def _parse_utc_day(value: object, *, naive_is_utc: bool) -> date | None:
+    if not isinstance(value, str) or not value.strip():
+        return None
+    try:
+        moment = datetime.fromisoformat(value.strip())
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        if not naive_is_utc:
+            return None
+        return moment.date()
+    return moment.astimezone(UTC).date()
+
+
+def event_day(source: Doc) -> date | None:
+    """The UTC day an event belongs to (its daily `logstash-YYYY.MM.DD` index), or None when it
+    carries no usable time.
+
+    `@timestamp` is logstash's ISO time and always UTC (a zone-less value is read as UTC);
+    `timestamp` is the sender's local time with a numeric zone ("2015-12-01 10:11:12.345+0000")
+    and is converted to UTC, because logstash names its daily index by the UTC day. A zone-less
+    `timestamp` is ambiguous (the sender's zone is unknown), so it counts as unusable.
+    """
+    return _parse_utc_day(source.get("@timestamp"), naive_is_utc=True) or _parse_utc_day(
+        source.get("timestamp"), naive_is_utc=False
+    )
+
+
+# ----------------------------------------------------------------------------- agents.json
+FLAT_BROKER_KEYS = (
+    "broker_user",
+    "broker_pass",
+    "broker_ip",
+    "broker_ssl_enabled",
+    "broker_ssl_cert",
+)
+"""The broker keys 3.2 and 3.3.0 agent entries hold flat, which 3.3.1+ keep in `broker_config`."""
+
+
+def _ssl_enabled(value: object) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() in ("true", "1", "yes", "on")
+    return bool(value)
+
+
+def broker_config_from_flat(agent: dict[str, Any]) -> dict[str, Any]:
+    """An agent entry with its flat broker keys moved into `broker_config`, which gains
+    `broker_port` as the **integer** 5671 (SSL) or 5672 (no SSL): what a 3.3.1+ manager's
+    `BootstrapContext.broker_config()` writes (its restore's own conversion writes the strings
+    "5671"/"5672"; both restore fine). Every other key stays. A new dict; `agent` is unchanged."""
+    broker = {k: agent[k] for k in FLAT_BROKER_KEYS if k in agent}
+    broker["broker_port"] = 5671 if _ssl_enabled(broker.get("broker_ssl_enabled")) else 5672
+    rest = {k: v for k, v in agent.items() if k not in FLAT_BROKER_KEYS}
+    return {**rest, "broker_config": broker}

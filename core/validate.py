@@ -23,8 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines.errors import CorruptArchive, UnsupportedVersion
-from pipelines.io.archive import (
+from core.archive import (
     AGENTS,
     ES_DATA,
     MANIFEST,
@@ -34,7 +33,9 @@ from pipelines.io.archive import (
     parse_hit,
     unsafe_member_reason,
 )
-from pipelines.model import Hit, parse_version
+from core.digests import key_digest, repeated
+from core.errors import CorruptArchive, UnsupportedVersion
+from core.model import Hit, parse_version
 
 __all__ = ["Problem", "validate_archive", "MAX_PROBLEMS"]
 
@@ -54,11 +55,6 @@ class Problem:
         return f"{self.member}{f':{self.line}' if self.line else ''}: {self.reason}"
 
 
-def _key_digest(index: str, doc_type: str, doc_id: str) -> int:
-    raw = f"{index}\x00{doc_type}\x00{doc_id}".encode()
-    return int.from_bytes(hashlib.blake2b(raw, digest_size=8).digest(), "little")
-
-
 class _DuplicateFinder:
     """Spill key digests to bucket files; later report the digests seen more than once."""
 
@@ -74,7 +70,7 @@ class _DuplicateFinder:
 
     def _flush(self, i: int) -> None:
         if self._pending[i]:
-            self._files[i].write(np.array(self._pending[i], dtype=np.uint64).tobytes())
+            self._files[i].write(np.array(self._pending[i], dtype=np.int64).tobytes())
             self._pending[i] = []
 
     def repeated(self) -> set[int]:
@@ -82,10 +78,7 @@ class _DuplicateFinder:
         for i, f in enumerate(self._files):
             self._flush(i)
             f.close()
-            digests = np.sort(np.fromfile(f.name, dtype=np.uint64))
-            if len(digests) > 1:
-                dup = digests[1:][digests[1:] == digests[:-1]]
-                found.update(int(d) for d in np.unique(dup))
+            found.update(int(d) for d in repeated(np.fromfile(f.name, dtype=np.int64)))
         return found
 
 
@@ -231,19 +224,19 @@ def _check_es_data(
                     except CorruptArchive as exc:
                         yield Problem(ES_DATA, lineno, exc.reason)
                         continue
-                    finder.add(_key_digest(hit["_index"], hit["_type"], hit["_id"]))
+                    finder.add(key_digest((hit["_index"], hit["_type"], hit["_id"])))
                     if on_hit is not None:
                         on_hit(lineno, hit)
         except (zipfile.BadZipFile, EOFError, OSError) as exc:
             yield Problem(ES_DATA, lines + 1 if lines else None, f"cannot be read to the end ({exc})")
             return
         digests[ES_DATA] = (size, sha.hexdigest())
-        repeated = finder.repeated()
-    if repeated:
-        yield from _name_duplicates(snap, repeated)
+        duplicated = finder.repeated()
+    if duplicated:
+        yield from _name_duplicates(snap, duplicated)
 
 
-def _name_duplicates(snap: SnapshotReader, repeated: set[int]) -> Iterator[Problem]:
+def _name_duplicates(snap: SnapshotReader, duplicated: set[int]) -> Iterator[Problem]:
     first_line: dict[tuple[str, str, str], int] = {}
     for lineno, line in snap.iter_lines():
         try:
@@ -251,7 +244,7 @@ def _name_duplicates(snap: SnapshotReader, repeated: set[int]) -> Iterator[Probl
             key = (hit["_index"], hit["_type"], hit["_id"])
         except (ValueError, KeyError, TypeError):
             continue
-        if _key_digest(*key) not in repeated:
+        if key_digest(key) not in duplicated:
             continue
         if key in first_line:
             yield Problem(

@@ -47,11 +47,11 @@ from typing import IO
 
 import psutil
 
-from pipelines.errors import CfysnapError, ManagerVersionUnknown, StoreError
-from pipelines.io.archive import COPY_CHUNK, safe_target_path
-from pipelines.io.search import SearchClient
-from pipelines.manager import read_version
-from pipelines.model import STORAGE_INDEX, Doc, Version
+from core.archive import COPY_CHUNK, safe_target_path
+from core.errors import CfysnapError, ManagerVersionUnknown, StoreError
+from core.manager import read_version
+from core.model import STORAGE_INDEX, Doc, Version
+from core.search import SearchClient
 
 __all__ = [
     "SNAPSHOTS_FOLDER",
@@ -268,7 +268,7 @@ class SnapshotStore:
     def require_store(self, snapshot_id: str, version: Version | None = None) -> None:
         """StoreError on a manager that has no snapshot store: a 3.2 manager (the store came
         with 3.3), or one whose data points at different versions. `version`: the manager's, if
-        known; else read from its data (`pipelines.manager`). A manager whose data tells no
+        known; else read from its data (`core.manager`). A manager whose data tells no
         version at all (a freshly installed one) is not refused."""
         if version is None:
             try:
@@ -450,11 +450,11 @@ class SnapshotStore:
         with status `uploaded`.
 
         Refuses an existing id, and a 3.2 manager (`require_store`), before copying anything. The archive is streamed to a hidden file
-        in the store, checked with `pipelines.validate` (an invalid archive is refused and
+        in the store, checked with `core.validate` (an invalid archive is refused and
         leaves nothing behind), recorded `creating` (so a crash from here on is reaped), renamed
         into place and marked `uploaded`.
         """
-        from pipelines.validate import validate_archive
+        from core.validate import validate_archive
 
         self._require_free(snapshot_id)
         self.require_store(snapshot_id)

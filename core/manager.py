@@ -34,8 +34,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipelines.errors import ManagerVersionUnknown
-from pipelines.model import (
+from core.errors import ManagerVersionUnknown
+from core.model import (
     EVENTS_INDEX,
     LOGSTASH_PREFIX,
     STORAGE_INDEX,

@@ -1,0 +1,156 @@
+"""The Beam connector `transforms.search_io` on the real servers: `ReadFromSearch` reads every
+document exactly once (split by shard on Elasticsearch 1.7, by slice on 8), `WriteToSearch`
+writes every hit with its id in bounded, checked batches, fails naming a document the server
+refuses, and the README's example runs as written."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import apache_beam as beam
+import pytest
+from apache_beam.testing.test_pipeline import TestPipeline as BeamPipeline
+from apache_beam.testing.util import assert_that, equal_to
+from apache_beam.transforms.display import DisplayData
+
+from core.errors import BulkLoadError, job_error
+from core.model import Hit, Version
+from core.search import SearchClient, SearchTarget
+from pipelines.sample.generate import ManagerSpec, manager_hits
+from pipelines.sample.load import install_manager, load_manager
+from tests.conftest import REPO, wipe
+from transforms.search_io import ReadFromSearch, WriteToSearch, WrittenBatch
+
+pytestmark = [pytest.mark.server]
+
+
+def keyed(hits: Any) -> Counter[tuple[str, str, str, str]]:
+    return Counter(
+        (h["_index"], h["_type"], h["_id"], json.dumps(h["_source"], sort_keys=True)) for h in hits
+    )
+
+
+def plugins(n: int, bad: int | None = None) -> list[Hit]:
+    return [
+        {
+            "_index": "cloudify_storage",
+            "_type": "plugin",
+            "_id": f"p{i}",
+            "_source": {"id": f"p{i}", "uploaded_at": "not a number" if i == bad else i},
+        }
+        for i in range(n)
+    ]
+
+
+@pytest.mark.es8
+def test_read_from_search_reads_every_document_once(search: SearchClient, tmp_path: Path) -> None:
+    spec = ManagerSpec(version=Version.V3_3, events=300, logs=300, keys_dir=str(tmp_path / "k"))
+    load_manager(spec, search, tmp_path / "fs")
+    expected = keyed(h for h in manager_hits(spec) if h["_index"].startswith("logstash-"))
+    with BeamPipeline() as p:
+        hits = p | ReadFromSearch(SearchTarget(search.url), "logstash-*", parallelism=3, page_size=7)
+        assert_that(
+            hits | beam.Map(lambda h: (h["_index"], h["_type"], h["_id"], json.dumps(h["_source"], sort_keys=True))),
+            equal_to(list(expected.elements())),
+        )
+        assert_that(hits | beam.Map(lambda h: (h["_score"], sorted(h))), equal_to(
+            [(0.0, ["_id", "_index", "_score", "_source", "_type"])] * sum(expected.values())),
+            label="es_data shape")
+
+
+def test_read_from_search_shows_what_it_reads() -> None:
+    read = ReadFromSearch(SearchTarget("http://u:secret@127.0.0.1:9200"), "cloudify_storage",
+                          ["node"], parallelism=4)
+    items = {i.key: i.value for i in DisplayData.create_from(read).items}
+    assert items == {"server": "http://127.0.0.1:9200", "index": "cloudify_storage",
+                     "doc_types": "node", "parallelism": 4, "page_size": 1000}
+
+
+class Collect:
+    """`on_batch` for tests: DoFns are pickled, so batches are kept in a class attribute (the
+    runner is in-process)."""
+
+    batches: list[WrittenBatch] = []
+
+    def __call__(self, batch: WrittenBatch) -> None:
+        Collect.batches.append(batch)
+
+
+@pytest.mark.es8
+def test_write_to_search_keeps_ids_bounds_batches_and_overwrites(search: SearchClient) -> None:
+    install_manager(search, Version.V3_4)
+    Collect.batches.clear()
+    hits = plugins(25)
+    for _ in range(2):  # a second run overwrites by id: still 25
+        with BeamPipeline() as p:
+            batches = (
+                p
+                | beam.Create(list(enumerate(hits)))
+                | WriteToSearch(SearchTarget(search.url), max_docs=10, tagged=True,
+                                on_batch=Collect())
+            )
+            assert_that(batches | beam.Map(lambda b: b.documents) | beam.CombineGlobally(sum),
+                        equal_to([25]), label="all")
+            assert_that(batches | beam.Map(lambda b: b.documents <= 10) | beam.Distinct(),
+                        equal_to([True]), label="bounded")
+    search.refresh()
+    stored = {h["_id"]: h["_source"] for h in search.scan("cloudify_storage", ["plugin"])}
+    assert stored == {h["_id"]: h["_source"] for h in hits}
+    seen = Collect.batches
+    assert sum(b.documents for b in seen) == 50 and all(b.documents <= 10 for b in seen)
+    tags = sorted(t for batch in seen for t in batch.tags)
+    assert tags == sorted(list(range(25)) * 2)  # every element's tag came back with its batch
+    assert all(dict(b.counts) == {"cloudify_storage/plugin": b.documents} for b in seen)
+
+
+@pytest.mark.es8
+def test_write_to_search_fails_the_job_naming_the_document_refused(search: SearchClient) -> None:
+    install_manager(search, Version.V3_4)
+    if search.layout.value == "typed":
+        search.request("PUT", "/cloudify_storage/_mapping/plugin",
+                       {"plugin": {"properties": {"uploaded_at": {"type": "long"}}}})
+    else:
+        search.request("PUT", "/cloudify_storage-plugin",
+                       {"mappings": {"properties": {"uploaded_at": {"type": "long"}}}})
+    with pytest.raises(Exception) as info:  # noqa: PT011 - the runner wraps the DoFn's error
+        with BeamPipeline() as p:
+            _ = p | beam.Create(plugins(10, bad=3)) | WriteToSearch(search.url, max_docs=4)
+    error = job_error("restore", info.value)
+    assert isinstance(error, BulkLoadError)
+    assert [(i, t, d, s) for i, t, d, s, _ in error.items] == [
+        ("cloudify_storage", "plugin", "p3", 400)
+    ]
+    assert "uploaded_at" in error.items[0][4] and "not a number" not in str(error)
+
+
+def test_write_to_search_refuses_bad_settings() -> None:
+    with pytest.raises(ValueError, match="op_type"):
+        WriteToSearch("http://127.0.0.1:9200", op_type="upsert")
+    with pytest.raises(ValueError, match="max_docs"):
+        WriteToSearch("http://127.0.0.1:9200", max_docs=0)
+
+
+def readme_example() -> str:
+    text = (REPO / "README.md").read_text()
+    found = re.search(r"```python\n(# The connector on its own.*?)```", text, re.DOTALL)
+    assert found, "README lacks the connector example"
+    return found.group(1)
+
+
+def test_the_readme_example_copies_documents_between_servers(
+    search: SearchClient, search8: SearchClient, tmp_path: Path
+) -> None:
+    """The README's example, run as written against the two servers of the test suite."""
+    spec = ManagerSpec(version=Version.V3_3, events=50, logs=50, keys_dir=str(tmp_path / "k"))
+    load_manager(spec, search, tmp_path / "fs")
+    wipe(search8)
+    code = readme_example().replace("http://127.0.0.1:9200", search.url).replace(
+        "http://127.0.0.1:9280", search8.url)
+    exec(compile(code, "README.md", "exec"), {"__name__": "readme"})  # noqa: S102
+    search8.refresh()
+    copied = list(search8.scan("logstash-*"))
+    assert keyed(copied) == keyed(h for h in manager_hits(spec) if h["_type"] == "cloudify_event")

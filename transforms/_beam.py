@@ -1,0 +1,39 @@
+"""Two Beam idioms every transform module here uses, written once.
+
+- `in_global_window(value)`: what a DoFn yields from `finish_bundle` (which has no element to
+  take a window from): the value in the global window, at the minimum timestamp.
+- `RunOnce(fn)`: `fn` called once, after every input PCollection is complete, with each input
+  as a list side input: `process(None, *lists)`. For the steps that assemble one artefact from
+  many small descriptions (an archive from shard infos, a dataset from part files, agents.json
+  from fragment files). Only the descriptions are materialised, never the data.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.transforms.window import GlobalWindow
+from apache_beam.utils.timestamp import MIN_TIMESTAMP
+from apache_beam.utils.windowed_value import WindowedValue
+
+__all__ = ["in_global_window", "RunOnce"]
+
+
+def in_global_window(value: Any) -> WindowedValue:
+    return WindowedValue(value, MIN_TIMESTAMP, (GlobalWindow(),))
+
+
+class RunOnce(beam.PTransform):
+    """(PCollection, ...) → the outputs of one `fn.process(None, *inputs as lists)` call."""
+
+    def __init__(self, fn: beam.DoFn) -> None:
+        super().__init__()
+        self._fn = fn
+
+    def expand(self, inputs: tuple[beam.PCollection, ...]) -> beam.PCollection:
+        return (
+            inputs[0].pipeline
+            | "Once" >> beam.Create([None])
+            | "Run" >> beam.ParDo(self._fn, *(beam.pvalue.AsList(p) for p in inputs))
+        )
