@@ -7,6 +7,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 ES_PORT ?= 9200
 ES8_PORT ?= 9280
+FLINK_PORT ?= 8281
+POOL_PORT ?= 50199
 DEMO_PORTS ?= 9220 9221
 DEMO := demo-out
 
@@ -36,13 +38,20 @@ TEST_ENV = CFYSNAP_ES_URL=$$(scripts/search-server url --port $(ES_PORT)) \
 demo: venv
 	bash scripts/demo $(DEMO_PORTS)
 
-# The whole suite: lint, types, then every test — the Flink ones (`distributed`) included, since
-# they fit comfortably in CI's time (the job server is fetched once by scripts/flink-job-server).
+# The whole suite: lint, types, then every test — the Flink ones (`distributed`) included, on the
+# embedded Flink cluster (the job server is fetched once by scripts/flink-job-server).
 test: lint server
-	$(TEST_ENV) $(VENV)/bin/pytest -q -o addopts=-ra
+	$(TEST_ENV) $(VENV)/bin/pytest -q -o addopts=-ra -m "not cluster"
 
+# The Flink tests on a real session cluster (JobManager, TaskManager and Beam worker-pool
+# processes, scripts/flink-cluster), started here and stopped after, whatever the result.
 test-distributed: venv server
-	$(TEST_ENV) $(VENV)/bin/pytest -q -m distributed -o addopts=-ra
+	scripts/flink-job-server fetch >/dev/null
+	OPTS="$$(scripts/flink-cluster start --rest-port $(FLINK_PORT) --pool-port $(POOL_PORT) | tail -n 1)" && \
+	trap 'scripts/flink-cluster stop --rest-port $(FLINK_PORT) >/dev/null' EXIT && \
+	scripts/flink-cluster status --rest-port $(FLINK_PORT) && \
+	$(TEST_ENV) CFYSNAP_FLINK_CLUSTER=$(FLINK_PORT) CFYSNAP_FLINK_OPTIONS="$$OPTS" \
+		$(VENV)/bin/pytest -q -m distributed -o addopts=-ra
 
 lint: venv
 	$(VENV)/bin/ruff check cli.py core pipelines transforms tests bench

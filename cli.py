@@ -295,7 +295,8 @@ def _configure_logging(debug: bool) -> None:
     # A failing DoFn is logged by Beam with its traceback and then re-raised to the job, which
     # `_run` reports as one line: without --debug that traceback is noise on stderr.
     logging.getLogger("apache_beam.runners").setLevel(logging.DEBUG if debug else logging.CRITICAL)
-    logging.getLogger().setLevel(logging.DEBUG if debug else logging.ERROR)
+    # Beam's portable runner reports a failed job on the root logger too: `_run` says it once.
+    logging.getLogger().setLevel(logging.DEBUG if debug else logging.CRITICAL)
     logging.getLogger("cfysnap").setLevel(logging.DEBUG if debug else logging.INFO)
 
 

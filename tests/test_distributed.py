@@ -1,9 +1,15 @@
-"""Our pipelines on a real distributed runner: Beam's FlinkRunner with an embedded Flink cluster.
+"""Our pipelines on a real distributed runner: Beam's FlinkRunner, in one of two topologies.
 
-`make test-distributed` (pytest -m distributed). The job server comes from Maven Central through
-`scripts/flink-job-server fetch` (cached in ~/.cache/cfysnap; fetched here when missing, and the
-test fails with Maven's error when it cannot be). Workers are LOOPBACK: Flink runs the Python
-stages in this process's SDK worker pool, so the local staging folders are shared by all workers.
+- `make test` (pytest -m distributed among the rest): the embedded Flink mini-cluster inside the
+  job server, Python stages in this process (LOOPBACK). Fast; the kill tests kill the launcher.
+- `make test-distributed`: a Flink session cluster started by `scripts/flink-cluster` (its own
+  JobManager, TaskManager and Beam worker-pool processes, `environment_type=EXTERNAL`), whose Beam
+  options arrive in `CFYSNAP_FLINK_OPTIONS` (and its REST port in `CFYSNAP_FLINK_CLUSTER`). The
+  kill tests SIGKILL the TaskManager JVM in the middle of a job (`cluster` tests).
+
+The job server comes from Maven Central through `scripts/flink-job-server fetch` (cached;
+fetched here when missing, and the test fails with Maven's error when it cannot be). Workers
+run on this machine in both topologies, so local staging folders are shared by all of them.
 
 Each job runs twice, on the FnApiRunner and on Flink (parallelism 2), and the two archives must
 hold the same documents (as multisets), the same members byte for byte and the same manifest
@@ -15,10 +21,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
+import time
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
@@ -33,7 +41,7 @@ from core.options import beam_options
 from core.search import SearchClient
 from core.validate import validate_archive
 from pipelines.sample.archive import write_sample_archive
-from pipelines.sample.generate import ManagerSpec
+from pipelines.sample.generate import ManagerSpec, snapshot_hits
 from pipelines.sample.load import load_manager
 from tests.conftest import REPO, fresh_manager, wipe
 from transforms.shards import (
@@ -65,9 +73,19 @@ def flink_args(jar: str, parallelism: int = 2) -> list[str]:
     ]
 
 
+def cluster_port() -> int | None:
+    """The REST port of the session cluster `make test-distributed` started (None: embedded)."""
+    port = os.environ.get("CFYSNAP_FLINK_CLUSTER")
+    return int(port) if port else None
+
+
 @pytest.fixture(scope="session")
 def flink() -> list[str]:
-    """Flink runner flags; fetches the job server with Maven on first use (fails if it can't)."""
+    """Flink runner flags: the session cluster's (`CFYSNAP_FLINK_OPTIONS`), else the embedded
+    cluster's, fetching the job server with Maven on first use (fails if it can't)."""
+    options = os.environ.get("CFYSNAP_FLINK_OPTIONS")
+    if options:
+        return options.split()
     try:
         proc = subprocess.run(
             [str(FLINK_JOB_SERVER), "fetch"], capture_output=True, text=True, timeout=1500
@@ -251,31 +269,86 @@ def _job_servers() -> set[int]:
     return found
 
 
+def _taskmanager_pid(port: int) -> int:
+    path = Path(os.environ.get("CFYSNAP_CACHE", "/var/cache/cfysnap" if os.geteuid() == 0 else
+                               str(Path.home() / ".cache" / "cfysnap")))
+    return int((path / f"flink-cluster-{port}" / "taskmanager-1.pid").read_text())
+
+
+def _cluster(action: str, port: int) -> str:
+    """scripts/flink-cluster ACTION for the cluster of the tests (its worker pool on the port
+    the options name)."""
+    options = os.environ.get("CFYSNAP_FLINK_OPTIONS", "")
+    pool = re.search(r"--environment_config=[^:\s]+:(\d+)", options)
+    extra = ["--pool-port", pool.group(1)] if pool and action == "start" else []
+    out = subprocess.run(
+        [str(REPO / "scripts" / "flink-cluster"), action, "--rest-port", str(port), *extra],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def _kill_taskmanager_when(
+    ready: Any, port: int, job: subprocess.Popen[str]
+) -> tuple[int | None, str, str]:
+    """SIGKILL the cluster's TaskManager JVM once `ready()` says the job is under way; return
+    how the job ended. The cluster is restarted afterwards (a fresh TaskManager), whatever
+    happened, so that the tests after this one find it whole."""
+    try:
+        deadline = time.monotonic() + 240
+        while not ready():
+            assert job.poll() is None, f"the job ended before the kill: {job.communicate()}"
+            assert time.monotonic() < deadline, "the job never got under way"
+            time.sleep(0.2)
+        os.kill(_taskmanager_pid(port), signal.SIGKILL)
+        out, err = job.communicate(timeout=600)
+        return job.returncode, out, err
+    finally:
+        if job.poll() is None:
+            job.kill()
+        _cluster("stop", port)
+        _cluster("start", port)
+
+
+def _batches(root: Path) -> int:
+    return sum(1 for _ in (root / "fs" / ".cfysnap").glob("restore-*/batches/*.json"))
+
+
 @pytest.mark.server
-def test_restore_gives_the_same_target_on_flink_and_resumes_after_a_kill(
+def test_restore_killed_mid_bulk_resumes_on_flink_to_the_local_runners_target(
     flink: list[str], search: SearchClient, tmp_path: Path
 ) -> None:
     """restore on Flink (the journal and the staging folder are FileSystems paths the workers
-    write to) gives the target the local runner gives it; killed in the middle of the bulk, it
-    resumes, on Flink, to exactly the same target, verified, nothing doubled."""
+    write to) is killed in the middle of the bulk load: on the embedded cluster the launcher
+    (its SDK worker) is SIGKILLed by the test hook; on the session cluster the TaskManager JVM
+    is, and the job fails with one line. `restore --resume` on Flink then gives exactly the
+    target the local runner gives: every document, nothing doubled, verified."""
     archive = tmp_path / "sample-3.3.zip"
-    write_sample_archive(ManagerSpec.sized(Version.V3_3, 1200, seed=4), archive)
-
+    write_sample_archive(ManagerSpec.sized(Version.V3_3, 6000, seed=4), archive)
     root = tmp_path / "target"  # the same paths for both runs: nodes name their key paths
     fresh_manager(search)
     local = cli(*_restore_args(archive, search.url, root))
     assert local.returncode == 0, local.stderr
     expected = _target_documents(search)
-    assert sum(expected.values()) > 1000
+    assert sum(expected.values()) > 5000
 
     shutil.rmtree(root)
     fresh_manager(search)
-    before = _job_servers()
-    killed = cli(*_restore_args(archive, search.url, root), "--", *flink,
-                 env={"CFYSNAP_TEST_KILL_AT": "batch:5"})
-    for pid in _job_servers() - before:  # the killed launcher's job server
-        os.kill(pid, signal.SIGKILL)
-    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    port = cluster_port()
+    if port is None:
+        before = _job_servers()
+        killed = cli(*_restore_args(archive, search.url, root), "--", *flink,
+                     env={"CFYSNAP_TEST_KILL_AT": "batch:5"})
+        for pid in _job_servers() - before:  # the killed launcher's job server
+            os.kill(pid, signal.SIGKILL)
+        assert killed.returncode == -signal.SIGKILL, killed.stderr
+    else:
+        job = popen_cli(*_restore_args(archive, search.url, root), "--", *flink)
+        code, out, err = _kill_taskmanager_when(lambda: _batches(root) >= 5, port, job)
+        assert code == 1, out + err
+        assert_one_error_line(err, "error: restore failed: ")
+        assert 5 <= _batches(root) < 120  # stopped in the middle
     resumed = cli(*_restore_args(archive, search.url, root), "--resume", "--", *flink)
     assert resumed.returncode == 0, resumed.stderr
     assert "resumed" in resumed.stdout
@@ -283,6 +356,45 @@ def test_restore_gives_the_same_target_on_flink_and_resumes_after_a_kill(
     checked = cli("verify", str(archive), "--es", search.url, "--fs-root", str(root / "fs"),
                   "--credentials-dir", str(root / "creds"))
     assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+@pytest.mark.server
+@pytest.mark.cluster
+def test_create_with_its_taskmanager_killed_fails_in_one_line_and_a_rerun_is_exact(
+    flink: list[str], search: SearchClient, tmp_path: Path
+) -> None:
+    port = cluster_port()
+    assert port is not None, "cluster tests run in `make test-distributed` (CFYSNAP_FLINK_CLUSTER)"
+    spec = replace(ManagerSpec.sized(Version.V3_3, 40_000, seed=6), keys_dir=str(tmp_path / "keys"))
+    wipe(search)
+    load_manager(spec, search, tmp_path / "fs")
+    out = tmp_path / "snap.zip"
+    args = ["create", "--es", search.url, "--fs-root", str(tmp_path / "fs"), "--output", str(out)]
+    job = popen_cli(*args, "--", *flink)
+
+    def shards_written() -> bool:
+        return any(tmp_path.glob(".snap.zip.staging-*/out-*.jsonl"))
+
+    code, stdout, stderr = _kill_taskmanager_when(shards_written, port, job)
+    assert code == 1, stdout + stderr
+    assert_one_error_line(stderr, "error: create failed: ")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fs", "keys"]  # no partial archive
+    again = cli(*args, "--", *flink)
+    assert again.returncode == 0, again.stderr
+    assert contents(out)["hits"] == Counter(
+        json.dumps(h, sort_keys=True) for h in snapshot_hits(spec))
+
+
+def assert_one_error_line(stderr: str, start: str) -> None:
+    """One `error:` line (cfysnap's own INFO lines aside), no traceback, no runner log."""
+    lines = [line for line in stderr.splitlines() if " INFO " not in line]
+    assert len(lines) == 1 and lines[0].startswith(start), stderr
+    assert "TaskManager" in lines[0] and "Traceback" not in stderr
+
+
+def popen_cli(*args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, str(REPO / "cli.py"), *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=REPO)
 
 
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
