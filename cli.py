@@ -255,7 +255,7 @@ def _restore_options(**values: Any) -> RestoreOptions:
     return RestoreOptions(**values)
 
 
-# measured best on 2 cores (bench/restore_bench.py)
+# batch sizes measured best on 2 cores (then with bench/restore_bench.py, since folded into bench/run)
 RESTORE_OPTIONS = [
     _option("fs_root", FsRootOption),
     _opt(

@@ -40,21 +40,25 @@ from __future__ import annotations
 
 import base64
 import fnmatch
+import functools
 import json
 import random
 import re
 import time
 import urllib.parse
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+from json.encoder import encode_basestring_ascii  # type: ignore[attr-defined]
 from typing import Any
 
+import msgspec
 from elastic_transport import (
     ConnectionError as TransportConnectionError,
 )
 from elastic_transport import (
     ConnectionTimeout,
+    JsonSerializer,
     NodeConfig,
     TlsError,
     Transport,
@@ -68,6 +72,7 @@ from core.model import STORAGE_INDEX, Doc, Hit
 from core.text import plural
 
 __all__ = [
+    "RawHit",
     "Layout",
     "SearchTarget",
     "TLS",
@@ -92,7 +97,7 @@ class ServerInfo:
     distribution: str  # "elasticsearch" | "opensearch"
     version: tuple[int, int, int]
 
-    @property
+    @functools.cached_property
     def dialect(self) -> Dialect:
         return Dialect.of(self)
 
@@ -287,6 +292,44 @@ class SearchTarget:
         return f"SearchTarget({str(self)!r})"
 
 
+class RawHit(msgspec.Struct, gc=False):
+    """One document of a scroll page: its index, type and id, and its `_source` as the server
+    sent it (bytes of one JSON object, unparsed)."""
+
+    index: str = msgspec.field(name="_index")
+    type: str | None = msgspec.field(name="_type", default=None)
+    id: str = msgspec.field(name="_id", default="")
+    source: msgspec.Raw = msgspec.field(name="_source", default=msgspec.Raw(b"{}"))
+
+
+class _Hits(msgspec.Struct, gc=False):
+    hits: list[RawHit] = msgspec.field(default_factory=list)
+
+
+class _Page(msgspec.Struct, gc=False):
+    hits: _Hits = msgspec.field(default_factory=_Hits)
+    scroll_id: str | None = msgspec.field(name="_scroll_id", default=None)
+    shards: dict[str, Any] | None = msgspec.field(name="_shards", default=None)
+
+
+_PAGE_DECODER = msgspec.json.Decoder(_Page)
+_JSON_DECODE = msgspec.json.decode
+
+
+class _RawJson(JsonSerializer):
+    """Requests as JSON; responses as the server's bytes."""
+
+    def loads(self, data: bytes) -> Any:
+        return data
+
+
+def _loads_or_text(data: Any) -> Any:
+    try:
+        return json.loads(data)
+    except (TypeError, ValueError):
+        return bytes(data)[:300].decode("utf-8", "replace") if data else ""
+
+
 def _retryable(status: int) -> bool:
     return status == 429 or status >= 500
 
@@ -435,7 +478,9 @@ class SearchClient:
             headers["authorization"] = auth.header
             self._node_config = self._node_config.replace(headers=headers)
         self._transport: Transport | None = None
+        self._raw_transport: Transport | None = None
         self._info: ServerInfo | None = None
+        self._action_prefixes: dict[tuple[str, str, str], bytes] = {}
         self._ensured: set[tuple[str, str]] = set()
         self._native_delete_by_query = True
 
@@ -443,7 +488,7 @@ class SearchClient:
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state["_transport"] = None
+        state["_transport"] = state["_raw_transport"] = None
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -453,9 +498,11 @@ class SearchClient:
         return f"SearchClient({self.url!r})"
 
     def close(self) -> None:
-        if self._transport is not None:
-            self._transport.close()
-            self._transport = None
+        for name in ("_transport", "_raw_transport"):
+            transport = getattr(self, name)
+            if transport is not None:
+                transport.close()
+                setattr(self, name, None)
 
     def __enter__(self) -> SearchClient:
         return self
@@ -466,16 +513,27 @@ class SearchClient:
     @property
     def transport(self) -> Transport:
         if self._transport is None:
-            self._transport = Transport(
-                [self._node_config.replace(request_timeout=self.timeout)],
-                max_retries=self.max_retries,
-                retry_on_status=(429, 502, 503, 504),
-                retry_on_timeout=False,
-                retry_backoff_base=self.retry_backoff,
-                retry_backoff_cap=30.0,
-                meta_header=False,
-            )
+            self._transport = self._new_transport()
         return self._transport
+
+    @property
+    def raw_transport(self) -> Transport:
+        """A transport whose JSON responses are the server's bytes (scroll pages)."""
+        if self._raw_transport is None:
+            self._raw_transport = self._new_transport({"application/json": _RawJson()})
+        return self._raw_transport
+
+    def _new_transport(self, serializers: dict[str, Any] | None = None) -> Transport:
+        return Transport(
+            [self._node_config.replace(request_timeout=self.timeout)],
+            max_retries=self.max_retries,
+            retry_on_status=(429, 502, 503, 504),
+            retry_on_timeout=False,
+            retry_backoff_base=self.retry_backoff,
+            retry_backoff_cap=30.0,
+            meta_header=False,
+            serializers=serializers,
+        )
 
     # ---- raw requests ----------------------------------------------------------------------
 
@@ -509,6 +567,7 @@ class SearchClient:
         params: dict[str, Any] | None = None,
         ndjson: bool = False,
         retries: int | None = None,
+        raw: bool = False,
     ) -> TransportApiResponse:
         target = path
         if params:
@@ -518,10 +577,9 @@ class SearchClient:
         kwargs: dict[str, Any] = {}
         if retries is not None:
             kwargs["max_retries"] = retries
+        transport = self.raw_transport if raw else self.transport
         try:
-            return self.transport.perform_request(
-                method, target, headers=headers, body=body, **kwargs
-            )
+            return transport.perform_request(method, target, headers=headers, body=body, **kwargs)
         except ConnectionTimeout:
             raise SearchServerError(
                 self.url, f"{method} {path}: timed out after {self.timeout:g}s"
@@ -699,7 +757,33 @@ class SearchClient:
     ) -> Iterator[Hit]:
         """Yield every matching document of a logical index (or pattern) as a logical hit
         `{"_index", "_type", "_id", "_source"}`, one page in memory at a time (`source=False`:
-        without `_source`).
+        without `_source`). See `scan_pages` for what is read and checked."""
+        for page in self.scan_pages(
+            index, doc_types, query=query, partition=partition, page_size=page_size,
+            keep_alive=keep_alive, source=source,
+        ):
+            for hit in page:
+                yield {
+                    "_index": hit.index,
+                    "_type": hit.type,
+                    "_id": hit.id,
+                    "_source": _JSON_DECODE(hit.source) if source else {},
+                }
+
+    def scan_pages(
+        self,
+        index: str,
+        doc_types: Sequence[str] | None = None,
+        *,
+        query: dict | None = None,
+        partition: Partition | None = None,
+        page_size: int = 1000,
+        keep_alive: str = "5m",
+        source: bool = True,
+    ) -> Generator[list[RawHit], None, None]:
+        """Every matching document of a logical index (or pattern), a scroll page at a time, as
+        `RawHit`s in logical names whose `source` is the server's own `_source` bytes (never
+        parsed here: a caller parses what it needs).
 
         With `partition` (from `partitions()`) only that part is read. Missing indices yield
         nothing. The scroll is cleared when the iterator finishes, fails or is closed. Scroll
@@ -726,55 +810,80 @@ class SearchClient:
         elif dialect.scan_search_type:
             # 1.x scan pages hold `size` hits *per shard*.
             body["size"] = max(1, page_size // 5)
-        for hit in self._scroll(self._target(index, doc_types), body, params, keep_alive):
-            logical_index, doc_type = self.logical(hit["_index"], hit.get("_type"))
-            if self.layout is Layout.TYPELESS and not fnmatch.fnmatchcase(logical_index, index):
-                continue  # a prefix match of another logical index ("cloudify_storage-x-node")
-            yield {
-                "_index": logical_index,
-                "_type": doc_type,
-                "_id": hit["_id"],
-                "_source": hit.get("_source", {}),
-            }
+        typed = self.layout is Layout.TYPED
+        for page in self._scroll(self._target(index, doc_types), body, params, keep_alive):
+            if typed:
+                yield page
+                continue
+            hits = []
+            for hit in page:  # physical "<index>-<type>" names → logical ones
+                logical_index, _, doc_type = hit.index.rpartition("-")
+                if logical_index and fnmatch.fnmatchcase(logical_index, index):
+                    hits.append(RawHit(logical_index, doc_type, hit.id, hit.source))
+            if hits:
+                yield hits
 
     def _scroll(
         self, target: str, body: dict[str, Any], params: dict[str, Any], keep_alive: str
-    ) -> Iterator[Hit]:
-        """Raw (physical) hits of a scroll over `target`; the scroll is always cleared."""
+    ) -> Iterator[list[RawHit]]:
+        """Raw (physical) pages of a scroll over `target`; the scroll is always cleared."""
         scan_type = params.get("search_type") == "scan"
-        _, page = self.request("POST", target + "/_search", body, params=params)
-        self._check_shards(page, target)
-        scroll_id = page.get("_scroll_id")
+        page = self._page(self._raw_request("POST", target + "/_search", body, params), target)
+        scroll_id = page.scroll_id
         try:
             first = True
             while True:
-                hits = page.get("hits", {}).get("hits", [])
+                hits = page.hits.hits
                 if not hits and not (first and scan_type):
                     return  # 1.x scan: the first page never has hits
                 first = False
-                yield from hits
+                if hits:
+                    yield hits
                 if not scroll_id:
                     return
-                _, page = self._continue_scroll(scroll_id, keep_alive)
-                self._check_shards(page, target)
-                scroll_id = page.get("_scroll_id", scroll_id)
+                page = self._page(self._continue_scroll(scroll_id, keep_alive), target)
+                scroll_id = page.scroll_id or scroll_id
         finally:
             if scroll_id:
                 self._clear_scroll(scroll_id)
 
-    def _continue_scroll(self, scroll_id: str, keep_alive: str) -> tuple[int, Any]:
-        if self.dialect.raw_scroll_id:
-            return self.request(
-                "POST", "/_search/scroll", scroll_id, params={"scroll": keep_alive}, retries=0
-            )
-        return self.request(
-            "POST", "/_search/scroll", {"scroll": keep_alive, "scroll_id": scroll_id}, retries=0
+    def _raw_request(
+        self, method: str, path: str, body: Any, params: dict[str, Any], retries: int | None = None
+    ) -> bytes:
+        """`request`, the response body as the server's bytes (scroll pages are decoded by
+        `_page`, their `_source`s left as they are)."""
+        status, response = self._send(
+            method, path, body, params=params, retries=retries, raw=True
+        )
+        if status < 300:
+            return bytes(response)
+        raise SearchServerError(
+            self.url, f"{method} {path}: {_status_reason(status, _loads_or_text(response))}"
         )
 
-    def _check_shards(self, page: Any, target: str) -> None:
+    def _page(self, data: bytes, target: str) -> _Page:
+        try:
+            page = _PAGE_DECODER.decode(data)
+        except msgspec.DecodeError as exc:
+            raise SearchServerError(
+                self.url, f"scroll over {target.lstrip('/')}: not a search response ({exc})"
+            ) from None
+        self._check_shards(page.shards, target)
+        return page
+
+    def _continue_scroll(self, scroll_id: str, keep_alive: str) -> bytes:
+        if self.dialect.raw_scroll_id:
+            return self._raw_request(
+                "POST", "/_search/scroll", scroll_id, {"scroll": keep_alive}, retries=0
+            )
+        return self._raw_request(
+            "POST", "/_search/scroll", {"scroll": keep_alive, "scroll_id": scroll_id}, {},
+            retries=0,
+        )
+
+    def _check_shards(self, shards: Any, target: str) -> None:
         """A page on which a shard failed, or did not answer (1.x counts an expired scroll
         context as neither successful nor failed), misses that shard's documents."""
-        shards = page.get("_shards") if isinstance(page, dict) else None
         if not isinstance(shards, dict):
             return
         total, ok = int(shards.get("total") or 0), int(shards.get("successful") or 0)
@@ -897,6 +1006,18 @@ class SearchClient:
             return BulkResult()
         return self._bulk_entries(list(entries), refresh)
 
+    def _action_prefix(self, op_type: str, index: str, doc_type: str) -> bytes:
+        """`{"<op_type>": {"_index": …, "_type": …, "_id": ` of a bulk action line (cached)."""
+        key = (op_type, index, doc_type)
+        prefix = self._action_prefixes.get(key)
+        if prefix is None:
+            meta = {"_index": self.physical_index(index, doc_type)}
+            if self.layout is Layout.TYPED:
+                meta["_type"] = doc_type
+            prefix = json.dumps({op_type: meta})[:-2].encode() + b', "_id": '
+            self._action_prefixes[key] = prefix
+        return prefix
+
     def _entry(self, hit: Hit, op_type: str) -> _Entry:
         try:
             index, doc_type, doc_id, source = (
@@ -908,11 +1029,16 @@ class SearchClient:
         except KeyError as e:
             # the hit's keys only: its `_source` may hold broker passwords
             raise ValueError(f"bulk: hit without {e.args[0]} (keys: {sorted(hit)})") from None
-        meta: dict[str, Any] = {"_index": self.physical_index(index, doc_type), "_id": str(doc_id)}
-        if self.layout is Layout.TYPED:
-            meta["_type"] = doc_type
-        lines = (json.dumps({op_type: meta}) + "\n" + json.dumps(source) + "\n").encode("utf-8")
-        return _Entry(index, doc_type, str(doc_id), lines)
+        doc_id = str(doc_id)
+        body = bytes(source) if isinstance(source, msgspec.Raw) else json.dumps(source).encode()
+        lines = b"".join((
+            self._action_prefix(op_type, index, doc_type),
+            encode_basestring_ascii(doc_id).encode(),
+            b"}}\n",
+            body,
+            b"\n",
+        ))
+        return _Entry(index, doc_type, doc_id, lines)
 
     def _bulk_entries(
         self, entries: list[_Entry], refresh: bool | str, *, ensure: bool = True

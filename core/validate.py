@@ -28,14 +28,15 @@ from core.archive import (
     ES_DATA,
     MANIFEST,
     METADATA,
+    EsDataLine,
     SnapshotReader,
     buffered_lines,
-    parse_hit,
+    parse_line,
     unsafe_member_reason,
 )
 from core.digests import key_digest, repeated
 from core.errors import CorruptArchive, UnsupportedVersion
-from core.model import Hit, parse_version
+from core.model import parse_version
 
 __all__ = ["Problem", "validate_archive", "MAX_PROBLEMS"]
 
@@ -86,12 +87,12 @@ def validate_archive(
     path: str | Path,
     *,
     on_line: Callable[[int], None] | None = None,
-    on_hit: Callable[[int, Hit], None] | None = None,
+    on_hit: Callable[[int, EsDataLine], None] | None = None,
 ) -> list[Problem]:
     """Every problem found in the archive at `path` (empty list: valid). Never raises for bad input.
 
-    `on_line(n)` is called every 10,000 es_data lines (progress). `on_hit(lineno, hit)` is called
-    with every es_data line that parses, so a caller can gather its own facts in the same pass
+    `on_line(n)` is called every 10,000 es_data lines (progress). `on_hit(lineno, line)` is called
+    with every es_data line that parses (an `EsDataLine`: keys, and the source as bytes), so a caller can gather its own facts in the same pass
     (meaningful only when the result is empty).
     """
     return list(_problems(Path(path), on_line, on_hit))
@@ -100,7 +101,7 @@ def validate_archive(
 def _problems(
     path: Path,
     on_line: Callable[[int], None] | None,
-    on_hit: Callable[[int, Hit], None] | None = None,
+    on_hit: Callable[[int, EsDataLine], None] | None = None,
 ) -> Iterator[Problem]:
     try:
         snap = SnapshotReader(path)
@@ -120,7 +121,7 @@ def _problems(
 def _check_archive(
     snap: SnapshotReader,
     on_line: Callable[[int], None] | None,
-    on_hit: Callable[[int, Hit], None] | None = None,
+    on_hit: Callable[[int, EsDataLine], None] | None = None,
 ) -> Iterator[Problem]:
     infos = snap.infos()
     seen_names: set[str] = set()
@@ -204,7 +205,7 @@ def _check_es_data(
     snap: SnapshotReader,
     digests: dict[str, tuple[int, str]],
     on_line: Callable[[int], None] | None,
-    on_hit: Callable[[int, Hit], None] | None = None,
+    on_hit: Callable[[int, EsDataLine], None] | None = None,
 ) -> Iterator[Problem]:
     sha, size, lines = hashlib.sha256(), 0, 0
     with tempfile.TemporaryDirectory(prefix="cfysnap-validate-") as tmp:
@@ -220,15 +221,18 @@ def _check_es_data(
                     if not line.strip():
                         continue
                     try:
-                        hit = parse_hit(line, lineno)
+                        parsed = parse_line(line, lineno)
                     except CorruptArchive as exc:
                         yield Problem(ES_DATA, lineno, exc.reason)
                         continue
-                    finder.add(key_digest((hit["_index"], hit["_type"], hit["_id"])))
+                    finder.add(key_digest((parsed.index, parsed.type, parsed.id)))
                     if on_hit is not None:
-                        on_hit(lineno, hit)
+                        on_hit(lineno, parsed)
         except (zipfile.BadZipFile, EOFError, OSError) as exc:
             yield Problem(ES_DATA, lines + 1 if lines else None, f"cannot be read to the end ({exc})")
+            return
+        except CorruptArchive as exc:  # a line over the size cap
+            yield Problem(exc.member, exc.line, exc.reason)
             return
         digests[ES_DATA] = (size, sha.hexdigest())
         duplicated = finder.repeated()

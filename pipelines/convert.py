@@ -82,7 +82,7 @@ __all__ = [
 
 
 CONVERT_LINES_PER_SHARD = 10_000
-"""bench/convert_bench.py, 300k documents: when every document was a Beam element, 10k lines per
+"""Measured with the former bench/convert_bench.py, 300k documents: when every document was a Beam element, 10k lines per
 shard was ~1.2x faster than the shared 50k default on 2 processes (smaller shards spread the work
 better). Since a shard is one DoFn call (`UpgradeShards`), 5k, 10k and 25k measure the same within
 the machine's noise (2 processes: 8.1, 8.2-8.5 and 7.9 s); 10k is kept."""

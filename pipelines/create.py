@@ -5,11 +5,13 @@ Compute nodes name. The archive is written in the source's own version: nothing 
 copying (that is `convert`).
 
     ReadManagerDocuments (cloudify_storage, then cloudify_events or logstash-*; split by the
-      server: sliced scroll, or one part per shard on Elasticsearch 1.x)
-      ├─ DropExcluded (provider_context, snapshot, the running create's execution)
-      │    └─ WriteShards ──────────────▶ shard files in a staging folder beside the output
-      ├─ BuildAgentsJson (small facts grouped by deployment) ──▶ staged agents.json
-      └─ CollectAgentKeys ──▶ snapshot-credentials/<dep>_<node>/agent_key
+      server: sliced scroll, or one part per shard on Elasticsearch 1.x; scroll pages whose
+      sources stay the server's bytes)
+      └─ ToSnapshotParts (one pass over each page)
+           ├─ lines (less provider_context, snapshot, the running create's execution)
+           │    └─ WriteShards ──────────▶ shard files in a staging folder beside the output
+           ├─ facts ──BuildAgentsJson (grouped by deployment) ──▶ staged agents.json
+           └─ keys ──▶ snapshot-credentials/<dep>_<node>/agent_key
     ListFileTree (blueprints, uploaded-blueprints, plugins 3.3+, deployments 3.4)
     metadata.json (+ manager.json for 3.2)
       ──WriteSnapshotArchive──▶ staged archive ──(counts reconciled)──▶ output (atomic rename)
@@ -68,11 +70,10 @@ from transforms.agents import AgentDefaults, BuildAgentsJson, agent_defaults
 from transforms.read_manager import (
     DROPPED_NAMESPACE,
     READ_NAMESPACE,
-    CollectAgentKeys,
-    DropExcluded,
     ListFileTree,
     ReadManagerDocuments,
     Source,
+    ToSnapshotParts,
 )
 from transforms.shards import ArchiveMember, WriteShards, WriteSnapshotArchive
 
@@ -444,19 +445,22 @@ def _build_pipeline(
     slices: int,
     layout: Layout,
 ) -> None:
-    hits = p | "ReadManagerDocuments" >> ReadManagerDocuments(
+    pages = p | "ReadManagerDocuments" >> ReadManagerDocuments(
         replace(config.target, layout=layout),
         sources,
         parallelism=slices,
         page_size=config.page_size,
+        pages=True,
     )
-    shard_infos = (
-        hits
-        | "DropExcluded"
-        >> DropExcluded(NEVER_IN_SNAPSHOT_TYPES, [execution_id] if execution_id else [])
-        | "WriteShards" >> WriteShards(str(staging))
+    parts = pages | "ToSnapshotParts" >> ToSnapshotParts(
+        NEVER_IN_SNAPSHOT_TYPES,
+        [execution_id] if execution_id else [],
+        keys=config.include_credentials,
     )
-    agents_member = hits | "BuildAgentsJson" >> BuildAgentsJson(str(staging), _agent_defaults(source))
+    shard_infos = parts.lines | "WriteShards" >> WriteShards(str(staging))
+    agents_member = parts.facts | "BuildAgentsJson" >> BuildAgentsJson(
+        str(staging), _agent_defaults(source)
+    )
     file_members = p | "ListFileTree" >> ListFileTree(
         str(config.fs_root), file_folders(source.version)
     )
@@ -470,7 +474,7 @@ def _build_pipeline(
         file_members,
     ]
     if config.include_credentials:
-        member_sets.append(hits | "CollectAgentKeys" >> CollectAgentKeys())
+        member_sets.append(parts.keys)
     members = member_sets | "AllMembers" >> beam.Flatten()
     _ = (shard_infos, members) | "WriteSnapshotArchive" >> WriteSnapshotArchive(str(staged_archive))
 

@@ -16,11 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from core.archive import AGENTS, ES_DATA, SnapshotReader, SnapshotWriter
 from core.errors import CorruptArchive, RestoreRefused
 from core.journal import Journal, merge_ranges
-from core.model import FILE_FOLDERS, Hit, Version
+from core.model import FILE_FOLDERS, Hit, Version, _parse_utc_day, event_day
 from core.search import Layout, SearchClient
 from pipelines import restore, verify
 from pipelines.sample.archive import write_sample_archive
@@ -60,6 +62,17 @@ def test_an_event_without_a_usable_time_is_a_corrupt_archive() -> None:
     hit["_source"]["timestamp"] = "yesterday"
     with pytest.raises(CorruptArchive, match="cloudify_event/e1"):
         route_event(hit)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(
+    st.from_regex(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{0,8})?Z?", fullmatch=True)
+    | st.text(max_size=30)
+)
+def test_the_fast_day_of_a_logstash_timestamp_is_the_day_iso_parsing_gives(value: str) -> None:
+    # event_day's fast path for "…Z" strings must agree with the general parse everywhere:
+    # invalid dates and times (Feb 30, 24:00, :60), long fractions, other forms and junk
+    assert event_day({"@timestamp": value}) == _parse_utc_day(value, naive_is_utc=True)
 
 
 def test_key_path_rewrite_keeps_the_rest_and_never_mutates() -> None:

@@ -3,7 +3,7 @@
 agents.json maps deployment → Compute node → node instance → agent dict. It is built from three
 small projections of the documents, never from whole documents (principle 12):
 
-    hits ──ProjectAgentFacts──▶ (deployment id, fact) ──GroupByKey──▶ one deployment's facts
+    pages ──page_agent_facts──▶ (deployment id, fact) ──GroupByKey──▶ one deployment's facts
          ──deployment_agents──▶ '"<dep>": {...}' fragments ──WriteFragments──▶ fragment files
          ──AssembleAgentsJson──▶ ArchiveMember("agents.json", source=<staged file>)
                                  (deployments sorted by id: the same bytes on every runner)
@@ -28,11 +28,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import apache_beam as beam
+import msgspec
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.utils.windowed_value import WindowedValue
 
 from core.archive import AGENTS
 from core.model import STORAGE_INDEX, Doc, Hit, Version, is_compute_node, metadata_version
+from core.search import RawHit
 from transforms._beam import RunOnce, in_global_window
 from transforms.shards import ArchiveMember
 
@@ -44,6 +46,7 @@ __all__ = [
     "WINDOWS_TYPE",
     "agent_defaults",
     "agent_facts",
+    "page_agent_facts",
     "encode_fact",
     "decode_fact",
     "agent_v33",
@@ -54,6 +57,7 @@ __all__ = [
 ]
 
 WINDOWS_TYPE = "cloudify.openstack.nodes.WindowsServer"
+_JSON_DECODE = msgspec.json.decode
 _FLAT_BROKER_V32 = {
     "3.2": {"broker_user": "guest", "broker_pass": "guest"},
     "3.2.1": {"broker_user": "cloudify", "broker_pass": "c10udify"},
@@ -341,8 +345,24 @@ class _AssembleAgentsFn(beam.DoFn):
         yield ArchiveMember(AGENTS, source=path)
 
 
+_FACT_TYPES = frozenset({"deployment", "node", "node_instance"})
+
+
+def page_agent_facts(page: list[RawHit]) -> Iterator[tuple[str, EncodedFact]]:
+    """(deployment id, encoded fact) of a scroll page: only deployments, nodes and node
+    instances are parsed (a deployment's fact needs only its id)."""
+    for hit in page:
+        if hit.type not in _FACT_TYPES or hit.index != STORAGE_INDEX:
+            continue
+        source = {} if hit.type == "deployment" else _JSON_DECODE(hit.source)
+        doc = {"_index": hit.index, "_type": hit.type, "_id": hit.id, "_source": source}
+        for deployment, fact in agent_facts(doc):
+            yield deployment, encode_fact(fact)
+
+
 class BuildAgentsJson(beam.PTransform):
-    """hits → one `ArchiveMember("agents.json")` staged in `staging` (§3).
+    """(deployment id, encoded fact) (`page_agent_facts`) → one `ArchiveMember("agents.json")`
+    staged in `staging` (§3).
 
     Only small facts are shuffled (grouped by deployment id); memory is one deployment's
     instances. Always emits exactly one member (`{}` for a manager without deployments).
@@ -352,14 +372,11 @@ class BuildAgentsJson(beam.PTransform):
         super().__init__()
         self._staging, self._defaults = staging, defaults
 
-    def expand(self, hits: beam.PCollection[Hit]) -> beam.PCollection[ArchiveMember]:
+    def expand(
+        self, facts: beam.PCollection[tuple[str, EncodedFact]]
+    ) -> beam.PCollection[ArchiveMember]:
         defaults = self._defaults
-        deployment_to_facts = (
-            hits
-            | "ProjectAgentFacts"
-            >> beam.FlatMap(lambda hit: ((d, encode_fact(f)) for d, f in agent_facts(hit)))
-            | "GroupByDeployment" >> beam.GroupByKey()
-        )
+        deployment_to_facts = facts | "GroupByDeployment" >> beam.GroupByKey()
         fragment_files = (
             deployment_to_facts
             | "BuildDeploymentAgents"

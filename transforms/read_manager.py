@@ -1,9 +1,10 @@
 """Read a live manager's state as PCollections: its documents, its file tree, its agent keys.
 
-    ReadFromSearch per source (parts planned by the server: slices, or shards on 1.x) ──▶ hits
-    hits ──DropExcluded──▶ the hits a snapshot keeps (§4)
+    sources ──ReadAllFromSearch (parts planned by the server: slices, or shards on 1.x)──▶ pages
+    pages ──ToSnapshotParts──▶ lines: es_data lines of the documents a snapshot keeps (§4)
+                             facts: (deployment id, agent fact) for agents.json (§3)
+                             keys: ArchiveMember("snapshot-credentials/<dep>_<node>/agent_key")
     folders ──ListFileTree──▶ ArchiveMember(name, source=path) for every file (§1)
-    hits ──CollectAgentKeys──▶ ArchiveMember("snapshot-credentials/<dep>_<node>/agent_key", ...)
 
 Only part descriptions and paths are shuffled; documents flow fused from the scroll into the next
 steps. Search-server clients live in `setup()`/`teardown()`. Counters (namespace `cfysnap.read`,
@@ -13,47 +14,51 @@ steps. Search-server clients live in `setup()`/`teardown()`. Counters (namespace
 from __future__ import annotations
 
 import os
+from collections import Counter
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import apache_beam as beam
+import msgspec
 
-from core.archive import CREDENTIALS_PREFIX, unsafe_member_reason
+from core.archive import CREDENTIALS_PREFIX, es_data_line, unsafe_member_reason
 from core.errors import JobFailed, UnsafePath
 from core.model import STORAGE_INDEX, Hit, credentials_dir_name, is_compute_node
-from core.search import SearchTarget
-from transforms.search_io import READ_NAMESPACE, ReadFromSearch
-from transforms.shards import ArchiveMember
+from core.search import RawHit, SearchTarget
+from transforms.agents import page_agent_facts
+from transforms.search_io import READ_NAMESPACE, ReadAllFromSearch, ReadPart
+from transforms.shards import ArchiveMember, LinePage
 
 __all__ = [
     "Source",
     "ReadManagerDocuments",
-    "DropExcluded",
+    "ToSnapshotParts",
+    "SnapshotParts",
+    "node_hits",
     "is_excluded",
     "ListFileTree",
     "list_file_tree",
-    "CollectAgentKeys",
     "agent_key_member",
     "READ_NAMESPACE",
     "DROPPED_NAMESPACE",
 ]
 
 DROPPED_NAMESPACE = "cfysnap.dropped"
+_JSON_DECODE = msgspec.json.decode
 
 
 Source = tuple[str, tuple[str, ...] | None]
 """(logical index or pattern, types to read or None for all)."""
 
 
-def _count_key(hit: Hit) -> str:
-    return f"{hit['_index']}/{hit['_type']}"
-
-
 class ReadManagerDocuments(beam.PTransform):
     """PBegin → every document of `sources` (logical index or pattern, types or None) as
-    es_data hits `{"_index","_type","_id","_score": 0.0,"_source"}`: one `ReadFromSearch` per
-    source, split by the server (`parallelism` slices, or its shards on 1.x/2.x), flattened.
-    Reads are counted per "index/type" (`cfysnap.read`)."""
+    es_data hits `{"_index","_type","_id","_score": 0.0,"_source"}`, or (`pages=True`) as scroll
+    pages of `RawHit`s: the sources' reads in one `ReadAllFromSearch` chain, each split by the
+    server (`parallelism` slices, or its shards on 1.x/2.x). Reads are counted per "index/type"
+    (`cfysnap.read`)."""
 
     def __init__(
         self,
@@ -62,25 +67,20 @@ class ReadManagerDocuments(beam.PTransform):
         *,
         parallelism: int,
         page_size: int = 1000,
+        pages: bool = False,
     ) -> None:
         super().__init__()
-        self._target, self._sources = target, list(sources)
-        self._parallelism, self._page_size = parallelism, page_size
+        self._reads = [ReadPart(i, tuple(types) if types else None, None) for i, types in sources]
+        self._read_all = ReadAllFromSearch(
+            target,
+            parallelism=parallelism,
+            page_size=page_size,
+            pages=pages,
+            counter_namespace=READ_NAMESPACE,
+        )
 
-    def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection[Hit]:
-        reads = [
-            pbegin
-            | f"Read {index}" >> ReadFromSearch(
-                self._target,
-                index,
-                types,
-                parallelism=self._parallelism,
-                page_size=self._page_size,
-                counter_namespace=READ_NAMESPACE,
-            )
-            for index, types in self._sources
-        ]
-        return reads | "AllDocuments" >> beam.Flatten()
+    def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection[Any]:
+        return pbegin | "Sources" >> beam.Create(self._reads) | "ReadAll" >> self._read_all
 
 
 # ------------------------------------------------------------------------------- exclusions
@@ -91,29 +91,71 @@ def is_excluded(hit: Hit, types: frozenset[str], storage_ids: frozenset[str]) ->
     return hit["_type"] in types or hit["_id"] in storage_ids
 
 
-class _DropExcludedFn(beam.DoFn):
-    def __init__(self, types: frozenset[str], storage_ids: frozenset[str]) -> None:
-        self._types, self._ids = types, storage_ids
+@dataclass(frozen=True)
+class SnapshotParts:
+    """What `ToSnapshotParts` makes of the scroll pages: es_data `lines` (`LinePage`s), agent
+    `facts` ((deployment id, encoded fact), for `BuildAgentsJson`) and agent `keys`
+    (credentials `ArchiveMember`s; empty unless asked for)."""
 
-    def process(self, hit: Hit) -> Iterator[Hit]:
-        if is_excluded(hit, self._types, self._ids):
-            beam.metrics.Metrics.counter(DROPPED_NAMESPACE, _count_key(hit)).inc()
-            return
-        yield hit
+    lines: beam.PCollection
+    facts: beam.PCollection
+    keys: beam.PCollection
 
 
-class DropExcluded(beam.PTransform):
-    """hits → hits minus storage docs of `types` and storage docs whose `_id` is in `storage_ids`.
+class _SnapshotPartsFn(beam.DoFn):
+    """One pass over a page: its lines, its agent facts, its agent keys (tagged outputs)."""
 
-    Every dropped hit is counted (`cfysnap.dropped`, "index/type"), never silently lost.
+    def __init__(self, types: frozenset[str], storage_ids: frozenset[str], keys: bool) -> None:
+        self._types, self._ids, self._keys = types, storage_ids, keys
+
+    def process(self, page: list[RawHit]) -> Iterator[Any]:
+        lines: list[bytes] = []
+        kept: list[tuple[str, str]] = []
+        dropped: list[str] = []
+        types, ids, line = self._types, self._ids, es_data_line
+        for hit in page:
+            index, doc_type = hit.index, str(hit.type)
+            if index == STORAGE_INDEX and (doc_type in types or hit.id in ids):
+                dropped.append(f"{index}/{doc_type}")
+                continue
+            lines.append(line(index, doc_type, hit.id, hit.source))
+            kept.append((index, doc_type))
+        for key, n in Counter(dropped).items():
+            beam.metrics.Metrics.counter(DROPPED_NAMESPACE, key).inc(n)
+        if lines:
+            lines.append(b"")
+            yield LinePage(b"\n".join(lines), tuple(sorted(Counter(kept).items())))
+        for fact in page_agent_facts(page):
+            yield beam.pvalue.TaggedOutput("facts", fact)
+        if self._keys:
+            for node in node_hits(page):
+                member = agent_key_member(node)
+                if member is not None:
+                    yield beam.pvalue.TaggedOutput("keys", member)
+
+
+class ToSnapshotParts(beam.PTransform):
+    """scroll pages → `SnapshotParts`: es_data lines minus storage docs of `types` and storage
+    docs whose `_id` is in `storage_ids` (§4); agent facts of deployments, nodes and instances
+    (§3); with `keys`, the credentials member of every Compute node naming an agent key (§1,
+    §6.4).
+
+    A source goes into its line as the server sent it, never parsed; only node and instance
+    sources are decoded, for their facts and keys. Every dropped document is counted
+    (`cfysnap.dropped`, "index/type"), never silently lost.
     """
 
-    def __init__(self, types: Sequence[str], storage_ids: Sequence[str] = ()) -> None:
+    def __init__(
+        self, types: Sequence[str], storage_ids: Sequence[str] = (), *, keys: bool = True
+    ) -> None:
         super().__init__()
-        self._types, self._ids = frozenset(types), frozenset(storage_ids)
+        self._types, self._ids, self._keys = frozenset(types), frozenset(storage_ids), keys
 
-    def expand(self, hits: beam.PCollection[Hit]) -> beam.PCollection[Hit]:
-        return hits | "DropExcludedDocs" >> beam.ParDo(_DropExcludedFn(self._types, self._ids))
+    def expand(self, pages: beam.PCollection[list[RawHit]]) -> SnapshotParts:
+        parts = pages | "PageToParts" >> beam.ParDo(
+            _SnapshotPartsFn(self._types, self._ids, self._keys)
+        ).with_outputs("facts", "keys", main="lines")
+        return SnapshotParts(parts.lines, parts.facts, parts.keys)
 
 
 # ------------------------------------------------------------------------------- file tree
@@ -192,10 +234,9 @@ def agent_key_member(hit: Hit) -> ArchiveMember | None:
     return ArchiveMember(name, source=path)
 
 
-class CollectAgentKeys(beam.PTransform):
-    """hits → one credentials `ArchiveMember` per Compute node that names an agent key (§1, §6.4)."""
-
-    def expand(self, hits: beam.PCollection[Hit]) -> beam.PCollection[ArchiveMember]:
-        return hits | "AgentKeyOfComputeNode" >> beam.FlatMap(
-            lambda hit: [m] if (m := agent_key_member(hit)) is not None else []
-        )
+def node_hits(page: list[RawHit]) -> Iterator[Hit]:
+    """The node documents of a scroll page, parsed (the only ones a key can be named in)."""
+    for hit in page:
+        if hit.type == "node" and hit.index == STORAGE_INDEX:
+            yield {"_index": hit.index, "_type": "node", "_id": hit.id,
+                   "_source": _JSON_DECODE(hit.source)}

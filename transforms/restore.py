@@ -23,10 +23,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import apache_beam as beam
+import msgspec
 from apache_beam.io.filesystems import FileSystems
 
 from core import progress
-from core.archive import SnapshotReader, parse_hit
+from core.archive import EsDataLine, SnapshotReader, parse_hit_with_source
 from core.errors import CorruptArchive, RestoreRefused
 from core.journal import Journal, merge_ranges
 from core.model import STORAGE_INDEX, Hit, Version
@@ -37,7 +38,7 @@ from transforms.restore_docs import (
     flatten_agents,
     key_target,
     restore_hit,
-    restored_key,
+    restored_line_key,
 )
 from transforms.search_io import WriteToSearch, WrittenBatch
 from transforms.shards import Shard, SplitEsDataIntoShards
@@ -85,10 +86,10 @@ class ArchivePlan:
     problem: CorruptArchive | None = None
     """The first hit the restore could not place (an event with no usable time)."""
 
-    def add(self, lineno: int, hit: Hit, agents: dict[str, tuple[str, Agent]]) -> None:
-        """Account for one es_data hit (line `lineno`)."""
+    def add(self, lineno: int, line: EsDataLine, agents: dict[str, tuple[str, Agent]]) -> None:
+        """Account for one es_data line (number `lineno`), its source parsed only as needed."""
         try:
-            index, doc_type, doc_id = restored_key(hit)
+            index, doc_type, doc_id = restored_line_key(line)
         except CorruptArchive as exc:
             if self.problem is None:
                 self.problem = CorruptArchive(exc.member, lineno, exc.reason)
@@ -101,7 +102,7 @@ class ArchivePlan:
                 self.deployment_ids.append(doc_id)
             elif doc_type == "node_instance" and doc_id in agents:
                 entry_dep, agent = agents[doc_id]
-                if agent and hit["_source"].get("deployment_id") == entry_dep:
+                if agent and line.hit()["_source"].get("deployment_id") == entry_dep:
                     self.agents_matched += 1
 
     def raise_problem(self) -> None:
@@ -194,10 +195,14 @@ class _RestoreShardFn(beam.DoFn):
                 if not line.strip() or (skip and self._loaded(lineno)):
                     continue
                 try:
-                    hit = upgrade_hit(parse_hit(line, lineno), steps)
+                    read, raw = parse_hit_with_source(line, lineno)
+                    hit = upgrade_hit(read, steps)
                     hit = restore_hit(hit, key_paths=key_paths, agents=agents)
                 except CorruptArchive as exc:
                     raise CorruptArchive(exc.member, lineno, exc.reason) from None
+                if raw is not None and hit["_source"] is read["_source"]:
+                    # unchanged: the archive's bytes go to the server, not a json.dumps of them
+                    hit = {**hit, "_source": msgspec.Raw(raw)}
                 n += 1
                 yield lineno, hit
         self._read.inc(n)
@@ -265,6 +270,7 @@ class LoadDocuments(beam.PTransform):
                 max_docs=batching.batch_docs,
                 max_bytes=batching.batch_bytes,
                 tagged=True,
+                in_flight=2,  # measured: the server indexes one batch while the next arrives
                 on_batch=JournalBatches(self._journal),
             )
         )

@@ -33,12 +33,16 @@ Functions never mutate their input; an unchanged document is returned as the sam
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 from typing import Any
 
-from core.archive import ES_DATA
+import msgspec
+
+from core.archive import ES_DATA, EsDataLine
 from core.errors import CorruptArchive
 from core.model import (
     LOGSTASH_PREFIX,
@@ -62,6 +66,7 @@ __all__ = [
     "flatten_agents",
     "restore_hit",
     "restored_key",
+    "restored_line_key",
 ]
 
 KEY_FILE = "agent_key"
@@ -92,6 +97,11 @@ def event_index(hit: Hit) -> str:
             None,
             f"event {hit.get('_type')}/{hit.get('_id')} has no parseable @timestamp or timestamp",
         )
+    return _daily_index(day)
+
+
+@functools.lru_cache(maxsize=4096)
+def _daily_index(day: date) -> str:
     return f"{LOGSTASH_PREFIX}{day:%Y.%m.%d}"
 
 
@@ -107,6 +117,25 @@ def restored_key(hit: Hit) -> tuple[str, str, str]:
     """(index, type, id) a hit is written to on the target (before any other change)."""
     index = event_index(hit) if is_event_index(hit["_index"]) else hit["_index"]
     return (index, hit["_type"], hit["_id"])
+
+
+class _EventTimes(msgspec.Struct, gc=False):
+    at_timestamp: Any = msgspec.field(name="@timestamp", default=None)
+    timestamp: Any = None
+
+
+_EVENT_TIMES = msgspec.json.Decoder(_EventTimes)
+
+
+def restored_line_key(line: EsDataLine) -> tuple[str, str, str]:
+    """`restored_key` of an es_data line whose source is still bytes: an event's source is read
+    for its two time fields only."""
+    if not is_event_index(line.index):
+        return (line.index, line.type, line.id)
+    times = _EVENT_TIMES.decode(line.source)
+    source = {"@timestamp": times.at_timestamp, "timestamp": times.timestamp}
+    hit = {"_index": line.index, "_type": line.type, "_id": line.id, "_source": source}
+    return (event_index(hit), line.type, line.id)
 
 
 # -------------------------------------------------------------------------------- credentials

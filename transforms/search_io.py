@@ -2,6 +2,7 @@
 Beam's own IO modules (`apache_beam/io/mongodbio.py`): `ReadFromSearch` and `WriteToSearch`.
 
     p | ReadFromSearch(SearchTarget(url), "cloudify_storage", parallelism=4) | ...
+    reads | ReadAllFromSearch(SearchTarget(url), pages=True) | ...     (ReadPart elements)
     hits | WriteToSearch(SearchTarget(other_url), max_docs=2000)
 
 The server's dialect (request forms of 1.x, 2.x, 5–6, 7–9, OpenSearch; typed or `<index>-<type>`
@@ -38,24 +39,27 @@ Memory: `in_flight` + 1 batches.
 
 from __future__ import annotations
 
+import queue
+import threading
 from collections import Counter, deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any  # noqa: UP035 - Beam's type hints take typing's generics
 
 import apache_beam as beam
+import msgspec
 from apache_beam.transforms.display import DisplayDataItem
 from apache_beam.utils.windowed_value import WindowedValue
 
 from core.digests import batch_digest
 from core.errors import BulkLoadError
-from core.model import Hit
-from core.search import Partition, SearchTarget
+from core.search import Partition, RawHit, SearchTarget
 from transforms._beam import in_global_window
 
 __all__ = [
     "ReadFromSearch",
+    "ReadAllFromSearch",
     "WriteToSearch",
     "WrittenBatch",
     "ReadPart",
@@ -64,8 +68,35 @@ __all__ = [
 ]
 
 WRITE_NAMESPACE = "cfysnap.write"
+_JSON_DECODE = msgspec.json.decode
 
 READ_NAMESPACE = "cfysnap.read"
+
+
+class RawHitCoder(beam.coders.Coder):
+    """`RawHit`s between stages and workers: msgpack of its four fields, the source's bytes as
+    they are. Its size estimate reads only lengths: Beam samples the size of elements it passes
+    on by encoding them, and a pickled page of hits cost a tenth of a whole create."""
+
+    def encode(self, hit: RawHit) -> bytes:
+        return _PACK((hit.index, hit.type, hit.id, bytes(hit.source)))
+
+    def decode(self, data: bytes) -> RawHit:
+        index, doc_type, doc_id, source = _UNPACK(data)
+        return RawHit(index, doc_type, doc_id, msgspec.Raw(source))
+
+    def is_deterministic(self) -> bool:
+        return True
+
+    def estimate_size(self, hit: RawHit) -> int:
+        return 16 + len(hit.index) + len(hit.type or "") + len(hit.id) + len(hit.source)
+
+    def to_type_hint(self) -> Any:
+        return RawHit
+
+
+_PACK, _UNPACK = msgspec.msgpack.encode, msgspec.msgpack.decode
+beam.coders.registry.register_coder(RawHit, RawHitCoder)
 
 
 @dataclass(frozen=True)
@@ -95,48 +126,178 @@ class _PlanPartsFn(beam.DoFn):
             yield ReadPart(whole.index, whole.doc_types, partition, whole.query)
 
 
+class _Scroll(threading.Thread):
+    """One part read by a thread of its own into a small queue of pages (a scroll's network
+    waits release the GIL: the worker parses, writes and reads the next pages at once). A
+    failure is handed over through the queue and raised by the reader."""
+
+    def __init__(self, target: SearchTarget, part: ReadPart, page_size: int) -> None:
+        super().__init__(daemon=True, name="cfysnap-scroll")
+        self.part, self.pages = part, queue.Queue[Any](maxsize=3)
+        self._target, self._page_size = target, page_size
+        self._stop = threading.Event()
+
+    def run(self) -> None:
+        try:
+            with self._target.connect() as client:
+                scan = client.scan_pages(
+                    self.part.index,
+                    list(self.part.doc_types) if self.part.doc_types else None,
+                    query=self.part.query,
+                    partition=self.part.partition,
+                    page_size=self._page_size,
+                )
+                try:
+                    for page in scan:
+                        if not self._put(page):
+                            return
+                finally:
+                    scan.close()  # clears the scroll, also when the reader gave up
+            self._put(_DONE)
+        except BaseException as exc:  # noqa: BLE001 - handed to the reader, raised there
+            self._put(exc)
+
+    def _put(self, item: Any) -> bool:
+        while not self._stop.is_set():
+            try:
+                self.pages.put(item, timeout=0.5)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def cancel(self) -> None:
+        self._stop.set()
+
+
+_DONE = object()
+
+
 class _ReadPartFn(beam.DoFn):
-    """A `ReadPart` → its hits, one scroll, one page in memory."""
+    """`ReadPart`s → their pages (`list[RawHit]`) or hits, `concurrency` scrolls at a time per
+    worker, each page in memory once (at most 3 queued per scroll)."""
 
-    def __init__(self, target: SearchTarget, page_size: int, namespace: str) -> None:
+    def __init__(
+        self, target: SearchTarget, page_size: int, namespace: str, pages: bool, concurrency: int
+    ) -> None:
         self._target, self._page_size, self._namespace = target, page_size, namespace
+        self._pages, self._concurrency = pages, concurrency
 
-    def setup(self) -> None:
-        self._client = self._target.connect()
+    def start_bundle(self) -> None:
+        self._running: list[_Scroll] = []
 
-    def process(self, part: ReadPart) -> Iterator[Hit]:
-        counts: Counter[str] = Counter()
-        for hit in self._client.scan(
-            part.index,
-            list(part.doc_types) if part.doc_types else None,
-            query=part.query,
-            partition=part.partition,
-            page_size=self._page_size,
-        ):
-            index, doc_type = hit["_index"], hit["_type"]
-            counts[f"{index}/{doc_type}"] += 1
-            yield {
-                "_index": index,
-                "_type": doc_type,
-                "_id": hit["_id"],
-                "_score": 0.0,
-                "_source": hit["_source"],
-            }
+    def process(self, part: ReadPart) -> Iterator[Any]:
+        scroll = _Scroll(self._target, part, self._page_size)
+        scroll.start()
+        self._running.append(scroll)
+        while len(self._running) >= self._concurrency:
+            yield from self._drain_some()
+
+    def finish_bundle(self) -> Iterator[WindowedValue]:
+        while self._running:
+            for out in self._drain_some():
+                yield in_global_window(out)
+
+    def _drain_some(self) -> Iterator[Any]:
+        """Pages of the running scrolls, in turn, until one of them ends."""
+        try:
+            while True:
+                for scroll in list(self._running):
+                    try:
+                        item = scroll.pages.get(timeout=0.05)
+                    except queue.Empty:
+                        continue
+                    if item is _DONE:
+                        self._running.remove(scroll)
+                        return
+                    if isinstance(item, BaseException):
+                        raise item
+                    yield from self._emit(item)
+        except BaseException:
+            for scroll in self._running:
+                scroll.cancel()
+            self._running.clear()
+            raise
+
+    def _emit(self, page: list[RawHit]) -> Iterator[Any]:
+        counts = Counter(f"{hit.index}/{hit.type}" for hit in page)
         for key, n in counts.items():
             beam.metrics.Metrics.counter(self._namespace, key).inc(n)
+        if self._pages:
+            yield page
+            return
+        for hit in page:
+            yield {
+                "_index": hit.index,
+                "_type": hit.type,
+                "_id": hit.id,
+                "_score": 0.0,
+                "_source": _JSON_DECODE(hit.source),
+            }
 
-    def teardown(self) -> None:
-        client = getattr(self, "_client", None)
-        if client is not None:
-            client.close()
+
+class ReadAllFromSearch(beam.PTransform):
+    """`ReadPart`s (each a whole read: a logical index or pattern, its types, a query) → every
+    document of each, as es_data hits or (`pages=True`) as scroll pages of `RawHit`s: Beam's
+    ReadAll pattern (`ReadAllFromText`), for reads known only at run time or several reads in
+    one chain (no Flatten of the documents: on the in-process runner a Flatten of two reads
+    encodes every page between stages).
+
+    Each read is split by the server (`parallelism` slices, or its shards on 1.x/2.x), the parts
+    spread over workers, each part read by one scroll, `concurrency` scrolls at a time per worker.
+    """
+
+    def __init__(
+        self,
+        target: SearchTarget | str,
+        *,
+        parallelism: int = 2,
+        page_size: int = 1000,
+        pages: bool = False,
+        concurrency: int = 2,
+        counter_namespace: str = READ_NAMESPACE,
+    ) -> None:
+        super().__init__()
+        if parallelism < 1 or page_size < 1 or concurrency < 1:
+            raise ValueError(
+                "ReadFromSearch: parallelism, page_size and concurrency must be at least 1"
+            )
+        self._target = target if isinstance(target, SearchTarget) else SearchTarget(target)
+        self._parallelism, self._page_size = parallelism, page_size
+        self._pages_out, self._concurrency = pages, concurrency
+        self._namespace = counter_namespace
+
+    def expand(self, wholes: beam.PCollection[ReadPart]) -> beam.PCollection[Any]:
+        read = _ReadPartFn(
+            self._target, self._page_size, self._namespace, self._pages_out, self._concurrency
+        )
+        return (
+            wholes
+            | "PlanParts" >> beam.ParDo(_PlanPartsFn(self._target, self._parallelism))
+            | "SpreadParts" >> beam.Reshuffle()
+            | "ReadPart"
+            >> beam.ParDo(read).with_output_types(
+                list[RawHit] if self._pages_out else dict[str, Any]
+            )
+        )
+
+    def display_data(self) -> dict[str, Any]:
+        return {
+            "server": DisplayDataItem(str(self._target), label="Search server"),
+            "parallelism": DisplayDataItem(self._parallelism, label="Parallelism"),
+            "page_size": DisplayDataItem(self._page_size, label="Page size"),
+        }
 
 
 class ReadFromSearch(beam.PTransform):
-    """PBegin → every document of a logical index (or pattern, e.g. `logstash-*`) as es_data hits.
+    """PBegin → every document of a logical index (or pattern, e.g. `logstash-*`) as es_data hits,
+    or (`pages=True`) as scroll pages: lists of `core.search.RawHit` whose `_source` is the
+    server's bytes, parsed by no one until a later step needs it.
 
     `doc_types`: only these types (None: all). `query`: a query in the server's own DSL (None:
     all documents). `parallelism`: how many slices to ask a sliced-scroll server for (1.x and 2.x
-    are split by shard instead). `page_size`: hits per scroll page.
+    are split by shard instead). `page_size`: hits per scroll page. `concurrency`: scrolls read
+    at once by each worker.
     """
 
     def __init__(
@@ -148,32 +309,29 @@ class ReadFromSearch(beam.PTransform):
         query: Any = None,
         parallelism: int = 2,
         page_size: int = 1000,
+        pages: bool = False,
+        concurrency: int = 2,
         counter_namespace: str = READ_NAMESPACE,
     ) -> None:
         super().__init__()
-        if parallelism < 1 or page_size < 1:
-            raise ValueError("ReadFromSearch: parallelism and page_size must be at least 1")
-        self._target = target if isinstance(target, SearchTarget) else SearchTarget(target)
         self._whole = ReadPart(index, tuple(doc_types) if doc_types else None, None, query)
-        self._parallelism, self._page_size = parallelism, page_size
-        self._namespace = counter_namespace
-
-    def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection[Hit]:
-        return (
-            pbegin
-            | "WholeRead" >> beam.Create([self._whole])
-            | "PlanParts" >> beam.ParDo(_PlanPartsFn(self._target, self._parallelism))
-            | "SpreadParts" >> beam.Reshuffle()
-            | "ReadPart" >> beam.ParDo(_ReadPartFn(self._target, self._page_size, self._namespace))
+        self._read_all = ReadAllFromSearch(
+            target,
+            parallelism=parallelism,
+            page_size=page_size,
+            pages=pages,
+            concurrency=concurrency,
+            counter_namespace=counter_namespace,
         )
+
+    def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection[Any]:
+        return pbegin | "WholeRead" >> beam.Create([self._whole]) | self._read_all
 
     def display_data(self) -> dict[str, Any]:
         return {
-            "server": DisplayDataItem(str(self._target), label="Search server"),
+            **self._read_all.display_data(),
             "index": DisplayDataItem(self._whole.index, label="Index"),
             "doc_types": DisplayDataItem(",".join(self._whole.doc_types or ()), label="Types"),
-            "parallelism": DisplayDataItem(self._parallelism, label="Parallelism"),
-            "page_size": DisplayDataItem(self._page_size, label="Page size"),
         }
 
 
@@ -218,7 +376,7 @@ class _WriteFn(beam.DoFn):
         self._client = self._target.connect()
         # one sender thread: the next batch is parsed and serialised while the server indexes
         # the previous one (socket waits release the GIL)
-        self._sender = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cfysnap-bulk")
+        self._sender = ThreadPoolExecutor(max_workers=self._in_flight, thread_name_prefix="cfysnap-bulk")
 
     def start_bundle(self) -> None:
         self._tags: list[Any] = []

@@ -49,6 +49,7 @@ __all__ = [
     "WriteShards",
     "WriteSnapshotArchive",
     "ArchiveMember",
+    "LinePage",
     "LINES_PER_SHARD",
     "read_shard",
     "assemble_archive",
@@ -78,6 +79,16 @@ class ShardInfo:
     @property
     def documents(self) -> int:
         return sum(c for _, c in self.counts)
+
+
+@dataclass(frozen=True)
+class LinePage:
+    """es_data lines ready to write (each ending with a newline), and how many documents of each
+    (index, type) they hold: how a page of documents travels to `WriteShards` without being
+    parsed or dumped again."""
+
+    data: bytes
+    counts: tuple[tuple[tuple[str, str], int], ...]
 
 
 @dataclass(frozen=True)
@@ -183,15 +194,21 @@ class _WriteShardFn(beam.DoFn):
         self._counts: Counter[tuple[str, str]] = Counter()
         self._nbytes = 0
 
-    def process(self, hit: Hit) -> None:
+    def process(self, element: Hit | LinePage) -> None:
         if self._out is None:
             self._path = FileSystems.join(self._staging, f"{self._prefix}-{uuid.uuid4().hex}.jsonl")
             self._out = FileSystems.create(self._path)
-        line = dump_hit(hit).encode() + b"\n"
-        self._out.write(line)
-        self._counts[(hit["_index"], hit["_type"])] += 1
-        self._nbytes += len(line)
-        progress.report(1, len(line))
+        if isinstance(element, LinePage):
+            data, documents = element.data, 0
+            for key, n in element.counts:
+                self._counts[key] += n
+                documents += n
+        else:
+            data, documents = dump_hit(element).encode() + b"\n", 1
+            self._counts[(element["_index"], element["_type"])] += 1
+        self._out.write(data)
+        self._nbytes += len(data)
+        progress.report(documents, len(data))
 
     def finish_bundle(self) -> Iterator[WindowedValue]:
         if self._out is None:
@@ -203,7 +220,8 @@ class _WriteShardFn(beam.DoFn):
 
 
 class WriteShards(beam.PTransform):
-    """hits → `ShardInfo`s: documents written as shard files in `staging`, in parallel.
+    """hits or `LinePage`s → `ShardInfo`s: documents written as shard files in `staging`, in
+    parallel.
 
     Idempotent per bundle: a retried bundle writes a new file and only the committed bundle's
     ShardInfo reaches the archive step, so nothing is doubled.
