@@ -282,6 +282,36 @@ restore_options = _with_options("options", RESTORE_OPTIONS, _restore_options)
 """Adds every restore option; the command gets `options: RestoreOptions`."""
 
 
+def _size(text: str) -> int:
+    from core.text import parse_size
+
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
+def _limits(max_member_size: str, max_total_size: str, max_ratio: float) -> Any:
+    from core.validate import ArchiveLimits
+
+    return ArchiveLimits(
+        member_bytes=_size(max_member_size), total_bytes=_size(max_total_size), ratio=max_ratio
+    )
+
+
+LIMIT_OPTIONS = [
+    _opt("--max-member-size", str, "Largest uncompressed archive member (zip bombs are refused "
+         "before anything is read).", "16GiB", metavar="SIZE"),
+    _opt("--max-total-size", str, "Largest uncompressed archive, all members.", "64GiB",
+         metavar="SIZE"),
+    _opt("--max-ratio", float, "Largest compression ratio of a member of 1 MiB or more.", 100.0,
+         min=1.0, metavar="RATIO"),
+]
+limit_options = _with_options("limits", LIMIT_OPTIONS, _limits)
+"""Adds --max-member-size, --max-total-size, --max-ratio; the command gets `limits:
+ArchiveLimits`."""
+
+
 # ------------------------------------------------------------------------------- the edge
 def _configure_logging(debug: bool) -> None:
     logging.basicConfig(
@@ -338,8 +368,10 @@ def _main(
 
 # ------------------------------------------------------------------------ inspect/validate
 @app.command()
+@limit_options
 def inspect(
     archive: ArchiveArg,
+    limits: Any,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """Summarise a snapshot archive: version, documents per (index, type), files, agents.
@@ -351,15 +383,19 @@ def inspect(
 
     def body() -> None:
         with Progress("inspect", enabled=not as_json) as progress:
-            report = inspect_archive(archive, on_line=lambda n: progress.advance(10_000))
+            report = inspect_archive(
+                archive, on_line=lambda n: progress.advance(10_000), limits=limits
+            )
         typer.echo(json.dumps(report.to_json(), indent=2) if as_json else report.render())
 
     _run(body)
 
 
 @app.command()
-def validate(archive: ArchiveArg) -> None:
-    """Check an archive: readable zip, safe entry names, metadata, every es_data line, duplicates,
+@limit_options
+def validate(archive: ArchiveArg, limits: Any) -> None:
+    """Check an archive: readable zip, safe entry names, member sizes and compression ratios (zip
+    bombs are refused before anything is inflated), metadata, every es_data line, duplicates,
     manifest checksums. Exit 0 when valid, else one line per problem (member:line: reason), exit 1.
 
     Example: cfysnap validate snapshot.zip
@@ -369,7 +405,9 @@ def validate(archive: ArchiveArg) -> None:
 
     def body() -> None:
         with Progress("validate") as progress:
-            problems = validate_archive(archive, on_line=lambda n: progress.advance(10_000))
+            problems = validate_archive(
+                archive, on_line=lambda n: progress.advance(10_000), limits=limits
+            )
         for problem in problems:
             typer.echo(str(problem), err=True)
         if problems:
@@ -478,9 +516,11 @@ def versions() -> None:
 
 
 @app.command(context_settings=BEAM_ARGS)
+@limit_options
 def convert(
     ctx: typer.Context,
     source: ArchiveArg,
+    limits: Any,
     output: Annotated[Path, typer.Argument(help="Where to write the converted archive (.zip).", dir_okay=False, metavar="OUTPUT")],
     to: Annotated[TargetVersion, typer.Option("--to", help="Snapshot version to convert to.")],
     dry_run: Annotated[
@@ -512,6 +552,7 @@ def convert(
             force=force,
             lines_per_shard=lines_per_shard,
             progress=not as_json,
+            limits=limits,
         )
         result = run(config, ctx.args)
         typer.echo(json.dumps(result.to_json(), indent=2) if as_json else result.render())
@@ -603,7 +644,9 @@ def create(
 
 
 # ----------------------------------------------------------------------------- restore/verify
-def _restore_job(ctx: typer.Context, archive: Path, target: Any, options: RestoreOptions) -> None:
+def _restore_job(
+    ctx: typer.Context, archive: Path, target: Any, options: RestoreOptions, limits: Any
+) -> None:
     """Build the RestoreConfig both restore commands share, run it, print its summary."""
     from pipelines.restore import RestoreConfig, run
     from transforms.restore import Batching
@@ -620,6 +663,7 @@ def _restore_job(ctx: typer.Context, archive: Path, target: Any, options: Restor
         staging=options.staging,
         dry_run=options.dry_run,
         batching=Batching(options.lines_per_shard, options.batch_docs, options.batch_bytes),
+        limits=limits,
     )
     typer.echo(run(config, tuple(ctx.args)).render())
 
@@ -627,7 +671,10 @@ def _restore_job(ctx: typer.Context, archive: Path, target: Any, options: Restor
 @app.command(context_settings=BEAM_ARGS)
 @server_options
 @restore_options
-def restore(ctx: typer.Context, archive: ArchiveArg, target: Any, options: Any) -> None:
+@limit_options
+def restore(
+    ctx: typer.Context, archive: ArchiveArg, target: Any, options: Any, limits: Any
+) -> None:
     """Restore a snapshot into a target manager: check first (archive valid, not newer than the
     target, target clean unless --force, no clashing blueprint/deployment ids), then copy files,
     write agent keys, and bulk-load every document with its own id (events into the daily index of
@@ -637,13 +684,15 @@ def restore(ctx: typer.Context, archive: ArchiveArg, target: Any, options: Any) 
 
     Example: cfysnap restore snap.zip --es http://127.0.0.1:9200 --fs-root /opt/manager/resources --credentials-dir /opt/manager/snapshot-credentials -- --direct_num_workers=2 --direct_running_mode=multi_processing
     """
-    _run(lambda: _restore_job(ctx, archive, target, options))
+    _run(lambda: _restore_job(ctx, archive, target, options, limits))
 
 
 @app.command()
 @server_options
+@limit_options
 def verify(
     archive: ArchiveArg,
+    limits: Any,
     target: Any,
     fs_root: FsRootOption,
     credentials_dir: Annotated[
@@ -674,6 +723,7 @@ def verify(
             credentials_dir=credentials_dir,
             target_version=Version(target_version.value),
             max_differences=max_differences,
+            limits=limits,
         )
         report = run(config)
         typer.echo(report.render())
@@ -791,7 +841,10 @@ def snapshots_delete(snapshot_id: SnapshotIdArg, target: Any, fs_root: FsRootOpt
 @snapshots_app.command("restore", context_settings=BEAM_ARGS)
 @server_options
 @restore_options
-def snapshots_restore(ctx: typer.Context, snapshot_id: SnapshotIdArg, target: Any, options: Any) -> None:
+@limit_options
+def snapshots_restore(
+    ctx: typer.Context, snapshot_id: SnapshotIdArg, target: Any, options: Any, limits: Any
+) -> None:
     """Restore a stored snapshot (status created or uploaded) into the manager, exactly as
     `cfysnap restore` does with <fs-root>/snapshots/<id>/<id>.zip. Failed and still-creating
     snapshots are refused. Beam options go after `--`.
@@ -802,7 +855,7 @@ def snapshots_restore(ctx: typer.Context, snapshot_id: SnapshotIdArg, target: An
 
     def body() -> None:
         archive = archive_for_restore(target, options.fs_root, snapshot_id, _warn)
-        _restore_job(ctx, archive, target, options)
+        _restore_job(ctx, archive, target, options, limits)
 
     _run(body)
 

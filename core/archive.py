@@ -28,8 +28,10 @@ import shutil
 import stat
 import uuid
 import zipfile
+import zlib
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass
 from json.encoder import encode_basestring_ascii  # type: ignore[attr-defined]
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
@@ -37,8 +39,9 @@ from typing import IO, Any
 import msgspec
 from isal import isal_zlib
 
-from core.errors import CorruptArchive, UnsafePath
+from core.errors import CorruptArchive, DamagedMember, UnsafePath
 from core.model import FILE_FOLDERS, Hit, Version, parse_version
+from core.text import format_size
 
 __all__ = [
     "METADATA",
@@ -48,6 +51,8 @@ __all__ = [
     "CREDENTIALS_PREFIX",
     "SnapshotReader",
     "SnapshotWriter",
+    "ArchiveLimits",
+    "size_problems",
     "parse_hit",
     "parse_hit_with_source",
     "parse_line",
@@ -265,6 +270,89 @@ def safe_target_path(root: Path, relative: str) -> Path:
 # reading
 
 
+_MiB, _GiB = 2**20, 2**30
+_JSON_MEMBERS = (METADATA, MANIFEST, AGENTS, "manager.json")
+
+
+@dataclass(frozen=True)
+class ArchiveLimits:
+    """How large an archive's members may be, checked from the zip's own directory before any
+    member is read. zipfile never yields more than a member's declared size (a member that
+    inflates to more fails its CRC check), so these declared sizes bound what every job reads,
+    extracts or holds.
+
+    The defaults are sane for any real manager; each can be raised (or lowered) by an option.
+    `validate` also refuses a member declaring another size than manifest.json lists.
+
+    Jobs check them before reading anything: `SnapshotReader(path, limits)`, or `validate`'s
+    `limit_problems`."""
+
+    member_bytes: int = 16 * _GiB
+    """Largest uncompressed member."""
+    total_bytes: int = 64 * _GiB
+    """Largest sum of uncompressed members."""
+    ratio: float = 100.0
+    """Largest uncompressed/compressed ratio of a member of `ratio_from_bytes` or more (JSON
+    deflates ~7:1, blueprint archives ~1:1; 3 GiB of zeros deflate ~1000:1)."""
+    ratio_from_bytes: int = _MiB
+    """Smaller members are not ratio-checked (their size alone bounds them)."""
+    json_bytes: int = 256 * _MiB
+    """Largest metadata.json, manifest.json, agents.json or manager.json (each read whole)."""
+
+    def __post_init__(self) -> None:
+        if min(self.member_bytes, self.total_bytes, self.json_bytes) < 1 or self.ratio < 1:
+            raise ValueError("archive limits must be positive (ratio at least 1)")
+
+
+def size_problems(snap: SnapshotReader, limits: ArchiveLimits) -> list[tuple[str, str]]:
+    """(member, why) for every member past `limits`, from the zip's directory alone; the
+    archive's own path names a total past them."""
+    problems: list[tuple[str, str]] = []
+    total = 0
+    for info in snap.entries():
+        size, packed = info.file_size, info.compress_size
+        total += size
+        cap = limits.json_bytes if info.filename in _JSON_MEMBERS else limits.member_bytes
+        if size > cap:
+            problems.append((info.filename, f"{format_size(size)} uncompressed, more than the "
+                             f"{format_size(cap)} allowed"))
+        elif size >= limits.ratio_from_bytes and size > limits.ratio * max(packed, 1):
+            problems.append((info.filename, f"compressed {size / max(packed, 1):,.0f}:1 "
+                             f"({format_size(packed)} to {format_size(size)}), more than the "
+                             f"{limits.ratio:,.0f}:1 allowed (a zip bomb?)"))
+    if total > limits.total_bytes:
+        problems.append((str(snap.path), f"{format_size(total)} uncompressed in all, more than "
+                         f"the {format_size(limits.total_bytes)} allowed"))
+    return problems
+
+
+_READ_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, OSError)
+"""What reading a damaged member raises (NotImplementedError: an unknown compression)."""
+
+
+class _CheckedMember(io.RawIOBase):
+    """A member's stream whose read errors become CorruptArchive naming the member."""
+
+    def __init__(self, member: IO[bytes], name: str, archive: str) -> None:
+        self._member, self._name, self._archive = member, name, archive
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        try:
+            data = self._member.read(len(buffer))
+        except _READ_ERRORS as exc:
+            raise DamagedMember(self._name, str(exc), self._archive) from None
+        buffer[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        if not self.closed:
+            self._member.close()
+        super().close()
+
+
 class SnapshotReader:
     """Read-only, streaming view of a snapshot archive.
 
@@ -272,7 +360,10 @@ class SnapshotReader:
     ...     for lineno, hit in snap.iter_hits(): ...
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], limits: ArchiveLimits | None = None) -> None:
+        """Opens the archive (CorruptArchive when it is no zip). With `limits`, refuses it
+        (CorruptArchive) when a member is past them: what a job opening an archive it has not
+        checked yet does, so nothing past the limits is ever inflated."""
         self.path = Path(path)
         try:
             self._zip = zipfile.ZipFile(self.path)
@@ -284,6 +375,14 @@ class SnapshotReader:
             ) from None
         self._entries = self._zip.infolist()
         self._infos = {i.filename: i for i in self._entries}
+        if limits is not None:
+            problems = size_problems(self, limits)
+            if problems:
+                self._zip.close()
+                member, reason = problems[0]
+                more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+                named = "" if member == str(self.path) else str(self.path)
+                raise CorruptArchive(member, None, reason + more, named)
 
     # -- members ---------------------------------------------------------------------------
     def infos(self) -> list[zipfile.ZipInfo]:
@@ -324,13 +423,20 @@ class SnapshotReader:
                     names.append(middle)
         return sorted(names)
     def open(self, name: str) -> IO[bytes]:
+        """A member as a binary stream. A damaged member (bad header, CRC, deflate stream,
+        truncated) raises CorruptArchive(name) when opened or read, never zipfile's or zlib's
+        own errors."""
         if name not in self._infos:
             raise CorruptArchive(name, None, "member missing from archive", str(self.path))
-        return self._zip.open(self._infos[name])
+        try:
+            member = self._zip.open(self._infos[name])
+        except _READ_ERRORS as exc:
+            raise DamagedMember(name, str(exc), str(self.path)) from None
+        return io.BufferedReader(_CheckedMember(member, name, str(self.path)), COPY_CHUNK)
 
     def read_json(self, name: str) -> Any:
         with self.open(name) as f:
-            data = _read_member(f, name)
+            data = f.read()
         if json_too_deep(data):
             raise CorruptArchive(name, None, f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
         try:
@@ -375,8 +481,9 @@ class SnapshotReader:
                     line = line.rstrip(b"\r\n")
                     if line.strip():
                         yield lineno, line
-            except (zipfile.BadZipFile, EOFError, OSError, ValueError) as exc:
-                raise CorruptArchive(ES_DATA, None, f"cannot be read to the end ({exc})") from None
+            except DamagedMember as exc:
+                reason = f"cannot be read to the end ({exc.cause})"
+                raise CorruptArchive(ES_DATA, None, reason, exc.archive) from None
 
     def iter_hits(self) -> Iterator[tuple[int, Hit]]:
         for lineno, line in self.iter_lines():
@@ -393,11 +500,13 @@ class SnapshotReader:
 
 
 def buffered_lines(
-    raw: IO[bytes], name: str = ES_DATA, max_line: int = MAX_LINE_BYTES
+    raw: IO[bytes], name: str = ES_DATA, max_line: int | None = None
 ) -> Iterator[bytes]:
     """The lines of a binary stream, newline included, read in 1 MiB blocks (zip members' own
-    readline is slow). A line longer than `max_line` raises CorruptArchive(name, lineno) after
-    reading at most `max_line` bytes of it: memory stays bounded whatever the member holds."""
+    readline is slow). A line longer than `max_line` (default MAX_LINE_BYTES) raises
+    CorruptArchive(name, lineno) after reading at most that much of it: memory stays bounded
+    whatever the member holds."""
+    max_line = max_line or MAX_LINE_BYTES
     reader = io.BufferedReader(raw, COPY_CHUNK)  # type: ignore[arg-type,type-var]
     readline, lineno = reader.readline, 0
     while line := readline(max_line + 1):
@@ -405,13 +514,6 @@ def buffered_lines(
         if len(line) > max_line:
             raise CorruptArchive(name, lineno, f"line longer than {max_line // 2**20} MiB")
         yield line
-
-
-def _read_member(f: IO[bytes], name: str) -> bytes:
-    try:
-        return f.read()
-    except (zipfile.BadZipFile, EOFError, OSError) as exc:
-        raise CorruptArchive(name, None, f"cannot be read ({exc})") from None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from core.text import plural
 __all__ = [
     "CfysnapError",
     "CorruptArchive",
+    "DamagedMember",
     "UnsupportedVersion",
     "UnsafePath",
     "SearchServerError",
@@ -49,6 +50,16 @@ class CorruptArchive(CfysnapError):
         where = self.member + (f":{self.line}" if self.line else "")
         prefix = f"{self.archive}: " if self.archive else ""
         return f"{prefix}{where}: {self.reason}"
+
+
+class DamagedMember(CorruptArchive):
+    """A member whose bytes cannot be read: a bad header, CRC or deflate stream, truncated.
+    `cause` is what zipfile or zlib said."""
+
+    def __init__(self, member: str, cause: str, archive: str = "") -> None:
+        CfysnapError.__init__(self, member, cause, archive)
+        self.member, self.line, self.archive, self.cause = member, None, archive, cause
+        self.reason = f"cannot be read ({cause})"
 
 
 class UnsupportedVersion(CfysnapError):

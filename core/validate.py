@@ -1,7 +1,10 @@
 """`validate`: check a snapshot archive without changing anything.
 
 Checks (issue #2): the zip is readable to the end (CRCs); no entry escapes the archive root
-(absolute paths, `..`, symlinks, backslashes); metadata.json is present, a JSON object, and its
+(absolute paths, `..`, symlinks, backslashes) and every credentials entry is
+`snapshot-credentials/<name>/agent_key`; no member is larger, or more compressed, than
+`ArchiveLimits` allow, nor larger than manifest.json says (checked from the zip's directory
+before any member is read: a zip bomb is refused without being inflated); metadata.json is present, a JSON object, and its
 `snapshot_version` is known; every es_data line parses and has `_index`, `_type`, `_id`,
 `_source`; no (index, type, id) appears twice; manifest sizes and sha256 match when a manifest
 is present; agents.json, when present, is a JSON object.
@@ -17,7 +20,7 @@ import hashlib
 import json
 import tempfile
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,20 +28,31 @@ import numpy as np
 
 from core.archive import (
     AGENTS,
+    CREDENTIALS_PREFIX,
     ES_DATA,
     MANIFEST,
     METADATA,
+    ArchiveLimits,
     EsDataLine,
     SnapshotReader,
     buffered_lines,
     parse_line,
+    size_problems,
     unsafe_member_reason,
 )
 from core.digests import key_digest, repeated
-from core.errors import CorruptArchive, UnsupportedVersion
+from core.errors import CorruptArchive, DamagedMember, UnsupportedVersion
 from core.model import parse_version
+from core.text import plural
 
-__all__ = ["Problem", "validate_archive", "MAX_PROBLEMS"]
+__all__ = [
+    "Problem",
+    "ArchiveLimits",
+    "validate_archive",
+    "limit_problems",
+    "refuse",
+    "MAX_PROBLEMS",
+]
 
 MAX_PROBLEMS = 1000
 _BUCKETS = 64
@@ -54,6 +68,25 @@ class Problem:
 
     def __str__(self) -> str:
         return f"{self.member}{f':{self.line}' if self.line else ''}: {self.reason}"
+
+_MiB, _GiB = 2**20, 2**30
+_JSON_MEMBERS = (METADATA, MANIFEST, AGENTS, "manager.json")
+
+
+def refuse(problems: Sequence[Problem], archive: str | Path) -> None:
+    """Raise CorruptArchive for the first of `problems` (saying how many more there are), the
+    archive named once; nothing when there are none. How a job turns validation into its error."""
+    if not problems:
+        return
+    first = problems[0]
+    more = (
+        f" (and {plural(len(problems) - 1, 'more problem')}; see `cfysnap validate`)"
+        if len(problems) > 1
+        else ""
+    )
+    # a problem with the whole file is already named by its path: don't name it twice
+    named = "" if first.member == str(archive) else str(archive)
+    raise CorruptArchive(first.member, first.line, first.reason + more, named)
 
 
 class _DuplicateFinder:
@@ -88,29 +121,31 @@ def validate_archive(
     *,
     on_line: Callable[[int], None] | None = None,
     on_hit: Callable[[int, EsDataLine], None] | None = None,
+    limits: ArchiveLimits | None = None,
 ) -> list[Problem]:
     """Every problem found in the archive at `path` (empty list: valid). Never raises for bad input.
 
     `on_line(n)` is called every 10,000 es_data lines (progress). `on_hit(lineno, line)` is called
     with every es_data line that parses (an `EsDataLine`: keys, and the source as bytes), so a caller can gather its own facts in the same pass
-    (meaningful only when the result is empty).
+    (meaningful only when the result is empty). `limits`: `ArchiveLimits()` by default.
     """
-    return list(_problems(Path(path), on_line, on_hit))
+    return list(_problems(Path(path), on_line, on_hit, limits or ArchiveLimits()))
 
 
 def _problems(
     path: Path,
     on_line: Callable[[int], None] | None,
-    on_hit: Callable[[int, EsDataLine], None] | None = None,
+    on_hit: Callable[[int, EsDataLine], None] | None,
+    limits: ArchiveLimits,
 ) -> Iterator[Problem]:
     try:
-        snap = SnapshotReader(path)
+        snap = SnapshotReader(path)  # limits are reported as problems below
     except CorruptArchive as exc:
         yield Problem(str(path), None, exc.reason)
         return
     with snap:
         count = 0
-        for problem in _check_archive(snap, on_line, on_hit):
+        for problem in _check_archive(snap, on_line, on_hit, limits):
             count += 1
             if count > MAX_PROBLEMS:
                 yield Problem(str(path), None, f"more than {MAX_PROBLEMS} problems; stopped listing")
@@ -122,6 +157,7 @@ def _check_archive(
     snap: SnapshotReader,
     on_line: Callable[[int], None] | None,
     on_hit: Callable[[int, EsDataLine], None] | None = None,
+    limits: ArchiveLimits = ArchiveLimits(),  # noqa: B008 - frozen, shared safely
 ) -> Iterator[Problem]:
     infos = snap.infos()
     seen_names: set[str] = set()
@@ -129,9 +165,15 @@ def _check_archive(
         reason = unsafe_member_reason(info.filename, info)
         if reason:
             yield Problem(info.filename, None, reason)
+        elif _bad_credentials_entry(info):
+            yield Problem(info.filename, None, "not snapshot-credentials/<deployment>_<node>/agent_key")
         if info.filename in seen_names:
             yield Problem(info.filename, None, "entry appears twice in the archive")
         seen_names.add(info.filename)
+    too_large = limit_problems(snap, limits)
+    if too_large:
+        yield from too_large
+        return  # nothing else is read: a member past the limits is never inflated
 
     yield from _check_metadata(snap)
     manifest = _load_manifest(snap)
@@ -151,8 +193,8 @@ def _check_archive(
             continue
         try:
             digests[info.filename] = _hash_member(snap, info)
-        except (zipfile.BadZipFile, EOFError, OSError, ValueError) as exc:
-            yield Problem(info.filename, None, f"cannot be read ({exc})")
+        except CorruptArchive as exc:
+            yield Problem(info.filename, None, exc.reason)
 
     if not snap.has(ES_DATA):
         yield Problem(ES_DATA, None, "es_data is missing")
@@ -163,14 +205,39 @@ def _check_archive(
         yield from _check_manifest(manifest, digests, infos)
 
 
+def _bad_credentials_entry(info: zipfile.ZipInfo) -> bool:
+    """A file under snapshot-credentials/ that is not `<name>/agent_key` with `name` one plain
+    path component: restore writes keys to `<credentials dir>/<name>/agent_key` (§6.4)."""
+    if not info.filename.startswith(CREDENTIALS_PREFIX) or info.is_dir():
+        return False
+    parts = info.filename[len(CREDENTIALS_PREFIX) :].split("/")
+    return len(parts) != 2 or parts[1] != "agent_key" or parts[0] in ("", ".", "..")
+
+
+def limit_problems(snap: SnapshotReader, limits: ArchiveLimits) -> list[Problem]:
+    """Members past `limits` (`size_problems`), or declaring another size than manifest.json
+    says, from the zip's directory alone (only manifest.json is read, once its own size is
+    checked). Fast whatever the members hold: a 3 GiB member of zeros is never inflated."""
+    problems = [Problem(name, None, reason) for name, reason in size_problems(snap, limits)]
+    if problems or not snap.has(MANIFEST):
+        return problems
+    manifest = _load_manifest(snap)
+    if not isinstance(manifest, dict):
+        return []  # reported by the full check
+    for info in snap.entries():
+        entry = manifest["members"].get(info.filename)
+        listed = entry.get("size") if isinstance(entry, dict) else None
+        if isinstance(listed, int) and not info.is_dir() and info.file_size != listed:
+            problems.append(Problem(info.filename, None, f"the zip says {info.file_size:,} bytes, "
+                                    f"manifest.json says {listed:,} bytes"))
+    return problems
+
+
 def _check_metadata(snap: SnapshotReader) -> Iterator[Problem]:
     try:
         meta = snap.metadata()
     except CorruptArchive as exc:
         yield Problem(METADATA, None, exc.reason)
-        return
-    except (zipfile.BadZipFile, EOFError, OSError) as exc:
-        yield Problem(METADATA, None, f"cannot be read ({exc})")
         return
     try:
         parse_version(meta.get("snapshot_version"))
@@ -228,8 +295,9 @@ def _check_es_data(
                     finder.add(key_digest((parsed.index, parsed.type, parsed.id)))
                     if on_hit is not None:
                         on_hit(lineno, parsed)
-        except (zipfile.BadZipFile, EOFError, OSError) as exc:
-            yield Problem(ES_DATA, lines + 1 if lines else None, f"cannot be read to the end ({exc})")
+        except DamagedMember as exc:
+            reason = f"cannot be read to the end ({exc.cause})"
+            yield Problem(ES_DATA, lines + 1 if lines else None, reason)
             return
         except CorruptArchive as exc:  # a line over the size cap
             yield Problem(exc.member, exc.line, exc.reason)

@@ -43,7 +43,7 @@ import uuid
 from array import array
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -56,8 +56,7 @@ from core.counts import counter_values
 from core.errors import CfysnapError, CorruptArchive, JobFailed, job_error
 from core.model import Version, hit_key, parse_version
 from core.options import beam_options
-from core.text import plural
-from core.validate import Problem, validate_archive
+from core.validate import ArchiveLimits, Problem, limit_problems, refuse, validate_archive
 from transforms.shards import (
     ArchiveMember,
     WriteSnapshotArchive,
@@ -104,6 +103,8 @@ class ConvertConfig:
     """Folder in which a hidden staging folder for shards is made (and removed at the end);
     default: beside `output`. Needs about twice es_data's uncompressed size."""
     progress: bool = True
+    limits: ArchiveLimits = field(default_factory=ArchiveLimits)
+    """How large the source's members may be: checked before anything is read or staged."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "source", Path(self.source))
@@ -299,19 +300,16 @@ def _check_paths(config: ConvertConfig) -> None:
         raise JobFailed("convert", f"{config.output} exists (use --force to replace it)")
 
 
-def _refuse_problems(config: ConvertConfig, problems: Sequence[Problem]) -> None:
-    """Raise the first problem of an invalid source (and how many there are); nothing if valid."""
-    if problems:
-        first = problems[0]
-        more = f" (and {plural(len(problems) - 1, 'more problem')}; see `cfysnap validate`)" if len(problems) > 1 else ""
-        # a problem with the whole file is already named by its path: don't name it twice
-        archive = "" if first.member == str(config.source) else str(config.source)
-        raise CorruptArchive(first.member, first.line, first.reason + more, archive)
+def _check_limits(config: ConvertConfig) -> None:
+    """Refuse a source whose members are past the limits (a zip bomb) before anything is read:
+    the concurrent validation would find it too, but only after the job began inflating it."""
+    with SnapshotReader(config.source) as snap:
+        refuse(limit_problems(snap, config.limits), config.source)
 
 
 def _validated_plan(config: ConvertConfig) -> tuple[Version, list[Step]]:
     """Refuse an invalid source (first problem, and how many) or a downgrade; return the plan."""
-    _refuse_problems(config, validate_archive(config.source))
+    refuse(validate_archive(config.source, limits=config.limits), config.source)
     with SnapshotReader(config.source) as snap:
         version = snap.version
     return version, plan(version, config.target)
@@ -320,8 +318,9 @@ def _validated_plan(config: ConvertConfig) -> tuple[Version, list[Step]]:
 _VALIDATE_CHILD = """
 import json, sys, time
 started = time.monotonic()
-from core.validate import validate_archive
-problems = [[p.member, p.line, p.reason] for p in validate_archive(sys.argv[1])]
+from core.validate import ArchiveLimits, validate_archive
+limits = ArchiveLimits(**json.loads(sys.argv[2]))
+problems = [[p.member, p.line, p.reason] for p in validate_archive(sys.argv[1], limits=limits)]
 json.dump({"problems": problems, "seconds": time.monotonic() - started}, sys.stdout)
 """
 
@@ -336,10 +335,10 @@ class _ConcurrentValidation:
     `cancel()` kills the child when the job stops early.
     """
 
-    def __init__(self, source: Path) -> None:
+    def __init__(self, source: Path, limits: ArchiveLimits) -> None:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
         self._process = subprocess.Popen(
-            [sys.executable, "-c", _VALIDATE_CHILD, str(source)],
+            [sys.executable, "-c", _VALIDATE_CHILD, str(source), json.dumps(asdict(limits))],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             env=env,
@@ -394,9 +393,10 @@ def run(config: ConvertConfig, beam_args: Sequence[str] = ()) -> ConvertSummary 
         return dry_run(config)
     started = time.monotonic()
     _check_paths(config)
+    _check_limits(config)
     output = config.output
     new_folders = _new_folders(output.parent)
-    validation = _ConcurrentValidation(config.source)
+    validation = _ConcurrentValidation(config.source, config.limits)
     try:
         summary = _convert(config, beam_args, validation)
     except BaseException:
@@ -420,7 +420,7 @@ def _source_plan(config: ConvertConfig, validation: _ConcurrentValidation) -> tu
         with SnapshotReader(config.source) as snap:
             version = snap.version
     except CfysnapError:
-        _refuse_problems(config, validation.problems())
+        refuse(validation.problems(), config.source)
         raise
     return version, plan(version, config.target)
 
@@ -446,9 +446,9 @@ def _convert(
                 counters = _run_pipeline(config, steps, members, str(staging), str(partial), beam_args, done)
         except BaseException:
             # an invalid source may fail the pipeline first: its validation problem is the error
-            _refuse_problems(config, validation.problems())
+            refuse(validation.problems(), config.source)
             raise
-        _refuse_problems(config, validation.problems())
+        refuse(validation.problems(), config.source)
         done["validated"] = config.source.name
         with SnapshotReader(partial) as produced:
             written = _manifest_documents(produced.manifest())

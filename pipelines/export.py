@@ -37,7 +37,7 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.options.pipeline_options import DirectOptions
 
-from core.archive import SnapshotReader
+from core.archive import ArchiveLimits, SnapshotReader
 from core.counts import counter_values
 from core.errors import JobFailed, job_error
 from core.model import EVENT_TYPES, EVENTS_INDEX, LOGSTASH_PREFIX, STORAGE_INDEX
@@ -136,7 +136,7 @@ class ExportSummary:
 # ----------------------------------------------------------------------------------- sources
 def _archive_expected(archive: Path) -> dict[str, int] | None:
     """Documents per type from the archive's manifest (None: archive without a manifest)."""
-    with SnapshotReader(archive) as snap:
+    with SnapshotReader(archive, ArchiveLimits()) as snap:  # a zip bomb is refused here
         _ = snap.version  # a readable snapshot (metadata.json), else a typed error now
         manifest = snap.manifest()
     documents = (manifest or {}).get("documents") if isinstance(manifest, dict) else None

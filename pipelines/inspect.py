@@ -19,6 +19,7 @@ from core.archive import (
     ES_DATA,
     MANIFEST,
     METADATA,
+    ArchiveLimits,
     SnapshotReader,
     parse_hit,
 )
@@ -79,11 +80,16 @@ class ArchiveReport:
 
 
 def inspect_archive(
-    path: str | Path, *, on_line: Callable[[int], None] | None = None
+    path: str | Path,
+    *,
+    on_line: Callable[[int], None] | None = None,
+    limits: ArchiveLimits | None = None,
 ) -> ArchiveReport:
-    """Read `path` once and summarise it. Raises CorruptArchive/UnsupportedVersion on bad input."""
+    """Read `path` once and summarise it. Raises CorruptArchive/UnsupportedVersion on bad input,
+    and CorruptArchive before reading anything when a member is past `limits` (default
+    `ArchiveLimits()`)."""
     path = Path(path)
-    with SnapshotReader(path) as snap:
+    with SnapshotReader(path, limits or ArchiveLimits()) as snap:
         meta = snap.metadata()
         report = ArchiveReport(
             path=str(path),

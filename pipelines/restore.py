@@ -41,14 +41,14 @@ from apache_beam.io.filesystems import FileSystems
 
 from core.archive import CREDENTIALS_PREFIX, SnapshotReader, safe_target_path
 from core.digests import file_sha256
-from core.errors import CfysnapError, CorruptArchive, JobFailed, RestoreRefused, job_error
+from core.errors import CfysnapError, JobFailed, RestoreRefused, job_error
 from core.journal import Journal, JournalState
 from core.model import STORAGE_INDEX, Version
 from core.options import beam_options
 from core.progress import Progress
 from core.search import Layout, SearchClient, SearchTarget
 from core.text import plural
-from core.validate import validate_archive
+from core.validate import ArchiveLimits, limit_problems, refuse, validate_archive
 from transforms.restore import ArchivePlan, Batching, LoadDocuments, RestoreContext, restore_context
 from transforms.versions import plan
 
@@ -87,6 +87,8 @@ class RestoreConfig:
     dry_run: bool = False
     batching: Batching = field(default_factory=Batching)
     progress: bool = True
+    limits: ArchiveLimits = field(default_factory=ArchiveLimits)
+    """How large the archive's members may be (zip bombs are refused before anything is read)."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "target", SearchTarget.of(self.target))
@@ -168,10 +170,18 @@ def default_journal_path(fs_root: Path, sha: str) -> str:
 
 # ------------------------------------------------------------------------------------- check
 def check_archive(
-    archive: Path, target_version: Version, credentials_dir: Path
+    archive: Path,
+    target_version: Version,
+    credentials_dir: Path,
+    limits: ArchiveLimits | None = None,
 ) -> tuple[RestoreContext, ArchivePlan]:
-    """The small members first (version gate, agents, key paths), then ONE pass over es_data that
-    validates it and gathers the plan; a corrupt archive is reported before a newer one."""
+    """The members' sizes first (from the zip's directory: a zip bomb is refused before anything
+    is inflated), the small members next (version gate, agents, key paths), then ONE pass over
+    es_data that validates it and gathers the plan; a corrupt archive is reported before a
+    newer one."""
+    limits = limits or ArchiveLimits()
+    with SnapshotReader(archive) as reader:
+        refuse(limit_problems(reader, limits), archive)
     ctx: RestoreContext | None = None
     refused: CfysnapError | None = None
     try:
@@ -182,16 +192,9 @@ def check_archive(
     archive_plan = ArchivePlan()
     agents = ctx.agents if ctx is not None else {}
     problems = validate_archive(
-        archive, on_hit=lambda lineno, hit: archive_plan.add(lineno, hit, agents)
+        archive, on_hit=lambda lineno, hit: archive_plan.add(lineno, hit, agents), limits=limits
     )
-    if problems:
-        first = problems[0]
-        more = (
-            f" (and {plural(len(problems) - 1, 'more problem')}; see `cfysnap validate`)"
-            if len(problems) > 1
-            else ""
-        )
-        raise CorruptArchive(first.member, first.line, first.reason + more, str(archive))
+    refuse(problems, archive)
     if refused is not None:
         raise refused  # a valid archive newer than the target
     assert ctx is not None
@@ -354,7 +357,9 @@ def run(config: RestoreConfig, beam_args: Sequence[str] = ()) -> RestoreSummary:
     fs_root = Path(config.fs_root).absolute()
     credentials_dir = Path(config.credentials_dir).absolute()
 
-    ctx, archive_plan = check_archive(archive, config.target_version, credentials_dir)
+    ctx, archive_plan = check_archive(
+        archive, config.target_version, credentials_dir, config.limits
+    )
     sha = file_sha256(archive)
     journal = Journal(config.journal or default_journal_path(fs_root, sha))
     state, resuming = journal_state(journal, sha, config)

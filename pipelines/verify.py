@@ -23,7 +23,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from core.archive import CREDENTIALS_PREFIX, SnapshotReader
+from core.archive import CREDENTIALS_PREFIX, ArchiveLimits, SnapshotReader
 from core.digests import document_digest, file_sha256
 from core.model import Doc, Version
 from core.search import SearchClient, SearchTarget
@@ -42,6 +42,8 @@ class VerifyConfig:
     credentials_dir: Path | None = None
     target_version: Version = Version.V3_4
     max_differences: int = 20
+    limits: ArchiveLimits = field(default_factory=ArchiveLimits)
+    """How large the archive's members may be (refused before anything is read)."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "target", SearchTarget.of(self.target))
@@ -91,7 +93,7 @@ def _without_key_path(source: Doc) -> Doc:
 def run(config: VerifyConfig) -> VerifyReport:
     """Compare the target with the archive; see the module docstring. Never writes data."""
     report = VerifyReport(max_differences=config.max_differences)
-    with SnapshotReader(config.archive) as reader:
+    with SnapshotReader(config.archive, config.limits) as reader:
         ctx = restore_context(reader, config.target_version, config.credentials_dir)
         strip = config.credentials_dir is None
         expected: dict[tuple[str, str], dict[str, str]] = defaultdict(dict)

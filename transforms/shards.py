@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import uuid
-import zipfile
-import zlib
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -37,7 +35,7 @@ from core.archive import (
     dump_hit,
     parse_hit,
 )
-from core.errors import CorruptArchive
+from core.errors import CorruptArchive, DamagedMember
 from core.model import Hit
 from transforms._beam import RunOnce, in_global_window
 
@@ -122,9 +120,9 @@ class _SplitEsData(beam.DoFn):
                         out.close()
                         yield Shard(path, first)
                         out, count, shard_no = None, 0, shard_no + 1
-            except (zipfile.BadZipFile, EOFError, zlib.error) as exc:
+            except DamagedMember as exc:
                 # a damaged member (bad CRC, truncated deflate stream): a typed, one-line error
-                reason = f"cannot be read to the end ({exc}; {lineno} lines read)"
+                reason = f"cannot be read to the end ({exc.cause}; {lineno} lines read)"
                 raise CorruptArchive(ES_DATA, None, reason, archive_path) from None
             if out is not None:
                 out.close()
