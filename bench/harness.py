@@ -398,7 +398,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     results += bench_restore(url, name, archive, sub, restored, args.rounds)
             finally:
                 stop_server(port)
-        if "convert" in jobs:
+        if "convert" in jobs and not args.memory:
             results += bench_convert(work, args.docs, args.rounds)
     summary = memory_ratios(results) if args.memory else ratios(results)
     print()

@@ -30,12 +30,13 @@ import uuid
 import zipfile
 import zlib
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from json.encoder import encode_basestring_ascii  # type: ignore[attr-defined]
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
+import ijson
 import msgspec
 from isal import isal_zlib
 
@@ -65,6 +66,7 @@ __all__ = [
     "unsafe_member_reason",
     "safe_target_path",
     "buffered_lines",
+    "json_object_chunks",
     "CFYSNAP_VERSION",
 ]
 
@@ -203,6 +205,32 @@ def parse_hit_with_source(line: bytes, lineno: int | None = None) -> tuple[Hit, 
         return parse_hit(line, lineno), None
     hit = {"_index": parts.index, "_type": parts.type, "_id": parts.id, "_source": source}
     return hit, bytes(parts.source)
+
+
+def _nested_deeper(value: object, limit: int) -> bool:
+    """Whether `value` (parsed JSON) nests objects/arrays deeper than `limit` (no recursion)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
+
+
+def json_object_chunks(items: Iterable[tuple[str, Any]]) -> Iterator[bytes]:
+    """A JSON object written a key at a time: the bytes `json.dumps(dict(items))` would give
+    (same order, same separators), without the whole object in memory."""
+    yield b"{"
+    for n, (key, value) in enumerate(items):
+        yield (b", " if n else b"") + json.dumps(key).encode() + b": " + json.dumps(value).encode()
+    yield b"}"
 
 
 def dump_hit(hit: Hit) -> str:
@@ -462,13 +490,31 @@ class SnapshotReader:
         return parse_version(self.metadata()["snapshot_version"])
 
     def agents(self) -> dict[str, Any]:
-        """agents.json; `{}` when absent (a 3.2 tool archive before its driver appended it)."""
+        """agents.json whole; `{}` when absent (a 3.2 tool archive before its driver appended
+        it). Memory grows with it: jobs stream it with `iter_agents`."""
+        return dict(self.iter_agents())
+
+    def iter_agents(self) -> Iterator[tuple[str, Any]]:
+        """agents.json a deployment at a time: (deployment id, its nodes object), in the file's
+        order, streamed (memory: one deployment). Nothing when absent. CorruptArchive(agents.json)
+        for invalid JSON, invalid UTF-8, a top level that is no object, or nesting deeper than
+        MAX_JSON_DEPTH."""
         if not self.has(AGENTS):
-            return {}
-        agents = self.read_json(AGENTS)
-        if not isinstance(agents, dict):
-            raise CorruptArchive(AGENTS, None, "agents.json is not a JSON object")
-        return agents
+            return
+        with self.open(AGENTS) as f:
+            first = f.peek(64).lstrip()[:1]  # type: ignore[attr-defined]
+            if first != b"{":
+                what = "empty" if not first else "not a JSON object"
+                raise CorruptArchive(AGENTS, None, f"agents.json is {what}")
+            try:
+                for deployment, nodes in ijson.kvitems(f, "", use_float=True):
+                    if _nested_deeper(nodes, MAX_JSON_DEPTH - 1):
+                        reason = f"JSON nested deeper than {MAX_JSON_DEPTH} levels"
+                        raise CorruptArchive(AGENTS, None, reason)
+                    yield deployment, nodes
+            except ijson.JSONError as exc:
+                reason = f"not valid JSON ({str(exc).splitlines()[0][:200]})"
+                raise CorruptArchive(AGENTS, None, reason) from None
 
     def manifest(self) -> dict[str, Any] | None:
         return self.read_json(MANIFEST) if self.has(MANIFEST) else None

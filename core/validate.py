@@ -182,7 +182,8 @@ def _check_archive(
         manifest = None
     if snap.has(AGENTS):
         try:
-            snap.agents()
+            for _ in snap.iter_agents():  # streamed: memory is one deployment
+                pass
         except CorruptArchive as exc:
             yield Problem(AGENTS, None, exc.reason)
 

@@ -42,7 +42,7 @@ import time
 import uuid
 from array import array
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -51,7 +51,15 @@ import apache_beam as beam
 import numpy as np
 
 from core import progress as progress_mod
-from core.archive import AGENTS, ES_DATA, MANIFEST, METADATA, SnapshotReader, parse_hit
+from core.archive import (
+    AGENTS,
+    ES_DATA,
+    MANIFEST,
+    METADATA,
+    SnapshotReader,
+    json_object_chunks,
+    parse_hit,
+)
 from core.counts import counter_values
 from core.errors import CfysnapError, CorruptArchive, JobFailed, job_error
 from core.model import Version, hit_key, parse_version
@@ -272,13 +280,43 @@ def converted_members(
             new_meta = upgrade_metadata(meta, steps)
             members.append(_json_member(name, meta, new_meta, source, staging))
         elif name == AGENTS:
-            agents = snap.agents()
-            new_agents = upgrade_agents(agents, steps)
-            members.append(_json_member(name, agents, new_agents, source, staging))
-            del agents, new_agents
+            members.append(_agents_member(snap, steps, staging))
         else:
             members.append(ArchiveMember(name, archive=source))
     return members
+
+
+def _upgraded_agents(snap: SnapshotReader, steps: Sequence[Step]) -> Iterator[tuple[str, Any, bool]]:
+    """agents.json a deployment at a time, upgraded: (id, nodes, whether a step changed them)."""
+    for deployment, nodes in snap.iter_agents():
+        new = upgrade_agents({deployment: nodes}, steps)
+        yield deployment, new[deployment], new != {deployment: nodes}
+
+
+def _agents_member(snap: SnapshotReader, steps: Sequence[Step], staging: Path | None) -> ArchiveMember:
+    """agents.json upgraded a deployment at a time (memory: one deployment) into a file in
+    `staging` (bytes when None); the source's own member when no step changes it."""
+    changed = False
+
+    def upgraded() -> Iterator[tuple[str, Any]]:
+        nonlocal changed
+        for deployment, nodes, differs in _upgraded_agents(snap, steps):
+            changed = changed or differs
+            yield deployment, nodes
+
+    chunks: list[bytes] = []
+    path = staging / f"member-{uuid.uuid4().hex}.json" if staging is not None else None
+    with open(path, "wb") if path is not None else contextlib.nullcontext() as out:
+        write = out.write if out is not None else chunks.append
+        for chunk in json_object_chunks(upgraded()):
+            write(chunk)
+    if not changed:
+        if path is not None:
+            path.unlink()
+        return ArchiveMember(AGENTS, archive=str(snap.path))
+    if path is None:
+        return ArchiveMember(AGENTS, data=b"".join(chunks))
+    return ArchiveMember(AGENTS, source=str(path))
 
 
 def _json_member(name: str, before: Any, after: Any, source: str, staging: Path | None) -> ArchiveMember:
@@ -553,7 +591,8 @@ def dry_run(config: ConvertConfig) -> DryRunReport:
     with SnapshotReader(config.source) as snap, progress_mod.Progress(
         "dry run", total=_manifest_total(snap.manifest()), enabled=config.progress
     ) as bar:
-        meta, agents = snap.metadata(), snap.agents()
+        meta = snap.metadata()
+        agents_changes = any(differs for _, _, differs in _upgraded_agents(snap, steps))
         for n, (lineno, line) in enumerate(snap.iter_lines(), 1):
             hit = parse_hit(line, lineno)
             doc_type = hit["_type"]
@@ -570,7 +609,7 @@ def dry_run(config: ConvertConfig) -> DryRunReport:
             digests.append(key_digest(hit_key(upgraded)))
             if n % 10_000 == 0:
                 bar.advance(10_000)
-        new_meta, new_agents = upgrade_metadata(meta, steps), upgrade_agents(agents, steps)
+        new_meta = upgrade_metadata(meta, steps)
     duplicates = _duplicates_to_drop(digests)
     return DryRunReport(
         source=str(config.source),
@@ -581,7 +620,7 @@ def dry_run(config: ConvertConfig) -> DryRunReport:
         changes={t: tuple(c) for t, c in changes.items()},
         duplicates_to_drop=duplicates,
         metadata_changes=new_meta != meta,
-        agents_changes=new_agents != agents,
+        agents_changes=agents_changes,
         seconds=time.monotonic() - started,
     )
 

@@ -8,7 +8,7 @@ member sizes. Document counts come from es_data itself, not from the manifest.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -121,13 +121,15 @@ def inspect_archive(
                 if on_line and lineno % 10_000 == 0:
                     on_line(lineno)
         report.documents = dict(counts)
-        report.agents = _agent_stats(snap.agents())
+        report.agents = _agent_stats(snap.iter_agents())
     return report
 
 
-def _agent_stats(agents: dict[str, Any]) -> dict[str, int]:
-    stats = Counter(deployments=len(agents))
-    for nodes in agents.values():
+def _agent_stats(deployments: Iterable[tuple[str, Any]]) -> dict[str, int]:
+    """Deployments, nodes, instances and empty entries of agents.json, streamed."""
+    stats: Counter[str] = Counter(deployments=0)
+    for _, nodes in deployments:
+        stats["deployments"] += 1
         if not isinstance(nodes, dict):
             continue
         stats["nodes"] += len(nodes)

@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import tempfile
 import time
 import uuid
 from collections.abc import Sequence
@@ -173,12 +174,13 @@ def check_archive(
     archive: Path,
     target_version: Version,
     credentials_dir: Path,
-    limits: ArchiveLimits | None = None,
+    limits: ArchiveLimits | None,
+    workdir: Path,
 ) -> tuple[RestoreContext, ArchivePlan]:
     """The members' sizes first (from the zip's directory: a zip bomb is refused before anything
     is inflated), the small members next (version gate, agents, key paths), then ONE pass over
     es_data that validates it and gathers the plan; a corrupt archive is reported before a
-    newer one."""
+    newer one. agents.json's index is made in the local folder `workdir`."""
     limits = limits or ArchiveLimits()
     with SnapshotReader(archive) as reader:
         refuse(limit_problems(reader, limits), archive)
@@ -186,7 +188,7 @@ def check_archive(
     refused: CfysnapError | None = None
     try:
         with SnapshotReader(archive) as reader:
-            ctx = restore_context(reader, target_version, credentials_dir)
+            ctx = restore_context(reader, target_version, credentials_dir, workdir)
     except CfysnapError as exc:
         refused = exc
     archive_plan = ArchivePlan()
@@ -352,13 +354,20 @@ def run(config: RestoreConfig, beam_args: Sequence[str] = ()) -> RestoreSummary:
     archive, dirty or clashing target, unfinished journal without --resume),
     SearchServerError, BulkLoadError, JobFailed (counts do not reconcile, or a pipeline failure,
     with what was done)."""
+    # a local work folder for the run: agents.json's index (staged for the workers in the
+    # staging folder; removed whatever happens)
+    with tempfile.TemporaryDirectory(prefix="cfysnap-restore-") as workdir:
+        return _restore(config, beam_args, Path(workdir))
+
+
+def _restore(config: RestoreConfig, beam_args: Sequence[str], workdir: Path) -> RestoreSummary:
     started = time.monotonic()
     archive = Path(config.archive).absolute()
     fs_root = Path(config.fs_root).absolute()
     credentials_dir = Path(config.credentials_dir).absolute()
 
     ctx, archive_plan = check_archive(
-        archive, config.target_version, credentials_dir, config.limits
+        archive, config.target_version, credentials_dir, config.limits, workdir
     )
     sha = file_sha256(archive)
     journal = Journal(config.journal or default_journal_path(fs_root, sha))

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+import tempfile
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,8 +94,10 @@ def _without_key_path(source: Doc) -> Doc:
 def run(config: VerifyConfig) -> VerifyReport:
     """Compare the target with the archive; see the module docstring. Never writes data."""
     report = VerifyReport(max_differences=config.max_differences)
-    with SnapshotReader(config.archive, config.limits) as reader:
-        ctx = restore_context(reader, config.target_version, config.credentials_dir)
+    with tempfile.TemporaryDirectory(prefix="cfysnap-verify-") as workdir, SnapshotReader(
+        config.archive, config.limits
+    ) as reader:
+        ctx = restore_context(reader, config.target_version, config.credentials_dir, Path(workdir))
         strip = config.credentials_dir is None
         expected: dict[tuple[str, str], dict[str, str]] = defaultdict(dict)
         for _, hit in reader.iter_hits():

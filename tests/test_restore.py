@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import pickle
 import signal
 import stat
 import subprocess
@@ -27,9 +28,9 @@ from core.search import Layout, SearchClient
 from pipelines import restore, verify
 from pipelines.sample.archive import write_sample_archive
 from pipelines.sample.generate import ManagerSpec
+from transforms.agent_index import AgentIndex
 from transforms.restore import Batching
 from transforms.restore_docs import (
-    flatten_agents,
     merge_agent,
     restore_hit,
     rewrite_key_path,
@@ -125,17 +126,31 @@ def test_agent_merge_keeps_an_existing_broker_config_whole_and_empty_entries_cha
     assert merge_agent(doc, {}) is doc
 
 
-def test_flatten_agents_skips_a_broken_deployment_with_a_warning_without_secrets() -> None:
+def test_the_agent_index_skips_a_broken_deployment_with_a_warning_without_secrets(
+    tmp_path: Path,
+) -> None:
     agents = {
         "good": {"vm": {"vm_1": {"broker_pass": "s3cret-pass", "broker_ip": "x"}, "vm_2": {}}},
         "bad": {"vm": {"vm_3": {"broker_pass": "s3cret-pass"}, "vm_4": "garbage"}},
         "worse": ["s3cret-pass"],
+        "again": {"vm": {"vm_2": {"broker_ip": "y"}}},  # an id twice: the last entry, as json
     }
-    found, warnings = flatten_agents(agents)
-    assert sorted(found) == ["vm_1", "vm_2"]
-    assert found["vm_1"][0] == "good"
-    assert sorted(w.deployment for w in warnings) == ["bad", "worse"]
-    assert all("s3cret" not in str(w) for w in warnings)
+    found, warnings = AgentIndex.build(agents.items(), tmp_path / "agents.sqlite")
+    assert dict(found.items()) == {
+        "vm_1": ("good", {"broker_pass": "s3cret-pass", "broker_ip": "x"}),
+        "vm_2": ("again", {"broker_ip": "y"}),
+    }
+    assert "vm_3" not in found and found.get("vm_4") is None and len(found) == 2
+    assert [str(w) for w in warnings] == [
+        "agents.json: deployment bad: instance vm_4 is a str, not an object",
+        "agents.json: deployment worse: is a list, not an object of nodes",
+    ]
+    assert stat.S_IMODE((tmp_path / "agents.sqlite").stat().st_mode) == 0o600
+    # pickled into a worker, it is its path: it opens its own read-only connection
+    copy = pickle.loads(pickle.dumps(found))
+    assert copy.path == found.path and copy["vm_1"] == found["vm_1"]
+    staged = found.stage(str(tmp_path / "staging"))
+    assert staged.path == str(tmp_path / "staging" / "agents.sqlite") and staged["vm_2"][0] == "again"
 
 
 def test_restore_hit_applies_changes_only_where_they_belong() -> None:

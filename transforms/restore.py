@@ -1,7 +1,7 @@
 """The restore's Beam side and its plan: what a restore of an archive will write, and the
 transforms that write it (spec §6, §7.2).
 
-    archive ─SplitEsDataIntoShards─▶ Shard ─RestoreDocuments(agents)─▶ (line, restored hit)
+    archive ─SplitEsDataIntoShards─▶ Shard ─RestoreDocuments(AgentIndex)─▶ (line, restored hit)
             (skip loaded lines · upgrade · restore changes, one fused step) ─BulkLoad─▶ batches
 
 - `ArchivePlan`: gathered in one pass over es_data before anything is written (the expected
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import bisect
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,10 +32,10 @@ from core.errors import CorruptArchive, RestoreRefused
 from core.journal import Journal, merge_ranges
 from core.model import STORAGE_INDEX, Hit, Version
 from core.search import SearchTarget
+from transforms.agent_index import AgentIndex
 from transforms.restore_docs import (
     Agent,
     AgentWarning,
-    flatten_agents,
     key_target,
     restore_hit,
     restored_line_key,
@@ -48,7 +48,6 @@ __all__ = [
     "ArchivePlan",
     "RestoreContext",
     "restore_context",
-    "restore_agents",
     "RestoreDocuments",
     "LoadDocuments",
     "Batching",
@@ -86,7 +85,7 @@ class ArchivePlan:
     problem: CorruptArchive | None = None
     """The first hit the restore could not place (an event with no usable time)."""
 
-    def add(self, lineno: int, line: EsDataLine, agents: dict[str, tuple[str, Agent]]) -> None:
+    def add(self, lineno: int, line: EsDataLine, agents: Mapping[str, tuple[str, Agent]]) -> None:
         """Account for one es_data line (number `lineno`), its source parsed only as needed."""
         try:
             index, doc_type, doc_id = restored_line_key(line)
@@ -118,7 +117,8 @@ class RestoreContext:
     target: Version
     key_paths: dict[str, str]
     """node storage `_id` → absolute key path on the target."""
-    agents: dict[str, tuple[str, Agent]]
+    agents: Mapping[str, tuple[str, Agent]]
+    """instance id → (deployment, agents.json entry): an `AgentIndex` on disk."""
     agent_warnings: list[AgentWarning]
 
     def expected_hit(self, hit: Hit) -> Hit:
@@ -127,20 +127,12 @@ class RestoreContext:
         return restore_hit(upgrade_hit(hit, steps), key_paths=self.key_paths, agents=self.agents)
 
 
-def restore_agents(
-    archive: str | Path, source: Version, target: Version
-) -> dict[str, tuple[str, Agent]]:
-    """agents.json of `archive`, upgraded from `source` to `target` and flattened (instance id →
-    (deployment, entry)); broken deployments left out, as `restore_context` reports them."""
-    with SnapshotReader(archive) as reader:
-        agents, _ = flatten_agents(upgrade_agents(reader.agents(), plan(source, target)))
-    return agents
-
-
 def restore_context(
-    reader: SnapshotReader, target: Version, credentials_dir: Path | None
+    reader: SnapshotReader, target: Version, credentials_dir: Path | None, workdir: Path
 ) -> RestoreContext:
-    """Version gate (RestoreRefused for a newer archive) and the small inputs of a restore."""
+    """Version gate (RestoreRefused for a newer archive) and the small inputs of a restore;
+    agents.json, upgraded a deployment at a time, goes into an `AgentIndex` in `workdir` (a
+    local folder that outlives the context's use)."""
     source = reader.version
     try:
         steps = plan(source, target)
@@ -149,7 +141,12 @@ def restore_context(
             f"the archive is a {source.value} snapshot, newer than the target version "
             f"{target.value}; restore it into a {source.value} (or newer) manager"
         ) from None
-    agents, warnings = flatten_agents(upgrade_agents(reader.agents(), steps))
+    upgraded = (
+        item
+        for deployment, nodes in reader.iter_agents()
+        for item in upgrade_agents({deployment: nodes}, steps).items()
+    )
+    agents, warnings = AgentIndex.build(upgraded, workdir / "agents.sqlite")
     paths = (
         {name: key_target(credentials_dir, name) for name in reader.key_names()}
         if credentials_dir is not None
@@ -170,9 +167,11 @@ class _RestoreShardFn(beam.DoFn):
         source: Version,
         target: Version,
         key_paths: dict[str, str],
+        agents: Mapping[str, tuple[str, Agent]],
         loaded: list[tuple[int, int]],
     ) -> None:
         self._source, self._target, self._key_paths = source, target, key_paths
+        self._agents = agents
         self._starts = [a for a, _ in loaded]
         self._ends = [b for _, b in loaded]
         self._read = beam.metrics.Metrics.counter("cfysnap", "documents_read")
@@ -180,14 +179,17 @@ class _RestoreShardFn(beam.DoFn):
     def setup(self) -> None:
         self._steps = plan(self._source, self._target)
 
+    def teardown(self) -> None:
+        if isinstance(self._agents, AgentIndex):
+            self._agents.close()
+
     def _loaded(self, line: int) -> bool:
         i = bisect.bisect_right(self._starts, line) - 1
         return i >= 0 and line <= self._ends[i]
 
-    def process(
-        self, shard: Shard, agents: dict[str, tuple[str, Agent]]
-    ) -> Iterator[NumberedHit]:
+    def process(self, shard: Shard) -> Iterator[NumberedHit]:
         steps, key_paths, skip = self._steps, self._key_paths, bool(self._starts)
+        agents = self._agents
         n = 0
         with FileSystems.open(shard.path) as f:
             for offset, line in enumerate(f):
@@ -212,26 +214,23 @@ class RestoreDocuments(beam.PTransform):
     """`Shard` → `(es_data line, hit as restored)`: lines of batches the journal records as
     loaded are skipped (resume); the rest are upgraded from `source` to `target` and given the
     restore's own changes (event index by own day, node key paths, agents.json merged into node
-    instances; `agents` is a small side input). The line number stays with each hit: the journal
-    records loaded batches by line."""
+    instances; `agents` is an `AgentIndex` every worker reads: its path is all that is pickled).
+    The line number stays with each hit: the journal records loaded batches by line."""
 
     def __init__(
         self,
         source: Version,
         target: Version,
         key_paths: dict[str, str],
-        agents: beam.PCollection,
+        agents: Mapping[str, tuple[str, Agent]],
         loaded_lines: Sequence[tuple[int, int]] = (),
     ) -> None:
         super().__init__()
         plan(source, target)  # bad versions fail here, not mid-pipeline
-        self._fn = _RestoreShardFn(source, target, key_paths, sorted(loaded_lines))
-        self._agents = agents
+        self._fn = _RestoreShardFn(source, target, key_paths, agents, sorted(loaded_lines))
 
     def expand(self, shards: beam.PCollection[Shard]) -> beam.PCollection[NumberedHit]:
-        return shards | "ParseUpgradeRestore" >> beam.ParDo(
-            self._fn, beam.pvalue.AsSingleton(self._agents)
-        )
+        return shards | "ParseUpgradeRestore" >> beam.ParDo(self._fn)
 
 
 class LoadDocuments(beam.PTransform):
@@ -253,11 +252,8 @@ class LoadDocuments(beam.PTransform):
 
     def expand(self, archive_paths: beam.PCollection[str]) -> beam.PCollection:
         ctx, batching = self._ctx, self._batching
-        # read in the pipeline from the archive, not pickled into it: agents.json is a few MB
-        # at 100k documents, and beam.Create would infer its type and bz2-pickle it (~4 s)
-        agents = archive_paths | "ReadAgentsJson" >> beam.Map(
-            restore_agents, ctx.source, ctx.target
-        )
+        # the index goes where every worker reads it; only its path is pickled into the graph
+        agents = ctx.agents.stage(self._staging) if isinstance(ctx.agents, AgentIndex) else ctx.agents
         return (
             archive_paths
             | "SplitEsDataIntoShards"

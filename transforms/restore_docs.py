@@ -63,7 +63,7 @@ __all__ = [
     "rewrite_key_path",
     "normalise_agent",
     "merge_agent",
-    "flatten_agents",
+    "deployment_entries",
     "restore_hit",
     "restored_key",
     "restored_line_key",
@@ -194,25 +194,10 @@ def merge_agent(instance: Doc, agent: Agent) -> Doc:
     return {**instance, "runtime_properties": new_runtime}
 
 
-def flatten_agents(agents: object) -> tuple[dict[str, tuple[str, Agent]], list[AgentWarning]]:
-    """agents.json (deployment → node → instance → entry) as instance id → (deployment, entry),
-    plus what was skipped. A deployment with any malformed part is skipped whole, as the 3.4.0.2+
-    restore does (per-deployment try/except): one broken deployment never fails a restore."""
-    found: dict[str, tuple[str, Agent]] = {}
-    warnings: list[AgentWarning] = []
-    if not isinstance(agents, dict):
-        return found, [AgentWarning("*", f"agents.json is a {type(agents).__name__}, not an object")]
-    for deployment, nodes in agents.items():
-        entries, problem = _deployment_entries(nodes)
-        if problem:
-            warnings.append(AgentWarning(str(deployment), problem))
-            continue
-        for instance_id, entry in entries:
-            found[instance_id] = (str(deployment), entry)
-    return found, warnings
-
-
-def _deployment_entries(nodes: object) -> tuple[list[tuple[str, Agent]], str | None]:
+def deployment_entries(nodes: object) -> tuple[list[tuple[str, Agent]], str | None]:
+    """A deployment's agents.json entries as (instance id, entry), or why the deployment is left
+    out whole (a malformed part), as the 3.4.0.2+ restore does (per-deployment try/except: one
+    broken deployment never fails a restore)."""
     if not isinstance(nodes, dict):
         return [], f"is a {type(nodes).__name__}, not an object of nodes"
     entries: list[tuple[str, Agent]] = []
@@ -240,7 +225,8 @@ def restore_hit(
 ) -> Hit:
     """Every restore change for one (already upgraded) hit: event routing, the node's new key
     path (`key_paths`: node storage `_id` → absolute key path), the instance's agent merge
-    (`agents` from `flatten_agents`; applied when the instance's deployment matches)."""
+    (`agents`: instance id → (deployment, entry), an `AgentIndex`; applied when the instance's
+    deployment matches)."""
     hit = route_event(hit)
     if hit["_index"] != STORAGE_INDEX:
         return hit
