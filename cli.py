@@ -312,6 +312,26 @@ limit_options = _with_options("limits", LIMIT_OPTIONS, _limits)
 ArchiveLimits`."""
 
 
+def _archive_key(key_file: Path | None) -> Any:
+    from core.crypto import ArchiveKey, KeyRefused
+
+    try:
+        return ArchiveKey.from_environment(str(key_file) if key_file else None)
+    except OSError as exc:
+        raise typer.BadParameter(f"cannot read the key file {exc.filename}: {exc.strerror}") from None
+    except KeyRefused as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
+KEY_OPTIONS = [
+    _opt("--key-file", Path | None, "File holding the key of encrypted credentials (else the "
+         "environment: CFYSNAP_ARCHIVE_KEY_FILE, or CFYSNAP_ARCHIVE_KEY). Never on the command "
+         "line.", None, exists=True, dir_okay=False, readable=True, metavar="FILE"),
+]
+key_options = _with_options("key", KEY_OPTIONS, _archive_key)
+"""Adds --key-file; the command gets `key: ArchiveKey | None` (from the file or environment)."""
+
+
 # ------------------------------------------------------------------------------- the edge
 def _configure_logging(debug: bool) -> None:
     logging.basicConfig(
@@ -517,10 +537,12 @@ def versions() -> None:
 
 @app.command(context_settings=BEAM_ARGS)
 @limit_options
+@key_options
 def convert(
     ctx: typer.Context,
     source: ArchiveArg,
     limits: Any,
+    key: Any,
     output: Annotated[Path, typer.Argument(help="Where to write the converted archive (.zip).", dir_okay=False, metavar="OUTPUT")],
     to: Annotated[TargetVersion, typer.Option("--to", help="Snapshot version to convert to.")],
     dry_run: Annotated[
@@ -553,6 +575,7 @@ def convert(
             lines_per_shard=lines_per_shard,
             progress=not as_json,
             limits=limits,
+            key=key,
         )
         result = run(config, ctx.args)
         typer.echo(json.dumps(result.to_json(), indent=2) if as_json else result.render())
@@ -563,9 +586,11 @@ def convert(
 # ------------------------------------------------------------------------------------ create
 @app.command(context_settings=BEAM_ARGS)
 @server_options
+@key_options
 def create(
     ctx: typer.Context,
     target: Any,
+    key: Any,
     fs_root: Annotated[
         Path,
         typer.Option(
@@ -590,6 +615,15 @@ def create(
     ] = None,
     exclude_credentials: Annotated[
         bool, typer.Option("--exclude-credentials", help="Leave the Compute nodes' agent keys out.")
+    ] = False,
+    encrypt_credentials: Annotated[
+        bool,
+        typer.Option(
+            "--encrypt-credentials",
+            help="Encrypt the agent keys and agents.json's broker passwords and SSL keys "
+            "(AES-256-GCM) with the key of --key-file or the environment; convert, restore and "
+            "verify then need the same key.",
+        ),
     ] = False,
     exclude_events: Annotated[
         bool, typer.Option("--exclude-events", help="Leave the cloudify_event documents out.")
@@ -624,6 +658,11 @@ def create(
 
     if (output is None) == (snapshot_id is None):
         raise typer.BadParameter("give exactly one of --output and --snapshot-id")
+    if encrypt_credentials and key is None:
+        raise typer.BadParameter(
+            "--encrypt-credentials needs a key: --key-file, CFYSNAP_ARCHIVE_KEY_FILE or "
+            "CFYSNAP_ARCHIVE_KEY"
+        )
 
     def body() -> None:
         config = CreateConfig(
@@ -632,6 +671,7 @@ def create(
             output=output,
             snapshot_id=snapshot_id,
             include_credentials=not exclude_credentials,
+            encrypt_with=key if encrypt_credentials else None,
             exclude_events=exclude_events,
             exclude_logs=exclude_logs,
             source_version=None if source_version.value == "auto" else source_version.value,
@@ -645,7 +685,12 @@ def create(
 
 # ----------------------------------------------------------------------------- restore/verify
 def _restore_job(
-    ctx: typer.Context, archive: Path, target: Any, options: RestoreOptions, limits: Any
+    ctx: typer.Context,
+    archive: Path,
+    target: Any,
+    options: RestoreOptions,
+    limits: Any,
+    key: Any,
 ) -> None:
     """Build the RestoreConfig both restore commands share, run it, print its summary."""
     from pipelines.restore import RestoreConfig, run
@@ -664,6 +709,7 @@ def _restore_job(
         dry_run=options.dry_run,
         batching=Batching(options.lines_per_shard, options.batch_docs, options.batch_bytes),
         limits=limits,
+        key=key,
     )
     typer.echo(run(config, tuple(ctx.args)).render())
 
@@ -672,8 +718,9 @@ def _restore_job(
 @server_options
 @restore_options
 @limit_options
+@key_options
 def restore(
-    ctx: typer.Context, archive: ArchiveArg, target: Any, options: Any, limits: Any
+    ctx: typer.Context, archive: ArchiveArg, target: Any, options: Any, limits: Any, key: Any
 ) -> None:
     """Restore a snapshot into a target manager: check first (archive valid, not newer than the
     target, target clean unless --force, no clashing blueprint/deployment ids), then copy files,
@@ -684,15 +731,17 @@ def restore(
 
     Example: cfysnap restore snap.zip --es http://127.0.0.1:9200 --fs-root /opt/manager/resources --credentials-dir /opt/manager/snapshot-credentials -- --direct_num_workers=2 --direct_running_mode=multi_processing
     """
-    _run(lambda: _restore_job(ctx, archive, target, options, limits))
+    _run(lambda: _restore_job(ctx, archive, target, options, limits, key))
 
 
 @app.command()
 @server_options
 @limit_options
+@key_options
 def verify(
     archive: ArchiveArg,
     limits: Any,
+    key: Any,
     target: Any,
     fs_root: FsRootOption,
     credentials_dir: Annotated[
@@ -724,6 +773,7 @@ def verify(
             target_version=Version(target_version.value),
             max_differences=max_differences,
             limits=limits,
+            key=key,
         )
         report = run(config)
         typer.echo(report.render())
@@ -842,8 +892,14 @@ def snapshots_delete(snapshot_id: SnapshotIdArg, target: Any, fs_root: FsRootOpt
 @server_options
 @restore_options
 @limit_options
+@key_options
 def snapshots_restore(
-    ctx: typer.Context, snapshot_id: SnapshotIdArg, target: Any, options: Any, limits: Any
+    ctx: typer.Context,
+    snapshot_id: SnapshotIdArg,
+    target: Any,
+    options: Any,
+    limits: Any,
+    key: Any,
 ) -> None:
     """Restore a stored snapshot (status created or uploaded) into the manager, exactly as
     `cfysnap restore` does with <fs-root>/snapshots/<id>/<id>.zip. Failed and still-creating
@@ -855,7 +911,7 @@ def snapshots_restore(
 
     def body() -> None:
         archive = archive_for_restore(target, options.fs_root, snapshot_id, _warn)
-        _restore_job(ctx, archive, target, options, limits)
+        _restore_job(ctx, archive, target, options, limits, key)
 
     _run(body)
 

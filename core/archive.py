@@ -40,6 +40,7 @@ import ijson
 import msgspec
 from isal import isal_zlib
 
+from core.crypto import ArchiveKey, Encryption, decrypt_agents
 from core.errors import CorruptArchive, DamagedMember, UnsafePath
 from core.model import FILE_FOLDERS, Hit, Version, parse_version
 from core.text import format_size
@@ -388,10 +389,20 @@ class SnapshotReader:
     ...     for lineno, hit in snap.iter_hits(): ...
     """
 
-    def __init__(self, path: str | os.PathLike[str], limits: ArchiveLimits | None = None) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        limits: ArchiveLimits | None = None,
+        *,
+        key: ArchiveKey | None = None,
+    ) -> None:
         """Opens the archive (CorruptArchive when it is no zip). With `limits`, refuses it
         (CorruptArchive) when a member is past them: what a job opening an archive it has not
-        checked yet does, so nothing past the limits is ever inflated."""
+        checked yet does, so nothing past the limits is ever inflated.
+
+        `key`: the key of an archive whose credentials are encrypted (`core.crypto`): its
+        agent keys and agents.json secrets then read as plain text. Without it they can only be
+        read `raw` (as stored); `encryption` refuses a wrong or missing key (KeyRefused)."""
         self.path = Path(path)
         try:
             self._zip = zipfile.ZipFile(self.path)
@@ -403,6 +414,9 @@ class SnapshotReader:
             ) from None
         self._entries = self._zip.infolist()
         self._infos = {i.filename: i for i in self._entries}
+        self._key, self._manifest_read = key, False
+        self._encryption: Encryption | None = None
+        self._manifest: dict[str, Any] | None = None
         if limits is not None:
             problems = size_problems(self, limits)
             if problems:
@@ -450,10 +464,16 @@ class SnapshotReader:
                 if middle and "/" not in middle:
                     names.append(middle)
         return sorted(names)
-    def open(self, name: str) -> IO[bytes]:
+    def open(self, name: str, *, raw: bool = False) -> IO[bytes]:
         """A member as a binary stream. A damaged member (bad header, CRC, deflate stream,
         truncated) raises CorruptArchive(name) when opened or read, never zipfile's or zlib's
-        own errors."""
+        own errors. An encrypted agent key reads decrypted (KeyRefused without the key), or
+        as stored with `raw`."""
+        if not raw and name.startswith(CREDENTIALS_PREFIX) and self.encrypted is not None:
+            encryption = self.encryption
+            assert encryption is not None
+            with self.open(name, raw=True) as sealed:
+                return io.BytesIO(encryption.open_member(name, sealed.read()))
         if name not in self._infos:
             raise CorruptArchive(name, None, "member missing from archive", str(self.path))
         try:
@@ -494,13 +514,21 @@ class SnapshotReader:
         it). Memory grows with it: jobs stream it with `iter_agents`."""
         return dict(self.iter_agents())
 
-    def iter_agents(self) -> Iterator[tuple[str, Any]]:
+    def iter_agents(self, *, raw: bool = False) -> Iterator[tuple[str, Any]]:
         """agents.json a deployment at a time: (deployment id, its nodes object), in the file's
         order, streamed (memory: one deployment). Nothing when absent. CorruptArchive(agents.json)
         for invalid JSON, invalid UTF-8, a top level that is no object, or nesting deeper than
-        MAX_JSON_DEPTH."""
+        MAX_JSON_DEPTH. Encrypted secrets read decrypted (KeyRefused without the key), or as
+        stored with `raw`."""
         if not self.has(AGENTS):
             return
+        encryption = None if raw or self.encrypted is None else self.encryption
+        for deployment, nodes in self._stream_agents():
+            if encryption is not None:
+                nodes = decrypt_agents({deployment: nodes}, encryption)[deployment]  # type: ignore[index]
+            yield deployment, nodes
+
+    def _stream_agents(self) -> Iterator[tuple[str, Any]]:
         with self.open(AGENTS) as f:
             first = f.peek(64).lstrip()[:1]  # type: ignore[attr-defined]
             if first != b"{":
@@ -517,7 +545,31 @@ class SnapshotReader:
                 raise CorruptArchive(AGENTS, None, reason) from None
 
     def manifest(self) -> dict[str, Any] | None:
-        return self.read_json(MANIFEST) if self.has(MANIFEST) else None
+        if not self._manifest_read:
+            self._manifest = self.read_json(MANIFEST) if self.has(MANIFEST) else None
+            self._manifest_read = True
+        return self._manifest
+
+    @property
+    def encrypted(self) -> dict[str, Any] | None:
+        """manifest.json's `encryption` entry (scheme, salt, key check, encrypted members) when
+        the archive's credentials are encrypted, else None. Needs no key."""
+        manifest = self.manifest()
+        entry = manifest.get("encryption") if isinstance(manifest, dict) else None
+        if entry is not None and not isinstance(entry, dict):
+            raise CorruptArchive(MANIFEST, None, "its encryption entry is not an object")
+        return entry
+
+    @property
+    def encryption(self) -> Encryption | None:
+        """The archive's encryption opened with the key given, None when it is not encrypted.
+        KeyRefused (before anything is written) when the key is missing or wrong."""
+        entry = self.encrypted
+        if entry is None:
+            return None
+        if self._encryption is None:
+            self._encryption = Encryption.open(entry, self._key, str(self.path))
+        return self._encryption
 
     def iter_lines(self) -> Iterator[tuple[int, bytes]]:
         """(line number from 1, raw line without newline) of es_data; blank lines are skipped."""
@@ -678,6 +730,7 @@ class SnapshotWriter:
         self._counts: Counter[tuple[str, str]] = Counter()
         self._open: str | None = None
         self._done = False
+        self._encryption_entry: dict[str, Any] | None = None
 
     # -- members ---------------------------------------------------------------------------
     def _check_name(self, name: str) -> None:
@@ -734,6 +787,10 @@ class SnapshotWriter:
                 n += 1
         return n
 
+    def set_encryption(self, entry: dict[str, Any]) -> None:
+        """manifest.json's `encryption` entry (`Encryption.manifest_entry`): what is encrypted."""
+        self._encryption_entry = entry
+
     def set_document_counts(self, counts: dict[tuple[str, str], int]) -> None:
         """Document counts per (index, type) for the manifest, when es_data was written raw."""
         self._counts = Counter(counts)
@@ -764,6 +821,8 @@ class SnapshotWriter:
                 "members": self._members,
                 "documents": {f"{i}/{t}": c for (i, t), c in sorted(self._counts.items())},
             }
+            if self._encryption_entry is not None:
+                manifest["encryption"] = self._encryption_entry
             data = json.dumps(manifest, indent=1, sort_keys=True).encode()
             self._zip.writestr(zipfile.ZipInfo(MANIFEST, date_time=(1980, 1, 1, 0, 0, 0)), data)
         self._zip.close()  # a ZipFile given a file object leaves it open

@@ -28,7 +28,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from core.errors import CfysnapError
+from core.errors import CfysnapError, CorruptArchive
 
 __all__ = [
     "SCHEME",
@@ -117,8 +117,11 @@ class Encryption:
                 "its credentials are encrypted; give the key (CFYSNAP_ARCHIVE_KEY, "
                 "CFYSNAP_ARCHIVE_KEY_FILE or --key-file)",
             )
-        salt = base64.b64decode(manifest_entry["salt"])
-        check = base64.b64decode(manifest_entry["check"])
+        try:
+            salt = base64.b64decode(manifest_entry["salt"], validate=True)
+            check = base64.b64decode(manifest_entry["check"], validate=True)
+        except (KeyError, TypeError, ValueError):
+            raise CorruptArchive("manifest.json", None, "its encryption entry is malformed") from None
         derived = _derive(key, salt)
         if _open(derived, check, b"check") != _CHECK_TEXT:
             raise KeyRefused(archive, "the key given is not the key its credentials were encrypted with")
@@ -153,7 +156,11 @@ class Encryption:
     def open_value(self, where: str, value: dict[str, str]) -> Any:
         import json
 
-        opened = _open(self.derived, base64.b64decode(value["$encrypted"]), where.encode())
+        try:
+            sealed = base64.b64decode(value["$encrypted"], validate=True)
+        except (KeyError, TypeError, ValueError):
+            raise KeyRefused(where, "is not a valid encrypted value") from None
+        opened = _open(self.derived, sealed, where.encode())
         if opened is None:
             raise KeyRefused(where, "does not decrypt with the key given (altered or moved)")
         return json.loads(opened)

@@ -182,7 +182,7 @@ def _check_archive(
         manifest = None
     if snap.has(AGENTS):
         try:
-            for _ in snap.iter_agents():  # streamed: memory is one deployment
+            for _ in snap.iter_agents(raw=True):  # streamed: memory is one deployment
                 pass
         except CorruptArchive as exc:
             yield Problem(AGENTS, None, exc.reason)
@@ -262,7 +262,7 @@ def _load_manifest(snap: SnapshotReader) -> dict | Problem | None:
 
 def _hash_member(snap: SnapshotReader, info: zipfile.ZipInfo) -> tuple[int, str]:
     sha, size = hashlib.sha256(), 0
-    with snap.open(info.filename) as f:
+    with snap.open(info.filename, raw=True) as f:  # as stored: no key needed
         while chunk := f.read(1 << 20):
             sha.update(chunk)
             size += len(chunk)

@@ -61,6 +61,7 @@ from core.archive import (
     parse_hit,
 )
 from core.counts import counter_values
+from core.crypto import ArchiveKey, Encryption, encrypt_agents
 from core.errors import CfysnapError, CorruptArchive, JobFailed, job_error
 from core.model import Version, hit_key, parse_version
 from core.options import beam_options
@@ -113,6 +114,9 @@ class ConvertConfig:
     progress: bool = True
     limits: ArchiveLimits = field(default_factory=ArchiveLimits)
     """How large the source's members may be: checked before anything is read or staged."""
+    key: ArchiveKey | None = None
+    """The key of a source whose credentials are encrypted: agents.json is decrypted, upgraded
+    and encrypted again (agent keys are carried as they are); refused without it."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "source", Path(self.source))
@@ -287,10 +291,15 @@ def converted_members(
 
 
 def _upgraded_agents(snap: SnapshotReader, steps: Sequence[Step]) -> Iterator[tuple[str, Any, bool]]:
-    """agents.json a deployment at a time, upgraded: (id, nodes, whether a step changed them)."""
+    """agents.json a deployment at a time, upgraded: (id, nodes, whether a step changed them).
+    Encrypted secrets are decrypted for the steps and encrypted again (new nonces)."""
+    encryption = snap.encryption
     for deployment, nodes in snap.iter_agents():
         new = upgrade_agents({deployment: nodes}, steps)
-        yield deployment, new[deployment], new != {deployment: nodes}
+        changed = new != {deployment: nodes}
+        if encryption is not None:
+            new = encrypt_agents(new, encryption)  # type: ignore[assignment]
+        yield deployment, new[deployment], changed
 
 
 def _agents_member(snap: SnapshotReader, steps: Sequence[Step], staging: Path | None) -> ArchiveMember:
@@ -340,9 +349,12 @@ def _check_paths(config: ConvertConfig) -> None:
 
 def _check_limits(config: ConvertConfig) -> None:
     """Refuse a source whose members are past the limits (a zip bomb) before anything is read:
-    the concurrent validation would find it too, but only after the job began inflating it."""
+    the concurrent validation would find it too, but only after the job began inflating it.
+    Then refuse a missing or wrong key for encrypted credentials (KeyRefused)."""
     with SnapshotReader(config.source) as snap:
         refuse(limit_problems(snap, config.limits), config.source)
+    with SnapshotReader(config.source, key=config.key) as snap:
+        _ = snap.encryption
 
 
 def _validated_plan(config: ConvertConfig) -> tuple[Version, list[Step]]:
@@ -476,12 +488,15 @@ def _convert(
     done: dict[str, Any] = {"validated": "no", "archive written": "no"}
     try:
         try:
-            with SnapshotReader(config.source) as snap:
+            with SnapshotReader(config.source, key=config.key) as snap:
                 members = converted_members(snap, steps, staging)
                 source_manifest = snap.manifest()
+                encryption = snap.encryption
             expected_total = _manifest_total(source_manifest)
             with progress_mod.Progress("convert", total=expected_total, enabled=config.progress):
-                counters = _run_pipeline(config, steps, members, str(staging), str(partial), beam_args, done)
+                counters = _run_pipeline(
+                    config, steps, members, str(staging), str(partial), beam_args, done, encryption
+                )
         except BaseException:
             # an invalid source may fail the pipeline first: its validation problem is the error
             refuse(validation.problems(), config.source)
@@ -522,6 +537,7 @@ def _run_pipeline(
     partial: str,
     beam_args: Sequence[str],
     done: dict[str, Any],
+    encryption: Encryption | None,
 ) -> dict[str, int]:
     pipeline = beam.Pipeline(options=beam_options(beam_args))
     unique_shards = (
@@ -530,7 +546,9 @@ def _run_pipeline(
         | "ConvertEsData" >> ConvertEsData(staging, steps, config.lines_per_shard)
     )
     carried = pipeline | "OtherMembers" >> beam.Create(members)
-    _ = (unique_shards, carried) | "WriteSnapshotArchive" >> WriteSnapshotArchive(partial)
+    _ = (unique_shards, carried) | "WriteSnapshotArchive" >> WriteSnapshotArchive(
+        partial, encryption
+    )
     try:
         result = pipeline.run()
         result.wait_until_finish()
@@ -588,7 +606,7 @@ def dry_run(config: ConvertConfig) -> DryRunReport:
     documents: Counter[str] = Counter()
     changes: dict[str, list[int]] = {}
     digests = array("q")
-    with SnapshotReader(config.source) as snap, progress_mod.Progress(
+    with SnapshotReader(config.source, key=config.key) as snap, progress_mod.Progress(
         "dry run", total=_manifest_total(snap.manifest()), enabled=config.progress
     ) as bar:
         meta = snap.metadata()

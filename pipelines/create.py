@@ -51,6 +51,7 @@ from apache_beam.options.pipeline_options import DirectOptions
 
 from core.archive import METADATA, SnapshotReader
 from core.counts import counter_values
+from core.crypto import ArchiveKey, Encryption
 from core.errors import CfysnapError, JobFailed, SearchServerError, StoreError, job_error
 from core.manager import ManagerFacts, inspect_manager
 from core.model import (
@@ -104,6 +105,9 @@ class CreateConfig:
     output: Path | None = None
     snapshot_id: str | None = None
     include_credentials: bool = True
+    encrypt_with: ArchiveKey | None = None
+    """Encrypt the agent keys and agents.json's broker passwords and SSL keys with this key
+    (`core.crypto`); manifest.json says so."""
     exclude_events: bool = False
     exclude_logs: bool = False
     source_version: str | None = None
@@ -401,6 +405,7 @@ def _create(
             execution_id,
             slices,
             client.layout,
+            Encryption.new(config.encrypt_with) if config.encrypt_with is not None else None,
         )
         with Progress("create", total=sum(expected.values()), enabled=config.progress):
             result = pipeline.run()
@@ -444,6 +449,7 @@ def _build_pipeline(
     execution_id: str | None,
     slices: int,
     layout: Layout,
+    encryption: Encryption | None,
 ) -> None:
     pages = p | "ReadManagerDocuments" >> ReadManagerDocuments(
         replace(config.target, layout=layout),
@@ -459,7 +465,7 @@ def _build_pipeline(
     )
     shard_infos = parts.lines | "WriteShards" >> WriteShards(str(staging))
     agents_member = parts.facts | "BuildAgentsJson" >> BuildAgentsJson(
-        str(staging), _agent_defaults(source)
+        str(staging), _agent_defaults(source), encryption
     )
     file_members = p | "ListFileTree" >> ListFileTree(
         str(config.fs_root), file_folders(source.version)
@@ -476,7 +482,9 @@ def _build_pipeline(
     if config.include_credentials:
         member_sets.append(parts.keys)
     members = member_sets | "AllMembers" >> beam.Flatten()
-    _ = (shard_infos, members) | "WriteSnapshotArchive" >> WriteSnapshotArchive(str(staged_archive))
+    _ = (shard_infos, members) | "WriteSnapshotArchive" >> WriteSnapshotArchive(
+        str(staged_archive), encryption
+    )
 
 
 def _json_bytes(obj: Any) -> bytes:

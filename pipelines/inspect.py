@@ -21,7 +21,7 @@ from core.archive import (
     METADATA,
     ArchiveLimits,
     SnapshotReader,
-    parse_hit,
+    parse_line,
 )
 from core.text import plural
 
@@ -40,6 +40,8 @@ class ArchiveReport:
     credentials: int = 0
     members: dict[str, int] = field(default_factory=dict)
     has_manifest: bool = False
+    encryption: str | None = None
+    """The scheme the credentials are encrypted with (manifest.json), None when they are not."""
 
     @property
     def total_documents(self) -> int:
@@ -71,7 +73,11 @@ class ArchiveReport:
             f"agents               {a.get('deployments', 0)} deployments, {a.get('nodes', 0)} Compute nodes,"
             f" {a.get('instances', 0)} instances ({a.get('empty', 0)} empty)"
         )
-        lines.append(f"credentials          {plural(self.credentials, 'agent key')}")
+        sealed = f", encrypted ({self.encryption}: agent keys, agents.json secrets)"
+        lines.append(
+            f"credentials          {plural(self.credentials, 'agent key')}"
+            f"{sealed if self.encryption else ''}"
+        )
         lines.append("members")
         for name in (METADATA, ES_DATA, AGENTS, MANIFEST, "influxdb_data", "manager.json"):
             if name in self.members:
@@ -116,12 +122,14 @@ def inspect_archive(
         counts: Counter[tuple[str, str]] = Counter()
         if snap.has(ES_DATA):
             for lineno, line in snap.iter_lines():
-                hit = parse_hit(line, lineno)
-                counts[(hit["_index"], hit["_type"])] += 1
+                parsed = parse_line(line, lineno)
+                counts[(parsed.index, parsed.type)] += 1
                 if on_line and lineno % 10_000 == 0:
                     on_line(lineno)
         report.documents = dict(counts)
-        report.agents = _agent_stats(snap.iter_agents())
+        report.agents = _agent_stats(snap.iter_agents(raw=True))  # counts need no key
+        encrypted = snap.encrypted
+        report.encryption = str(encrypted.get("scheme")) if encrypted is not None else None
     return report
 
 

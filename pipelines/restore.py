@@ -41,6 +41,7 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
 from core.archive import CREDENTIALS_PREFIX, SnapshotReader, safe_target_path
+from core.crypto import ArchiveKey
 from core.digests import file_sha256
 from core.errors import CfysnapError, JobFailed, RestoreRefused, job_error
 from core.journal import Journal, JournalState
@@ -90,6 +91,9 @@ class RestoreConfig:
     progress: bool = True
     limits: ArchiveLimits = field(default_factory=ArchiveLimits)
     """How large the archive's members may be (zip bombs are refused before anything is read)."""
+    key: ArchiveKey | None = None
+    """The key of an archive whose credentials are encrypted (refused before anything is
+    written without it, or with another)."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "target", SearchTarget.of(self.target))
@@ -176,6 +180,7 @@ def check_archive(
     credentials_dir: Path,
     limits: ArchiveLimits | None,
     workdir: Path,
+    key: ArchiveKey | None = None,
 ) -> tuple[RestoreContext, ArchivePlan]:
     """The members' sizes first (from the zip's directory: a zip bomb is refused before anything
     is inflated), the small members next (version gate, agents, key paths), then ONE pass over
@@ -187,7 +192,8 @@ def check_archive(
     ctx: RestoreContext | None = None
     refused: CfysnapError | None = None
     try:
-        with SnapshotReader(archive) as reader:
+        with SnapshotReader(archive, key=key) as reader:
+            _ = reader.encryption  # a missing or wrong key is refused here
             ctx = restore_context(reader, target_version, credentials_dir, workdir)
     except CfysnapError as exc:
         refused = exc
@@ -367,7 +373,7 @@ def _restore(config: RestoreConfig, beam_args: Sequence[str], workdir: Path) -> 
     credentials_dir = Path(config.credentials_dir).absolute()
 
     ctx, archive_plan = check_archive(
-        archive, config.target_version, credentials_dir, config.limits, workdir
+        archive, config.target_version, credentials_dir, config.limits, workdir, config.key
     )
     sha = file_sha256(archive)
     journal = Journal(config.journal or default_journal_path(fs_root, sha))
@@ -390,7 +396,7 @@ def _restore(config: RestoreConfig, beam_args: Sequence[str], workdir: Path) -> 
     if config.resume and state.finished:
         return _already_done(summary, state)
 
-    with SnapshotReader(archive) as reader, config.target.connect() as client:
+    with SnapshotReader(archive, key=config.key) as reader, config.target.connect() as client:
         if not (resuming and state.checked):
             check_target(client, archive_plan, config.force)
         if config.dry_run:

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.archive import CREDENTIALS_PREFIX, ArchiveLimits, SnapshotReader
+from core.crypto import ArchiveKey
 from core.digests import document_digest, file_sha256
 from core.model import Doc, Version
 from core.search import SearchClient, SearchTarget
@@ -45,6 +46,8 @@ class VerifyConfig:
     max_differences: int = 20
     limits: ArchiveLimits = field(default_factory=ArchiveLimits)
     """How large the archive's members may be (refused before anything is read)."""
+    key: ArchiveKey | None = None
+    """The key of an archive whose credentials are encrypted."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "target", SearchTarget.of(self.target))
@@ -95,7 +98,7 @@ def run(config: VerifyConfig) -> VerifyReport:
     """Compare the target with the archive; see the module docstring. Never writes data."""
     report = VerifyReport(max_differences=config.max_differences)
     with tempfile.TemporaryDirectory(prefix="cfysnap-verify-") as workdir, SnapshotReader(
-        config.archive, config.limits
+        config.archive, config.limits, key=config.key
     ) as reader:
         ctx = restore_context(reader, config.target_version, config.credentials_dir, Path(workdir))
         strip = config.credentials_dir is None

@@ -33,6 +33,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.utils.windowed_value import WindowedValue
 
 from core.archive import AGENTS
+from core.crypto import Encryption, encrypt_agents
 from core.model import STORAGE_INDEX, Doc, Hit, Version, is_compute_node, metadata_version
 from core.search import RawHit
 from transforms._beam import RunOnce, in_global_window
@@ -360,29 +361,39 @@ def page_agent_facts(page: list[RawHit]) -> Iterator[tuple[str, EncodedFact]]:
             yield deployment, encode_fact(fact)
 
 
+def _sealed(deployment: str, value: dict[str, Any], encryption: Encryption | None) -> Any:
+    if encryption is None:
+        return value
+    return encrypt_agents({deployment: value}, encryption)[deployment]  # type: ignore[index]
+
+
 class BuildAgentsJson(beam.PTransform):
     """(deployment id, encoded fact) (`page_agent_facts`) → one `ArchiveMember("agents.json")`
     staged in `staging` (§3).
 
     Only small facts are shuffled (grouped by deployment id); memory is one deployment's
-    instances. Always emits exactly one member (`{}` for a manager without deployments).
+    instances. Always emits exactly one member (`{}` for a manager without deployments). With
+    `encryption`, every broker password and SSL key is sealed where it is built
+    (`core.crypto.encrypt_agents`): plain secrets never reach the staged files.
     """
 
-    def __init__(self, staging: str, defaults: AgentDefaults) -> None:
+    def __init__(
+        self, staging: str, defaults: AgentDefaults, encryption: Encryption | None = None
+    ) -> None:
         super().__init__()
-        self._staging, self._defaults = staging, defaults
+        self._staging, self._defaults, self._encryption = staging, defaults, encryption
 
     def expand(
         self, facts: beam.PCollection[tuple[str, EncodedFact]]
     ) -> beam.PCollection[ArchiveMember]:
-        defaults = self._defaults
+        defaults, encryption = self._defaults, self._encryption
         deployment_to_facts = facts | "GroupByDeployment" >> beam.GroupByKey()
         fragment_files = (
             deployment_to_facts
             | "BuildDeploymentAgents"
             >> beam.FlatMap(
                 lambda kv: (
-                    [agents_fragment(kv[0], value)]
+                    [agents_fragment(kv[0], _sealed(kv[0], value, encryption))]
                     if (value := deployment_agents(map(decode_fact, kv[1]), defaults)) is not None
                     else []
                 )

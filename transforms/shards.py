@@ -28,6 +28,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 
 from core import progress
 from core.archive import (
+    CREDENTIALS_PREFIX,
     ES_DATA,
     SnapshotReader,
     SnapshotWriter,
@@ -35,6 +36,7 @@ from core.archive import (
     dump_hit,
     parse_hit,
 )
+from core.crypto import Encryption
 from core.errors import CorruptArchive, DamagedMember
 from core.model import Hit
 from transforms._beam import RunOnce, in_global_window
@@ -246,20 +248,33 @@ def assemble_archive(
     output: str,
     shards: Iterable[ShardInfo],
     members: Iterable[ArchiveMember],
+    encryption: Encryption | None = None,
 ) -> dict[str, Any]:
     """Write the archive: every member, then es_data from the shards in path order.
 
-    Returns a summary (`documents` per "index/type", `files`, `bytes`). Atomic: the output
-    appears only when complete (SnapshotWriter writes a temporary file and renames it).
+    With `encryption`, agent keys read from files are sealed (members copied from another
+    archive are already) and manifest.json says what is encrypted. Returns a summary
+    (`documents` per "index/type", `files`, `bytes`). Atomic: the output appears only when
+    complete (SnapshotWriter writes a temporary file and renames it).
     """
     ordered = sorted(shards, key=lambda s: s.path)
     counts = total_counts(ordered)
     files = 0
     readers: dict[str, SnapshotReader] = {}
+    sealed_members: list[str] = []
     with contextlib.ExitStack() as opened, SnapshotWriter(output) as writer:
         for member in members:
+            sealed = encryption is not None and member.name.startswith(CREDENTIALS_PREFIX)
+            if sealed and not member.name.endswith("/"):
+                sealed_members.append(member.name)
             if member.data is not None:
                 writer.write_bytes(member.name, member.data)
+            elif sealed and member.source is not None:
+                assert encryption is not None
+                with FileSystems.open(
+                    member.source, compression_type=CompressionTypes.UNCOMPRESSED
+                ) as src:
+                    writer.write_bytes(member.name, encryption.seal_member(member.name, src.read()))
             elif member.source is not None:
                 # byte for byte: FileSystems would otherwise gunzip a `.tar.gz` blueprint
                 with FileSystems.open(
@@ -269,7 +284,7 @@ def assemble_archive(
             elif member.archive is not None:
                 if member.archive not in readers:
                     readers[member.archive] = opened.enter_context(SnapshotReader(member.archive))
-                with readers[member.archive].open(member.name) as src:
+                with readers[member.archive].open(member.name, raw=True) as src:
                     writer.write_stream(member.name, src)
             elif member.name.endswith("/"):
                 writer.write_directory(member.name)
@@ -280,6 +295,8 @@ def assemble_archive(
                     while chunk := src.read(_COPY):
                         es_data.write(chunk)
         writer.set_document_counts(counts)
+        if encryption is not None:
+            writer.set_encryption(encryption.manifest_entry(sealed_members))
     return {
         "documents": {f"{i}/{t}": c for (i, t), c in sorted(counts.items())},
         "files": files,
@@ -288,23 +305,24 @@ def assemble_archive(
 
 
 class _AssembleFn(beam.DoFn):
-    def __init__(self, output: str) -> None:
-        self._output = output
+    def __init__(self, output: str, encryption: Encryption | None) -> None:
+        self._output, self._encryption = output, encryption
 
     def process(self, _: Any, shards: list[ShardInfo], members: list[ArchiveMember]) -> Iterator[dict]:
-        yield assemble_archive(self._output, shards, members)
+        yield assemble_archive(self._output, shards, members, self._encryption)
 
 
 class WriteSnapshotArchive(beam.PTransform):
     """(`ShardInfo`s, `ArchiveMember`s) → the archive at `output`; emits one summary dict.
 
-    Runs on one worker, streaming: memory is one copy buffer, not the documents.
+    Runs on one worker, streaming: memory is one copy buffer, not the documents. With
+    `encryption` (its key reaches that worker), agent keys are sealed (`assemble_archive`).
     """
 
-    def __init__(self, output: str) -> None:
+    def __init__(self, output: str, encryption: Encryption | None = None) -> None:
         super().__init__()
-        self._output = output
+        self._output, self._encryption = output, encryption
 
     def expand(self, inputs: tuple[beam.PCollection, beam.PCollection]) -> beam.PCollection[dict]:
-        return inputs | "AssembleArchive" >> RunOnce(_AssembleFn(self._output))
+        return inputs | "AssembleArchive" >> RunOnce(_AssembleFn(self._output, self._encryption))
 
