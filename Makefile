@@ -12,7 +12,7 @@ POOL_PORT ?= 50199
 DEMO_PORTS ?= 9220 9221
 DEMO := demo-out
 
-.PHONY: venv server server-stop demo test test-distributed lint bench clean
+.PHONY: venv server server-stop proxy demo test test-distributed lint bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,11 @@ server:
 	scripts/search-server start --server elasticsearch-1.7 --port $(ES_PORT)
 	scripts/search-server start --server elasticsearch-8 --port $(ES8_PORT)
 
+# nginx from Debian's packages, unpacked into the cache (never installed): the TLS-terminating
+# proxy the TLS and auth tests start in front of the real server.
+proxy:
+	scripts/tls-proxy fetch >/dev/null
+
 server-stop:
 	scripts/search-server stop --port $(ES_PORT)
 	scripts/search-server stop --port $(ES8_PORT)
@@ -40,7 +45,7 @@ demo: venv
 
 # The whole suite: lint, types, then every test — the Flink ones (`distributed`) included, on the
 # embedded Flink cluster (the job server is fetched once by scripts/flink-job-server).
-test: lint server
+test: lint server proxy
 	$(TEST_ENV) $(VENV)/bin/pytest -q -o addopts=-ra -m "not cluster"
 
 # The Flink tests on a real session cluster (JobManager, TaskManager and Beam worker-pool

@@ -333,6 +333,13 @@ key_options = _with_options("key", KEY_OPTIONS, _archive_key)
 
 
 # ------------------------------------------------------------------------------- the edge
+_HINTS = {
+    "credentials": " (credentials come from CFYSNAP_ES_USER with CFYSNAP_ES_PASSWORD or "
+    "CFYSNAP_ES_PASSWORD_FILE, or CFYSNAP_ES_API_KEY or CFYSNAP_ES_API_KEY_FILE)",
+    "certificate": " (give its CA with --ca-cert, or --insecure not to check it)",
+}
+"""What to do about a refusal of the server (`SearchServerError.hint`), said at the edge."""
+
 def _configure_logging(debug: bool) -> None:
     logging.basicConfig(
         level=logging.DEBUG if debug else logging.INFO,
@@ -352,16 +359,22 @@ def _configure_logging(debug: bool) -> None:
 
 def _run(fn: Callable[[], T]) -> T:
     """Run a command body; typed errors become one line on stderr and their exit code."""
+    from core import cancel
     from core.errors import CfysnapError
 
     try:
-        return fn()
+        try:
+            return fn()
+        except Exception:
+            if cancel.requested():  # Ctrl-C, whatever a runner wrapped it in
+                raise KeyboardInterrupt from None
+            raise
     except (typer.Exit, typer.Abort, typer.BadParameter):
         raise
     except CfysnapError as exc:
         if _debug:
             raise
-        typer.echo(f"error: {exc}", err=True)
+        typer.echo(f"error: {exc}{_HINTS.get(getattr(exc, 'hint', ''), '')}", err=True)
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
         typer.echo("error: interrupted", err=True)
@@ -1018,6 +1031,9 @@ def main(args: list[str] | None = None) -> int:
     one-line form of every other error (`error: …`), exit code 2, as Click's code for it."""
     from typer._click import exceptions as click  # Typer vendors its Click
 
+    from core import cancel
+
+    cancel.install()  # Ctrl-C is remembered: jobs check it before publishing anything
     command = typer.main.get_command(app)
     try:
         return int(command.main(args=args, prog_name="cfysnap", standalone_mode=False) or 0)

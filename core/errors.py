@@ -83,11 +83,13 @@ class UnsafePath(CfysnapError):
 
 
 class SearchServerError(CfysnapError):
-    """The search server is unreachable or answered with an error."""
+    """The search server is unreachable or answered with an error. `hint` says what kind of
+    refusal it was, for the edge to say what to do: "credentials" (401/403), "certificate"
+    (the server's certificate failed the check), or "" ."""
 
-    def __init__(self, url: str, reason: str) -> None:
-        super().__init__(url, reason)
-        self.url, self.reason = url, reason
+    def __init__(self, url: str, reason: str, hint: str = "") -> None:
+        super().__init__(url, reason, hint)
+        self.url, self.reason, self.hint = url, reason, hint
 
     def __str__(self) -> str:
         return f"search server {self.url}: {self.reason}"

@@ -15,6 +15,8 @@ at all, whoever writes it and whatever kills them. Nothing is ever appended to a
     "copied", or "kept" when it existed before the restore);
   - `key`      — one agent key written (`name` = `<deployment>_<node>`);
   - `agents`   — agents.json merged into the node instances (`merged`, `warnings`);
+  - `reload`   — batches the target turned out not to hold after a crash of the server
+    (`digests`): their files are removed right after, so they are loaded and counted again;
   - `finished` — the restore completed and its counts reconciled.
 - `batches/<digest>.json`, written by whichever worker sent the batch, once the server has
   acknowledged every document of it: the es_data `lines` it held (`[first, last]` ranges), its
@@ -133,6 +135,16 @@ class Journal:
             self._next += 1
         _write_whole(name, json.dumps(record, separators=(",", ":")).encode())
         _kill_hook(kind)
+
+    def forget_batches(self, digests: Iterable[str]) -> None:
+        """Remove batch records (a `reload` event says which and why first): batches the
+        target turned out not to hold, so that they are loaded, and counted, again."""
+        digests = list(digests)
+        self.append({"event": "reload", "digests": digests})
+        names = [FileSystems.join(self._folder("batches"), f"{d}.json") for d in digests]
+        present = [n for n in names if FileSystems.exists(n)]
+        if present:
+            FileSystems.delete(present)
 
     def events(self) -> Iterator[dict[str, Any]]:
         for name in [*self._names("events"), *self._names("batches")]:

@@ -375,8 +375,12 @@ def _raw_error_reason(body: Any) -> str:
         elif error is not None:
             return str(error)[:300]
     if isinstance(body, str):
-        return _string_error_reason(body)
+        title = _HTML_TITLE.search(body)  # a proxy's error page
+        return title.group(1).strip()[:200] if title else _string_error_reason(body)
     return str(body)[:300]
+
+
+_HTML_TITLE = re.compile(r"<title>([^<]*)</title>", re.IGNORECASE)
 
 
 _STRING_ERROR = re.compile(r"(\w+(?:Exception|Error))\[")
@@ -406,6 +410,10 @@ def _string_error_reason(text: str) -> str:
     shown = f"{names[0]}: {detail}" if _SAFE_DETAIL.match(detail) else names[0]
     nested = [n for n in names[1:] if n != names[0]]
     return (shown + (f" (nested: {', '.join(nested)})" if nested else ""))[:300]
+
+
+def _hint(status: int) -> str:
+    return "credentials" if status in (401, 403) else ""
 
 
 def _status_reason(status: int, body: Any) -> str:
@@ -550,7 +558,9 @@ class SearchClient:
         status, response = self._send(method, path, body, **how)
         if status < 300 or status in ok:
             return status, response
-        raise SearchServerError(self.url, f"{method} {path}: {_status_reason(status, response)}")
+        raise SearchServerError(
+            self.url, f"{method} {path}: {_status_reason(status, response)}", _hint(status)
+        )
 
     def _send(self, method: str, path: str, body: Any = None, **how: Any) -> tuple[int, Any]:
         """Send one request and return `(status, body)` whatever the status; raise
@@ -585,7 +595,9 @@ class SearchClient:
                 self.url, f"{method} {path}: timed out after {self.timeout:g}s"
             ) from None
         except TlsError as e:
-            raise SearchServerError(self.url, f"TLS failed: {_tls_reason(e)}") from None
+            reason = _tls_reason(e)
+            hint = "certificate" if "verify failed" in reason.lower() else ""
+            raise SearchServerError(self.url, f"TLS failed: {reason}", hint) from None
         except TransportConnectionError as e:
             cause = e.errors[0] if e.errors else e
             raise SearchServerError(self.url, f"cannot connect ({type(cause).__name__})") from None
@@ -605,8 +617,8 @@ class SearchClient:
         distributions of Elasticsearch ≥ 7 (405); those answer `GET /_nodes/_local` and send the
         `x-elastic-product` header (7.14+)."""
         status, root = self._send("GET", "/")
-        if status in (401, 403):
-            raise SearchServerError(self.url, f"GET /: {_status_reason(status, root)}")
+        if status >= 400 and status not in (404, 405):  # 405: the integ-test distribution
+            raise SearchServerError(self.url, f"GET /: {_status_reason(status, root)}", _hint(status))
         if status == 200 and isinstance(root, dict) and isinstance(root.get("version"), dict):
             v = root["version"]
             if isinstance(v.get("number"), str):
@@ -858,7 +870,9 @@ class SearchClient:
         if status < 300:
             return bytes(response)
         raise SearchServerError(
-            self.url, f"{method} {path}: {_status_reason(status, _loads_or_text(response))}"
+            self.url,
+            f"{method} {path}: {_status_reason(status, _loads_or_text(response))}",
+            _hint(status),
         )
 
     def _page(self, data: bytes, target: str) -> _Page:
@@ -900,8 +914,8 @@ class SearchClient:
         body: Any = scroll_id if self.dialect.raw_scroll_id else {"scroll_id": [scroll_id]}
         try:
             self._send("DELETE", "/_search/scroll", body, retries=0)
-        except SearchServerError:
-            pass  # the scroll expires after keep_alive anyway; never mask the real outcome
+        except Exception:  # noqa: BLE001 - the scroll expires after keep_alive anyway; a
+            pass  # cleanup never masks the real outcome (nor prints a traceback at exit)
 
     def count(self, index: str, doc_type: str | None = None, query: dict | None = None) -> int:
         path = self._target(index, [doc_type] if doc_type else None) + "/_count"
@@ -1205,6 +1219,13 @@ class SearchClient:
 
     def refresh(self, index: str | None = None) -> None:
         path = "/_refresh" if index is None else self._target(index, None) + "/_refresh"
+        self.request("POST", path, params=_LENIENT)
+
+    def flush(self, index: str | None = None) -> None:
+        """Make what the server acknowledged durable (a Lucene commit): Elasticsearch 1.x syncs
+        its translog only every few seconds, so a server killed right after acknowledging a
+        bulk can lose it. `refresh` only makes documents searchable."""
+        path = "/_flush" if index is None else self._target(index, None) + "/_flush"
         self.request("POST", path, params=_LENIENT)
 
 

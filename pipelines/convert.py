@@ -50,6 +50,7 @@ from typing import Any
 import apache_beam as beam
 import numpy as np
 
+from core import cancel
 from core import progress as progress_mod
 from core.archive import (
     AGENTS,
@@ -520,6 +521,7 @@ def _convert(
             documents=written,
         )
         _reconcile(summary, counters, expected_total, done)
+        cancel.checkpoint()  # an interrupt something swallowed still stops it here
         os.replace(partial, output)
     except BaseException:
         partial.unlink(missing_ok=True)

@@ -49,6 +49,7 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.options.pipeline_options import DirectOptions
 
+from core import cancel
 from core.archive import METADATA, SnapshotReader
 from core.counts import counter_values
 from core.crypto import ArchiveKey, Encryption
@@ -418,6 +419,7 @@ def _create(
         _reconcile(expected, read, dropped, written)
         members = manifest.get("members") or {}
         os.chmod(staged_archive, 0o600)  # broker passwords and agent keys
+        cancel.checkpoint()  # an interrupt something swallowed still stops it here
         os.replace(staged_archive, output)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -31,15 +31,17 @@ import shutil
 import tempfile
 import time
 import uuid
+from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
+from core import cancel
 from core.archive import CREDENTIALS_PREFIX, SnapshotReader, safe_target_path
 from core.crypto import ArchiveKey
 from core.digests import file_sha256
@@ -210,6 +212,33 @@ def check_archive(
     return ctx, archive_plan
 
 
+def trusted_batches(journal: Journal, state: JournalState, client: SearchClient) -> JournalState:
+    """The journal's batches the target still holds. A batch is journaled once the server
+    acknowledged it; but Elasticsearch 1.x syncs its translog only every few seconds, so a server
+    killed meanwhile comes back without some acknowledged documents. Where the target holds
+    fewer documents of an (index, type) than the journal's batches put there, every batch with
+    documents of it is loaded again (by `_id`: nothing doubles); the journal records that those
+    batches no longer count."""
+    client.refresh()
+    on_target = client.logical_indices("*")
+    journaled: Counter[str] = Counter()
+    for batch in state.batches.values():
+        journaled.update(batch["counts"])
+    lost = {
+        key for key, n in journaled.items()
+        if on_target.get(tuple(key.rsplit("/", 1)), 0) < n  # type: ignore[arg-type]
+    }
+    if not lost:
+        return state
+    _LOG.warning(
+        "the target holds fewer documents than the journal records for %s (a server that lost "
+        "acknowledged writes, e.g. killed): loading them again", ", ".join(sorted(lost))
+    )
+    kept = {d: b for d, b in state.batches.items() if not set(b["counts"]) & lost}
+    journal.forget_batches(sorted(set(state.batches) - set(kept)))
+    return replace(state, batches=kept)
+
+
 def journal_state(journal: Journal, sha: str, config: RestoreConfig) -> tuple[JournalState, bool]:
     """What the journal records and whether this run resumes it; refuses a journal of another
     archive, and an unfinished one without `--resume`."""
@@ -378,6 +407,9 @@ def _restore(config: RestoreConfig, beam_args: Sequence[str], workdir: Path) -> 
     sha = file_sha256(archive)
     journal = Journal(config.journal or default_journal_path(fs_root, sha))
     state, resuming = journal_state(journal, sha, config)
+    if resuming and not state.finished:
+        with config.target.connect() as client:
+            state = trusted_batches(journal, state, client)
     for warning in ctx.agent_warnings:
         _LOG.warning("%s (skipped)", warning)
     summary = RestoreSummary(
@@ -412,19 +444,21 @@ def _restore(config: RestoreConfig, beam_args: Sequence[str], workdir: Path) -> 
             done["keys"] = len(summary.keys)
             create_indices(client, list(archive_plan.expected))
             _load_documents(config, ctx, archive, journal, state, archive_plan, beam_args)
+            client.flush()  # durable before the journal says finished (see trusted_batches)
             client.refresh()
-        except CfysnapError:
-            raise
         except Exception as exc:  # noqa: BLE001 - a runner wraps the DoFn's error
+            # whatever failed once writing began: say what was done and how to finish
             loaded = sum(journal.replay().loaded_counts().values())
-            raise job_error(
-                "restore", exc, {**done, "documents": loaded, "journal": journal.path}
-            ) from None
+            done.update(documents=loaded, journal=journal.path)
+            error = job_error("restore", exc, done)
+            reason = error.reason if isinstance(error, JobFailed) else str(error)
+            raise JobFailed("restore", f"{reason}; finish it with --resume", done) from None
 
     _reconcile(summary, journal, state)
     journal.append(
         {"event": "agents", "merged": archive_plan.agents_matched, "warnings": summary.agent_warnings}
     )
+    cancel.checkpoint()  # an interrupted restore is never recorded as finished
     journal.append({"event": "finished"})
     summary.seconds = time.monotonic() - started
     return summary
