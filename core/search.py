@@ -757,29 +757,20 @@ class SearchClient:
         return [Partition("shard", i, shards) for i in range(shards)] if shards > 1 else []
 
     def scan(
-        self,
-        index: str,
-        doc_types: Sequence[str] | None = None,
-        *,
-        query: dict | None = None,
-        partition: Partition | None = None,
-        page_size: int = 1000,
-        keep_alive: str = "5m",
-        source: bool = True,
+        self, index: str, doc_types: Sequence[str] | None = None, **how: Any
     ) -> Iterator[Hit]:
         """Yield every matching document of a logical index (or pattern) as a logical hit
-        `{"_index", "_type", "_id", "_source"}`, one page in memory at a time (`source=False`:
-        without `_source`). See `scan_pages` for what is read and checked."""
-        for page in self.scan_pages(
-            index, doc_types, query=query, partition=partition, page_size=page_size,
-            keep_alive=keep_alive, source=source,
-        ):
+        `{"_index", "_type", "_id", "_source"}`, one page in memory at a time. `how`: the
+        keywords of `scan_pages` (`query`, `partition`, `page_size`, `keep_alive`, `source`:
+        False reads no `_source`, given as `{}`)."""
+        parse = how.get("source", True)
+        for page in self.scan_pages(index, doc_types, **how):
             for hit in page:
                 yield {
                     "_index": hit.index,
                     "_type": hit.type,
                     "_id": hit.id,
-                    "_source": _JSON_DECODE(hit.source) if source else {},
+                    "_source": _JSON_DECODE(hit.source) if parse else {},
                 }
 
     def scan_pages(

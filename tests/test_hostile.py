@@ -172,7 +172,7 @@ def test_restore_refuses_the_bomb_before_anything_and_the_target_stays_as_it_was
     started = time.monotonic()
     restored = cli("restore", str(bomb), "--es", target.url, "--fs-root", str(tmp_path / "fs"),
                    "--credentials-dir", str(tmp_path / "creds"))
-    assert time.monotonic() - started < 5 + 3  # + the interpreter's start and Beam's imports
+    assert time.monotonic() - started < 5  # the whole command, interpreter and imports included
     assert restored.returncode == 1, restored.stderr
     assert restored.stderr.splitlines() == [
         f"error: {bomb}: {BOMB_MEMBER}: compressed 1,028:1 (3.0 MiB to 3.0 GiB), more than the "

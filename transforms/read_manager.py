@@ -60,24 +60,11 @@ class ReadManagerDocuments(beam.PTransform):
     server (`parallelism` slices, or its shards on 1.x/2.x). Reads are counted per "index/type"
     (`cfysnap.read`)."""
 
-    def __init__(
-        self,
-        target: SearchTarget,
-        sources: Sequence[Source],
-        *,
-        parallelism: int,
-        page_size: int = 1000,
-        pages: bool = False,
-    ) -> None:
+    def __init__(self, target: SearchTarget, sources: Sequence[Source], **read: Any) -> None:
+        """`read`: `ReadAllFromSearch`'s keywords (`parallelism`, `page_size`, `pages`, …)."""
         super().__init__()
         self._reads = [ReadPart(i, tuple(types) if types else None, None) for i, types in sources]
-        self._read_all = ReadAllFromSearch(
-            target,
-            parallelism=parallelism,
-            page_size=page_size,
-            pages=pages,
-            counter_namespace=READ_NAMESPACE,
-        )
+        self._read_all = ReadAllFromSearch(target, counter_namespace=READ_NAMESPACE, **read)
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection[Any]:
         return pbegin | "Sources" >> beam.Create(self._reads) | "ReadAll" >> self._read_all

@@ -1,7 +1,7 @@
 """The restore's Beam side and its plan: what a restore of an archive will write, and the
 transforms that write it (spec §6, §7.2).
 
-    archive ─SplitEsDataIntoShards─▶ Shard ─RestoreDocuments(AgentIndex)─▶ (line, restored hit)
+    archive ─SplitEsDataIntoShards─▶ Shard ─RestoreDocuments(context)─▶ (line, restored hit)
             (skip loaded lines · upgrade · restore changes, one fused step) ─BulkLoad─▶ batches
 
 - `ArchivePlan`: gathered in one pass over es_data before anything is written (the expected
@@ -19,7 +19,7 @@ from __future__ import annotations
 import bisect
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import apache_beam as beam
@@ -162,16 +162,9 @@ class _RestoreShardFn(beam.DoFn):
     version upgrade, the restore's own changes. One fused step: Beam's per-step cost is paid
     once per shard, not four times per document."""
 
-    def __init__(
-        self,
-        source: Version,
-        target: Version,
-        key_paths: dict[str, str],
-        agents: Mapping[str, tuple[str, Agent]],
-        loaded: list[tuple[int, int]],
-    ) -> None:
-        self._source, self._target, self._key_paths = source, target, key_paths
-        self._agents = agents
+    def __init__(self, ctx: RestoreContext, loaded: list[tuple[int, int]]) -> None:
+        self._source, self._target, self._key_paths = ctx.source, ctx.target, ctx.key_paths
+        self._agents = ctx.agents
         self._starts = [a for a, _ in loaded]
         self._ends = [b for _, b in loaded]
         self._read = beam.metrics.Metrics.counter("cfysnap", "documents_read")
@@ -212,22 +205,15 @@ class _RestoreShardFn(beam.DoFn):
 
 class RestoreDocuments(beam.PTransform):
     """`Shard` → `(es_data line, hit as restored)`: lines of batches the journal records as
-    loaded are skipped (resume); the rest are upgraded from `source` to `target` and given the
-    restore's own changes (event index by own day, node key paths, agents.json merged into node
-    instances; `agents` is an `AgentIndex` every worker reads: its path is all that is pickled).
+    loaded are skipped (resume); the rest are upgraded from `ctx.source` to `ctx.target` and given
+    the restore's own changes (event index by own day, `ctx.key_paths`, agents.json merged into
+    node instances: `ctx.agents`, an `AgentIndex` every worker reads, pickled as its path).
     The line number stays with each hit: the journal records loaded batches by line."""
 
-    def __init__(
-        self,
-        source: Version,
-        target: Version,
-        key_paths: dict[str, str],
-        agents: Mapping[str, tuple[str, Agent]],
-        loaded_lines: Sequence[tuple[int, int]] = (),
-    ) -> None:
+    def __init__(self, ctx: RestoreContext, loaded_lines: Sequence[tuple[int, int]] = ()) -> None:
         super().__init__()
-        plan(source, target)  # bad versions fail here, not mid-pipeline
-        self._fn = _RestoreShardFn(source, target, key_paths, agents, sorted(loaded_lines))
+        plan(ctx.source, ctx.target)  # bad versions fail here, not mid-pipeline
+        self._fn = _RestoreShardFn(ctx, sorted(loaded_lines))
 
     def expand(self, shards: beam.PCollection[Shard]) -> beam.PCollection[NumberedHit]:
         return shards | "ParseUpgradeRestore" >> beam.ParDo(self._fn)
@@ -253,13 +239,14 @@ class LoadDocuments(beam.PTransform):
     def expand(self, archive_paths: beam.PCollection[str]) -> beam.PCollection:
         ctx, batching = self._ctx, self._batching
         # the index goes where every worker reads it; only its path is pickled into the graph
-        agents = ctx.agents.stage(self._staging) if isinstance(ctx.agents, AgentIndex) else ctx.agents
+        if isinstance(ctx.agents, AgentIndex):
+            ctx = replace(ctx, agents=ctx.agents.stage(self._staging))
         return (
             archive_paths
             | "SplitEsDataIntoShards"
             >> SplitEsDataIntoShards(self._staging, batching.lines_per_shard)
             | "RestoreDocuments"
-            >> RestoreDocuments(ctx.source, ctx.target, ctx.key_paths, agents, self._loaded)
+            >> RestoreDocuments(ctx, self._loaded)
             | "WriteToSearch"
             >> WriteToSearch(
                 self._target,

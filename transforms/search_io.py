@@ -295,9 +295,10 @@ class ReadFromSearch(beam.PTransform):
     server's bytes, parsed by no one until a later step needs it.
 
     `doc_types`: only these types (None: all). `query`: a query in the server's own DSL (None:
-    all documents). `parallelism`: how many slices to ask a sliced-scroll server for (1.x and 2.x
-    are split by shard instead). `page_size`: hits per scroll page. `concurrency`: scrolls read
-    at once by each worker.
+    all documents). The other keywords are `ReadAllFromSearch`'s: `parallelism` (slices to ask a
+    sliced-scroll server for; 1.x and 2.x are split by shard instead), `page_size` (hits per
+    scroll page), `pages`, `concurrency` (scrolls read at once by each worker),
+    `counter_namespace`.
     """
 
     def __init__(
@@ -307,22 +308,11 @@ class ReadFromSearch(beam.PTransform):
         doc_types: Sequence[str] | None = None,
         *,
         query: Any = None,
-        parallelism: int = 2,
-        page_size: int = 1000,
-        pages: bool = False,
-        concurrency: int = 2,
-        counter_namespace: str = READ_NAMESPACE,
+        **read: Any,
     ) -> None:
         super().__init__()
         self._whole = ReadPart(index, tuple(doc_types) if doc_types else None, None, query)
-        self._read_all = ReadAllFromSearch(
-            target,
-            parallelism=parallelism,
-            page_size=page_size,
-            pages=pages,
-            concurrency=concurrency,
-            counter_namespace=counter_namespace,
-        )
+        self._read_all = ReadAllFromSearch(target, **read)
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection[Any]:
         return pbegin | "WholeRead" >> beam.Create([self._whole]) | self._read_all
