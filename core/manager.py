@@ -44,6 +44,7 @@ from core.model import (
     metadata_version,
     parse_version,
 )
+from core.search import SearchSession
 
 __all__ = [
     "Evidence",
@@ -127,7 +128,7 @@ class ManagerFacts:
         return {"has_cloudify_events": has_events, "snapshot_version": metadata_version(self.version)}
 
 
-def _first(client: Any, doc_type: str) -> tuple[str, Doc] | None:
+def _first(client: SearchSession, doc_type: str) -> tuple[str, Doc] | None:
     scan = client.scan(STORAGE_INDEX, [doc_type], page_size=1)
     try:
         hit = next(scan, None)
@@ -137,7 +138,7 @@ def _first(client: Any, doc_type: str) -> tuple[str, Doc] | None:
 
 
 def _field_evidence(
-    client: Any, doc_type: str, name: str, without: Sequence[Version], with_: Sequence[Version]
+    client: SearchSession, doc_type: str, name: str, without: Sequence[Version], with_: Sequence[Version]
 ) -> Evidence | None:
     first = _first(client, doc_type)
     if first is None:
@@ -148,7 +149,7 @@ def _field_evidence(
     return Evidence(f"{doc_type} {doc_id} has no {name}", tuple(without))
 
 
-def collect_evidence(client: Any) -> list[Evidence]:
+def collect_evidence(client: SearchSession) -> list[Evidence]:
     """Every fact of the table in the module docstring that the manager's data shows."""
     evidence: list[Evidence] = []
     if client.index_exists(EVENTS_INDEX):
@@ -175,7 +176,7 @@ def collect_evidence(client: Any) -> list[Evidence]:
     return evidence
 
 
-def read_version(client: Any, given: str | None = None) -> VersionReading:
+def read_version(client: SearchSession, given: str | None = None) -> VersionReading:
     """The manager's version (see the module docstring). `given`: the operator's
     `--source-version` ("3.2", "3.2.1", "3.3", "3.4"), taken as given. Raises
     `ManagerVersionUnknown` when the facts fit no single version, or there are none."""
@@ -193,7 +194,7 @@ def read_version(client: Any, given: str | None = None) -> VersionReading:
     return VersionReading(fits[0], fits[0].value, evidence)
 
 
-def inspect_manager(client: Any, given: str | None = None) -> ManagerFacts:
+def inspect_manager(client: SearchSession, given: str | None = None) -> ManagerFacts:
     """Version (with its evidence), events index and provider context of the manager."""
     return ManagerFacts(
         reading=read_version(client, given),

@@ -50,7 +50,7 @@ from collections.abc import Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from json.encoder import encode_basestring_ascii  # type: ignore[attr-defined]
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 from elastic_transport import (
@@ -83,6 +83,7 @@ __all__ = [
     "BulkItemError",
     "BulkResult",
     "SearchClient",
+    "SearchSession",
     "SAFE_MAPPING",
 ]
 
@@ -440,6 +441,33 @@ def _quote(part: str) -> str:
     return urllib.parse.quote(part, safe="")
 
 
+class SearchSession(Protocol):
+    """What code that only reads and writes a manager's documents needs of a client
+    (`SearchClient` is one; a test may pass another)."""
+
+    @property
+    def layout(self) -> Layout: ...
+
+    def request(
+        self, method: str, path: str, body: Any = None, *, ok: Sequence[int] = (), **how: Any
+    ) -> tuple[int, Any]: ...
+
+    def logical_indices(self, pattern: str) -> dict[tuple[str, str], int]: ...
+
+    def index_exists(self, index: str) -> bool: ...
+
+    def scan(
+        self, index: str, doc_types: Sequence[str] | None = None, **how: Any
+    ) -> Generator[Hit, None, None]: ...
+
+    def get(self, index: str, doc_type: str, doc_id: str) -> Doc | None: ...
+
+    def bulk_all(  # the keywords of SearchClient.bulk_all
+        self, hits: Iterable[Hit], *, max_docs: int = ..., max_bytes: int = ...,
+        op_type: str = ..., refresh: bool | str = ...,
+    ) -> BulkResult: ...
+
+
 class SearchClient:
     """A search-server client in Cloudify's logical names.
 
@@ -758,7 +786,7 @@ class SearchClient:
 
     def scan(
         self, index: str, doc_types: Sequence[str] | None = None, **how: Any
-    ) -> Iterator[Hit]:
+    ) -> Generator[Hit, None, None]:
         """Yield every matching document of a logical index (or pattern) as a logical hit
         `{"_index", "_type", "_id", "_source"}`, one page in memory at a time. `how`: the
         keywords of `scan_pages` (`query`, `partition`, `page_size`, `keep_alive`, `source`:

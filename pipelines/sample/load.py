@@ -6,7 +6,6 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 from core.model import (
     EVENTS_INDEX,
@@ -16,12 +15,13 @@ from core.model import (
     Version,
     storage_mappings,
 )
+from core.search import SearchSession
 from pipelines.sample.generate import ManagerSpec, manager_hits, provider_context, write_file_tree
 
 __all__ = ["install_manager", "load_manager", "load_empty_manager"]
 
 
-def install_manager(client: Any, version: Version) -> None:
+def install_manager(client: SearchSession, version: Version) -> None:
     """Give the server the indices a `version` manager's bootstrap creates, if it lacks them.
 
     Typed servers (Elasticsearch ≤ 6, as on every 3.x manager): `cloudify_storage` with the
@@ -46,7 +46,7 @@ def install_manager(client: Any, version: Version) -> None:
     client.request("GET", "/_cluster/health", params={"wait_for_status": "yellow", "timeout": "60s"})
 
 
-def _load(client: Any, hits: Iterator[Hit]) -> dict[tuple[str, str], int]:
+def _load(client: SearchSession, hits: Iterator[Hit]) -> dict[tuple[str, str], int]:
     counts: Counter[tuple[str, str]] = Counter()
 
     def counted() -> Iterator[Hit]:
@@ -58,7 +58,7 @@ def _load(client: Any, hits: Iterator[Hit]) -> dict[tuple[str, str], int]:
     return dict(counts)
 
 
-def load_manager(spec: ManagerSpec, client: Any, fs_root: Path) -> dict[tuple[str, str], int]:
+def load_manager(spec: ManagerSpec, client: SearchSession, fs_root: Path) -> dict[tuple[str, str], int]:
     """Make `client`'s server hold `spec`'s manager: its indices (`install_manager`), then
     `manager_hits(spec)` bulk-indexed (original ids, so loading twice overwrites rather than
     duplicates) and refreshed; the file server written under `fs_root` and agent keys at
@@ -74,7 +74,7 @@ def load_manager(spec: ManagerSpec, client: Any, fs_root: Path) -> dict[tuple[st
 
 
 def load_empty_manager(
-    version: Version, client: Any, fs_root: Path | None = None, *, seed: int = 0
+    version: Version, client: SearchSession, fs_root: Path | None = None, *, seed: int = 0
 ) -> dict[tuple[str, str], int]:
     """A freshly bootstrapped `version` manager: its indices and its provider context, nothing
     else; the file-server root (if given) exists. The target of a restore."""
