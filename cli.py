@@ -340,6 +340,17 @@ _HINTS = {
 }
 """What to do about a refusal of the server (`SearchServerError.hint`), said at the edge."""
 
+def _quiet_workers(debug: bool) -> None:
+    """Beam's worker processes (multi-processing) log to the terminal unless told otherwise:
+    without --debug they start with `core/worker_site` on their path (see its sitecustomize)."""
+    if debug:
+        return
+    site = str(Path(__file__).resolve().parent / "core" / "worker_site")
+    path = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = site if not path else os.pathsep.join([site, path])
+    os.environ["CFYSNAP_WORKER_LOG_LEVEL"] = "ERROR"
+
+
 def _configure_logging(debug: bool) -> None:
     logging.basicConfig(
         level=logging.DEBUG if debug else logging.INFO,
@@ -397,6 +408,7 @@ def _main(
     global _debug
     _debug = debug
     _configure_logging(debug)
+    _quiet_workers(debug)
 
 
 # ------------------------------------------------------------------------ inspect/validate

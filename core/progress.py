@@ -15,6 +15,8 @@ import time
 from types import TracebackType
 from typing import Any
 
+from core.text import format_size
+
 __all__ = ["Progress", "report"]
 
 _LOG = logging.getLogger("cfysnap")
@@ -61,10 +63,10 @@ class Progress:
         if self._tty:
             from rich.progress import (
                 BarColumn,
-                DownloadColumn,
                 MofNCompleteColumn,
                 TextColumn,
                 TimeElapsedColumn,
+                TimeRemainingColumn,
             )
             from rich.progress import (
                 Progress as Bar,
@@ -75,12 +77,13 @@ class Progress:
                 BarColumn(),
                 MofNCompleteColumn(),
                 TextColumn("docs"),
-                DownloadColumn(),
+                TextColumn("{task.fields[size]}"),  # bytes written, not the document count
                 TimeElapsedColumn(),
+                TimeRemainingColumn(),
                 transient=True,
             )
             self._bar.start()
-            self._task = self._bar.add_task(self.description, total=self.total)
+            self._task = self._bar.add_task(self.description, total=self.total, size="")
         with _lock:
             _active = self
         return self
@@ -90,18 +93,27 @@ class Progress:
             self.docs += docs
             self.nbytes += nbytes
         if self._bar is not None:
-            self._bar.update(self._task, completed=self.docs)  # type: ignore[arg-type]
+            self._bar.update(self._task, completed=self.docs, size=format_size(self.nbytes))  # type: ignore[arg-type]
         elif self._enabled:
             now = time.monotonic()
             if now - self._last_line >= self._interval:
                 self._last_line = now
-                _LOG.info(
-                    "%s: %d documents, %d bytes, %.0f docs/s",
-                    self.description,
-                    self.docs,
-                    self.nbytes,
-                    self.docs / max(now - self.started, 1e-9),
-                )
+                _LOG.info("%s", self.line(now))
+
+    def line(self, now: float | None = None) -> str:
+        """`create: 40,000/100,000 documents (40%), 12.3 MiB, 8,000 docs/s, about 8 s left`:
+        what a log (no terminal) shows every few seconds."""
+        elapsed = max((now or time.monotonic()) - self.started, 1e-9)
+        rate = self.docs / elapsed
+        done = f"{self.docs:,}"
+        left = ""
+        if self.total:
+            done += f"/{self.total:,} documents ({100 * self.docs / self.total:.0f}%)"
+            if rate > 0 and self.docs < self.total:
+                left = f", about {(self.total - self.docs) / rate:,.0f} s left"
+        else:
+            done += " documents"
+        return f"{self.description}: {done}, {format_size(self.nbytes)}, {rate:,.0f} docs/s{left}"
 
     def __exit__(
         self,

@@ -468,7 +468,8 @@ class SnapshotStore:
                 os.fsync(dst.fileno())
             problems = validate_archive(staging)
             if problems:
-                shown = "; ".join(str(p) for p in problems[:3])
+                # a problem of the whole file names the user's file, not the staged copy
+                shown = "; ".join(str(p).replace(str(staging), str(source)) for p in problems[:3])
                 more = f" (+{len(problems) - 3} more)" if len(problems) > 3 else ""
                 raise StoreError(snapshot_id, f"{source} is not a valid snapshot: {shown}{more}")
             self.begin_create(snapshot_id)

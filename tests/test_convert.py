@@ -510,3 +510,23 @@ def test_a_truncated_archive_is_one_line_naming_it_once(tmp_path: Path) -> None:
         f"error: {cut}: not a readable zip archive (truncated or corrupt: File is not a zip file)\n"
     )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cut.zip", "whole.zip"]
+
+
+def test_worker_processes_keep_quiet_unless_debug(tmp_path: Path) -> None:
+    """A multi-process convert prints its summary and nothing of Beam's SDK harness (issue 15);
+    --debug brings the workers' log lines back."""
+    import subprocess
+    import sys
+
+    source = tmp_path / "s.zip"
+    write_sample_archive(ManagerSpec(version=Version.V3_2, events=50, logs=50), source)
+    args = [sys.executable, str(Path(__file__).resolve().parent.parent / "cli.py")]
+    job = ["convert", str(source), str(tmp_path / "o.zip"), "--to", "3.4", "--force", "--",
+           "--direct_num_workers=2", "--direct_running_mode=multi_processing"]
+    quiet = subprocess.run([*args, *job], capture_output=True, text=True, timeout=300)
+    assert quiet.returncode == 0, quiet.stderr
+    assert quiet.stderr == ""
+    assert quiet.stdout.startswith(f"converted {source} (3.2) -> ")
+    loud = subprocess.run([*args, "--debug", *job], capture_output=True, text=True, timeout=300)
+    assert loud.returncode == 0
+    assert "sdk_worker" in loud.stderr or "SDK" in loud.stderr

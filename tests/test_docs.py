@@ -51,3 +51,24 @@ def test_command_help_has_an_example_and_describes_each_option(path: tuple[str, 
 @pytest.mark.parametrize("path", COMMANDS, ids=" ".join)
 def test_command_is_in_readme(path: tuple[str, ...]) -> None:
     assert re.search(rf"cfysnap {re.escape(' '.join(path))}\b", README), f"README lacks `cfysnap {' '.join(path)}`"
+
+
+def test_without_a_terminal_progress_is_a_log_line_every_few_seconds(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Output redirected to a file still shows progress: done/total, size, rate, time left."""
+    import logging
+
+    from core.progress import Progress, report
+
+    with caplog.at_level(logging.INFO, logger="cfysnap"), Progress(
+        "create", total=1000, interval=0.0
+    ) as progress:
+        report(250, 3 * 2**20)
+        assert progress.line(now=progress.started + 2.0) == (
+            "create: 250/1,000 documents (25%), 3.0 MiB, 125 docs/s, about 6 s left"
+        )
+    [record] = caplog.records
+    assert record.getMessage().startswith("create: 250/1,000 documents (25%), 3.0 MiB, ")
+    report(10)  # no active progress once it is closed: nothing happens
+    assert len(caplog.records) == 1

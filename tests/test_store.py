@@ -388,6 +388,13 @@ def test_an_invalid_upload_is_refused_and_leaves_nothing(
         store.upload("bad", str(bad))
     with pytest.raises(StoreError, match="does not exist"):
         store.upload("bad", str(tmp_path / "missing.zip"))
+    # not a zip at all: the message names the user's file, never the staged copy
+    text = tmp_path / "notes.txt"
+    text.write_text("not an archive")
+    with pytest.raises(StoreError) as info:
+        store.upload("bad", str(text))
+    assert str(info.value).startswith(f"snapshot bad: {text} is not a valid snapshot: {text}: ")
+    assert ".partial" not in str(info.value)
     assert store.list() == []
     assert list(store.root.iterdir()) == []
 
