@@ -343,12 +343,19 @@ _HINTS = {
 def _quiet_workers(debug: bool) -> None:
     """Beam's worker processes (multi-processing) log to the terminal unless told otherwise:
     without --debug they start with `core/worker_site` on their path (see its sitecustomize)."""
-    if debug:
-        return
     site = str(Path(__file__).resolve().parent / "core" / "worker_site")
-    path = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = site if not path else os.pathsep.join([site, path])
-    os.environ["CFYSNAP_WORKER_LOG_LEVEL"] = "ERROR"
+    # what an earlier command of this process (or the parent that started it) may have set
+    paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != site]
+    if not debug:
+        paths.insert(0, site)
+    if paths:
+        os.environ["PYTHONPATH"] = os.pathsep.join(paths)
+    else:
+        os.environ.pop("PYTHONPATH", None)
+    if debug:
+        os.environ.pop("CFYSNAP_WORKER_LOG_LEVEL", None)
+    else:
+        os.environ["CFYSNAP_WORKER_LOG_LEVEL"] = "ERROR"
 
 
 def _configure_logging(debug: bool) -> None:
@@ -356,6 +363,7 @@ def _configure_logging(debug: bool) -> None:
         level=logging.DEBUG if debug else logging.INFO,
         format="%(asctime)s %(levelname)s %(message)s",
         stream=sys.stderr,
+        force=True,  # a handler set before (core/worker_site, an earlier command) must not win
     )
     # Beam and the HTTP stack are chatty at INFO; cfysnap's own lines stay.
     for noisy in ("apache_beam", "root", "elastic_transport", "urllib3"):

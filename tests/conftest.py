@@ -26,6 +26,16 @@ REPO = Path(__file__).resolve().parent.parent
 SEARCH_SERVER = REPO / "scripts" / "search-server"
 
 
+@pytest.fixture(autouse=True)
+def _own_environment() -> Iterator[None]:
+    """Each test gets the environment it started with: a command run in-process (CliRunner) sets
+    variables for Beam's workers, which must not reach the next test's subprocesses."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
 SERVERS = {"es1": ("CFYSNAP_ES_URL", 9200), "es8": ("CFYSNAP_ES8_URL", 9280)}
 """Server name → (environment variable with its URL, default port)."""
 

@@ -7,6 +7,7 @@ the Beam job (FnApiRunner, and 2 processes where it matters).
 from __future__ import annotations
 
 import json
+import os
 import zipfile
 from collections import Counter
 from dataclasses import replace
@@ -527,6 +528,12 @@ def test_worker_processes_keep_quiet_unless_debug(tmp_path: Path) -> None:
     assert quiet.returncode == 0, quiet.stderr
     assert quiet.stderr == ""
     assert quiet.stdout.startswith(f"converted {source} (3.2) -> ")
-    loud = subprocess.run([*args, "--debug", *job], capture_output=True, text=True, timeout=300)
+    # started by a process that had quieted its own workers (as a cfysnap command run in-process
+    # leaves its environment): --debug still wins, in the main process and in the workers
+    site = str(Path(__file__).resolve().parent.parent / "core" / "worker_site")
+    inherited = {**os.environ, "PYTHONPATH": site, "CFYSNAP_WORKER_LOG_LEVEL": "ERROR"}
+    loud = subprocess.run([*args, "--debug", *job], capture_output=True, text=True, timeout=300,
+                          env=inherited)
     assert loud.returncode == 0
+    assert "DEBUG" in loud.stderr
     assert "sdk_worker" in loud.stderr or "SDK" in loud.stderr
