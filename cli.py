@@ -107,7 +107,7 @@ FsRootOption = Annotated[
 LinesPerShardOption = Annotated[
     int, typer.Option("--lines-per-shard", min=1, help="es_data lines per parallel work unit.")
 ]
-SnapshotIdArg = Annotated[str, typer.Argument(help="The snapshot id.", show_default=False)]
+SnapshotIdArg = Annotated[str, typer.Argument(help="The snapshot id.", show_default=False, metavar="SNAPSHOT_ID")]
 
 
 # ------------------------------------------------------------------------ shared options
@@ -474,7 +474,7 @@ def validate(archive: ArchiveArg, limits: Any) -> None:
 # ------------------------------------------------------------------------------------ sample
 @sample_app.command("archive")
 def sample_archive(
-    output: Annotated[Path, typer.Argument(help="Where to write the generated snapshot archive.")],
+    output: Annotated[Path, typer.Argument(help="Where to write the generated snapshot archive.", metavar="OUTPUT")],
     version: Annotated[VersionChoice, typer.Option("--version", help="Manager version to imitate.")] = V33,
     documents: Annotated[int, typer.Option("--documents", min=10, help="How many documents (exactly, from 30 up).")] = 2000,
     seed: Annotated[int, typer.Option("--seed", help="Random seed (same seed, same archive).")] = 0,

@@ -11,8 +11,12 @@ def plural(n: int, word: str) -> str:
     """`"1 document"`, `"3 documents"`, `"2 entries"` (n with thousands separators)."""
     if n == 1:
         return f"1 {word}"
-    many = _IRREGULAR.get(word, word + ("es" if word.endswith(("s", "x")) else "s"))
-    return f"{n:,} {many}"
+    head, _, last = word.rpartition(" ")
+    stem, _, last = last.rpartition("-")  # "file-server entry": only the last word changes
+    prefix = f"{head} " if head else ""
+    prefix += f"{stem}-" if stem else ""
+    many = _IRREGULAR.get(last, last + ("es" if last.endswith(("s", "x")) else "s"))
+    return f"{n:,} {prefix}{many}"
 
 
 _UNITS = {
