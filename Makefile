@@ -62,5 +62,9 @@ lint: venv
 	$(VENV)/bin/ruff check cli.py core pipelines transforms tests bench
 	$(VENV)/bin/mypy cli.py core pipelines transforms bench
 
+# cfysnap against elasticdump, a plain loop and the server's raw rate (see bench/harness.py)
+bench: venv
+	bench/run --docs 100000
+
 clean:
 	rm -rf $(DEMO)

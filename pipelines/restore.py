@@ -518,6 +518,8 @@ def _load_documents(
     staging = config.staging or FileSystems.join(journal.path, f"staging-{uuid.uuid4().hex[:8]}")
     if not FileSystems.exists(staging):
         FileSystems.mkdirs(staging)
+        if "://" not in staging:  # a local folder: its shards hold broker secrets
+            os.chmod(staging, 0o700)
     try:
         with Progress("restore", total=remaining, enabled=config.progress):
             with beam.Pipeline(options=beam_options(beam_args)) as pipeline:
