@@ -28,11 +28,13 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import apache_beam as beam
+import psutil
 import pytest
 
 from core.archive import ES_DATA, MANIFEST, SnapshotReader
@@ -77,6 +79,29 @@ def cluster_port() -> int | None:
     """The REST port of the session cluster `make test-distributed` started (None: embedded)."""
     port = os.environ.get("CFYSNAP_FLINK_CLUSTER")
     return int(port) if port else None
+
+
+@pytest.fixture(autouse=True)
+def _stop_this_tests_job_servers() -> Iterator[None]:
+    """A pipeline run in this process leaves its Flink job server (with the embedded cluster, a
+    whole Flink) running until the process exits; stop the ones a test started when it ends, so
+    they neither pile up over the session nor flood the end of it with Beam's shutdown warnings."""
+    me = psutil.Process()
+    before = {child.pid for child in me.children()}
+    yield
+    started = [c for c in me.children() if c.pid not in before and _is_job_server(c)]
+    for child in started:
+        child.terminate()
+    _, alive = psutil.wait_procs(started, timeout=20)
+    for child in alive:
+        child.kill()
+
+
+def _is_job_server(process: psutil.Process) -> bool:
+    try:
+        return any(arg.endswith(".jar") for arg in process.cmdline()) and "java" in process.name()
+    except psutil.Error:
+        return False
 
 
 @pytest.fixture(scope="session")
