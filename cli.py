@@ -102,10 +102,10 @@ ArchiveArg = Annotated[
     ),
 ]
 FsRootOption = Annotated[
-    Path, typer.Option("--fs-root", help="The manager's file-server root (e.g. /opt/manager/resources).")
+    Path, typer.Option("--fs-root", help="The manager's file-server root (e.g. /opt/manager/resources).", metavar="DIR")
 ]
 LinesPerShardOption = Annotated[
-    int, typer.Option("--lines-per-shard", min=1, help="es_data lines per parallel work unit.")
+    int, typer.Option("--lines-per-shard", min=1, help="es_data lines per parallel work unit.", metavar="N")
 ]
 SnapshotIdArg = Annotated[str, typer.Argument(help="The snapshot id.", show_default=False, metavar="SNAPSHOT_ID")]
 
@@ -190,9 +190,19 @@ def _target(
     return SearchTarget(es, layout_value, tls, auth)
 
 
+_METAVARS = {
+    "--es": "URL", "--credentials-dir": "DIR", "--journal": "PATH", "--staging": "PATH",
+    "--ca-cert": "FILE", "--client-cert": "FILE", "--client-key": "FILE", "--batch-docs": "N",
+    "--batch-bytes": "BYTES",
+}
+"""What --help shows for a value (Typer's default is the type: `<path>`, `<str>`, `<int range>`)."""
+
+
 def _opt(flag: str, kind: Any, text: str, default: Any = pyinspect.Parameter.empty, **how: Any) -> pyinspect.Parameter:
     """One option of a shared group: `--some-flag` becomes the parameter `some_flag`."""
     name = flag.lstrip("-").replace("-", "_")
+    if flag in _METAVARS:
+        how.setdefault("metavar", _METAVARS[flag])
     return _option(name, Annotated[kind, typer.Option(flag, help=text, **how)], default)
 
 
@@ -476,23 +486,23 @@ def validate(archive: ArchiveArg, limits: Any) -> None:
 def sample_archive(
     output: Annotated[Path, typer.Argument(help="Where to write the generated snapshot archive.", metavar="OUTPUT")],
     version: Annotated[VersionChoice, typer.Option("--version", help="Manager version to imitate.")] = V33,
-    documents: Annotated[int, typer.Option("--documents", min=10, help="How many documents (exactly, from 30 up).")] = 2000,
-    seed: Annotated[int, typer.Option("--seed", help="Random seed (same seed, same archive).")] = 0,
+    documents: Annotated[int, typer.Option("--documents", min=30, help="How many documents (exactly).", metavar="N")] = 2000,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed (same seed, same archive).", metavar="N")] = 0,
 ) -> None:
     """Write a generated snapshot archive of a realistic manager.
 
     Example: cfysnap sample archive demo-3.2.zip --version 3.2 --documents 10000
     """
     from pipelines.sample.archive import write_sample_archive
-    from pipelines.sample.generate import ManagerSpec, document_count, type_counts
+    from pipelines.sample.generate import ManagerSpec, snapshot_count, snapshot_type_counts
 
     def body() -> None:
-        spec = ManagerSpec.sized(Version(version.value), documents, seed=seed)
+        spec = ManagerSpec.sized_snapshot(Version(version.value), documents, seed=seed)
         write_sample_archive(spec, output)
-        counts = ", ".join(f"{t} {n}" for t, n in type_counts(spec).items() if n)
+        counts = ", ".join(f"{t} {n:,}" for t, n in snapshot_type_counts(spec).items() if n)
         typer.echo(
             f"wrote {output}: a {version.value} manager's snapshot, "
-            f"{document_count(spec):,} documents ({counts})"
+            f"{snapshot_count(spec):,} documents ({counts})"
         )
 
     _run(body)
@@ -504,10 +514,10 @@ def sample_manager(
     target: Any,
     fs_root: FsRootOption,
     version: Annotated[VersionChoice, typer.Option("--version", help="Manager version to imitate.")] = V33,
-    documents: Annotated[int, typer.Option("--documents", min=10, help="How many documents (exactly, from 30 up).")] = 2000,
-    seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
+    documents: Annotated[int, typer.Option("--documents", min=30, help="How many documents (exactly).", metavar="N")] = 2000,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed.", metavar="N")] = 0,
     keys_dir: Annotated[
-        Path | None, typer.Option("--keys-dir", help="Where the Compute nodes' agent keys are written.")
+        Path | None, typer.Option("--keys-dir", help="Where the Compute nodes' agent keys are written.", metavar="DIR")
     ] = None,
     empty: Annotated[
         bool,
@@ -637,11 +647,12 @@ def create(
             help="The manager's file-server root (e.g. /opt/manager/resources).",
             exists=True,
             file_okay=False,
+            metavar="DIR",
         ),
     ],
     output: Annotated[
         Path | None,
-        typer.Option("--output", "-o", help="Write the archive here (give this or --snapshot-id).", dir_okay=False),
+        typer.Option("--output", "-o", help="Write the archive here (give this or --snapshot-id).", dir_okay=False, metavar="PATH"),
     ] = None,
     snapshot_id: Annotated[
         str | None,
@@ -650,6 +661,7 @@ def create(
             "-s",
             help="Store the archive in the manager as <fs-root>/snapshots/<id>/<id>.zip and record "
             "its snapshot document and create_snapshot execution, as the manager does.",
+            metavar="ID",
         ),
     ] = None,
     exclude_credentials: Annotated[bool, _switch("--exclude-credentials", _NO_KEYS)] = False,
@@ -667,7 +679,7 @@ def create(
     ] = AUTO,
     slices: Annotated[
         int | None,
-        typer.Option("--slices", min=1, help="Parallel reads per index on servers with sliced scroll (default: max(2, Beam workers)); 1.x/2.x are read one part per shard."),
+        typer.Option("--slices", min=1, help="Parallel reads per index on servers with sliced scroll (default: max(2, Beam workers)); 1.x/2.x are read one part per shard.", metavar="N"),
     ] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace OUTPUT if it exists.")] = False,
 ) -> None:
@@ -771,7 +783,7 @@ def verify(
     fs_root: FsRootOption,
     credentials_dir: Annotated[
         Path | None,
-        typer.Option("--credentials-dir", help="Where the restore wrote agent keys (checked when given)."),
+        typer.Option("--credentials-dir", help="Where the restore wrote agent keys (checked when given).", metavar="DIR"),
     ] = None,
     target_version: Annotated[
         TargetVersion,
@@ -838,7 +850,7 @@ def snapshots_upload(
         str,
         typer.Argument(help="Archive to store: a local path or any Beam filesystem URL (gs://, s3://, ...).", metavar="ARCHIVE"),
     ],
-    snapshot_id: Annotated[str, typer.Option("--snapshot-id", "-s", help="Id to store it under (must be new).")],
+    snapshot_id: Annotated[str, typer.Option("--snapshot-id", "-s", help="Id to store it under (must be new).", metavar="ID")],
     target: Any,
     fs_root: FsRootOption,
 ) -> None:
@@ -852,7 +864,7 @@ def snapshots_upload(
     def body() -> None:
         transfer = upload(target, fs_root, snapshot_id, path, _warn)
         typer.echo(
-            f"uploaded {snapshot_id}: {transfer.path} ({transfer.size} bytes, sha256 {transfer.sha256})"
+            f"uploaded {snapshot_id}: {transfer.path} ({transfer.size:,} bytes, sha256 {transfer.sha256})"
         )
 
     _run(body)
@@ -867,6 +879,7 @@ def snapshots_download(
         typer.Option(
             "--output", "-o",
             help="Where to write it: a file, an existing folder (gets <id>.zip), or a Beam filesystem URL.",
+            metavar="PATH",
         ),
     ],
     target: Any,
@@ -883,7 +896,7 @@ def snapshots_download(
     def body() -> None:
         transfer = download(target, fs_root, snapshot_id, output, force, _warn)
         typer.echo(
-            f"downloaded {snapshot_id} to {transfer.path} ({transfer.size} bytes, sha256 {transfer.sha256})"
+            f"downloaded {snapshot_id} to {transfer.path} ({transfer.size:,} bytes, sha256 {transfer.sha256})"
         )
 
     _run(body)
@@ -960,7 +973,7 @@ def clear(
             try:
                 confirmed = typer.confirm(f"Clear the manager at {target} and {fs_root}?")
             except typer.Abort:
-                typer.echo("clear refused: no answer to the question (pass --yes); nothing was deleted", err=True)
+                typer.echo("error: clear refused: no answer to the question (pass --yes); nothing was deleted", err=True)
                 raise typer.Exit(1) from None
             if not confirmed:
                 typer.echo("clear cancelled; nothing was deleted")
@@ -982,7 +995,7 @@ def export(
     target: Any,
     archive: Annotated[
         Path | None,
-        typer.Option("--archive", help="Read this snapshot archive (give this or --es).", exists=True, dir_okay=False),
+        typer.Option("--archive", help="Read this snapshot archive (give this or --es).", exists=True, dir_okay=False, metavar="ARCHIVE"),
     ] = None,
     format_: Annotated[
         ExportFormat, typer.Option("--format", help="Output format.")
@@ -993,10 +1006,11 @@ def export(
             "--types",
             help="Comma-separated types: events, logs, any document type (node_instance, "
             "execution, ...), or all.",
+            metavar="TYPES",
         ),
     ] = "events,logs",
     rows_per_group: Annotated[
-        int, typer.Option("--rows-per-group", min=1, help="Rows per Parquet row group (memory bound).")
+        int, typer.Option("--rows-per-group", min=1, help="Rows per Parquet row group (memory bound).", metavar="N")
     ] = 50_000,
 ) -> None:
     """Export events and logs (or every document type) of an archive (--archive) or a live

@@ -71,11 +71,11 @@ class ClearSummary:
 
     def render(self, verb: str = "deleted") -> str:
         lines = [f"{verb} {plural(self.total_documents, 'document')}:"]
-        lines += [f"  {i}/{t}: {n}" for (i, t), n in sorted(self.documents.items())]
+        lines += [f"  {i}/{t}: {n:,}" for (i, t), n in sorted(self.documents.items())]
         lines.append(f"kept {plural(sum(self.kept.values()), 'document')}:")
-        lines += [f"  {i}/{t}: {n}" for (i, t), n in sorted(self.kept.items())]
+        lines += [f"  {i}/{t}: {n:,}" for (i, t), n in sorted(self.kept.items())]
         lines.append(f"{verb} {plural(self.total_files, 'file-server entry')}:")
-        lines += [f"  {name}/: {n}" for name, n in sorted(self.files.items())]
+        lines += [f"  {name}/: {n:,}" for name, n in sorted(self.files.items())]
         return "\n".join(lines)
 
 

@@ -223,7 +223,8 @@ class DryRunReport:
         lines = [
             f"dry run: {self.source} ({self.source_version}) -> {self.target_version}; nothing written",
             "",
-            describe(self.steps),
+            describe(self.steps, changelogs=False),
+            "(`cfysnap versions` shows each step's changelog)",
             "",
         ]
         if self.steps:

@@ -168,13 +168,14 @@ class CreateSummary:
         if self.source:
             lines.append(f"  {self.source}")
         for key, n in sorted(self.documents.items()):
-            lines.append(f"  {key}: {n}")
+            lines.append(f"  {key}: {n:,}")
         if self.dropped:
             dropped = ", ".join(f"{k}={n}" for k, n in sorted(self.dropped.items()))
             lines.append(f"  left out: {dropped}")
         lines.append(
-            f"{self.total_documents} documents, {self.files} files, {self.credentials} agent keys, "
-            f"{self.bytes} bytes in {self.seconds:.1f}s ({self.docs_per_second:.0f} docs/s)"
+            f"{plural(self.total_documents, 'document')}, {plural(self.files, 'file')}, "
+            f"{plural(self.credentials, 'agent key')}, {self.bytes:,} bytes in {self.seconds:.1f}s "
+            f"({self.docs_per_second:,.0f} docs/s)"
         )
         return "\n".join(lines)
 
@@ -351,7 +352,7 @@ def run(config: CreateConfig, beam_args: Sequence[str] = ()) -> CreateSummary:
         raise JobFailed("create", f"{output} exists (use --force to replace it)")
     with config.target.connect() as client:
         source = inspect_manager(client, config.source_version)
-        _LOG.info("%s", source.reading.describe())
+        _LOG.debug("%s", source.reading.describe())  # the summary says it
         execution_id = (
             start_snapshot(client, config, source.version) if config.snapshot_id else None
         )

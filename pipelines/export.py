@@ -44,6 +44,7 @@ from core.model import EVENT_TYPES, EVENTS_INDEX, LOGSTASH_PREFIX, STORAGE_INDEX
 from core.options import beam_options
 from core.progress import Progress
 from core.search import SearchClient, SearchTarget
+from core.text import plural
 from transforms.parquet import (
     COUNTER_NAMESPACE,
     ROWS_PER_GROUP,
@@ -122,11 +123,12 @@ class ExportSummary:
         total = sum(self.rows.values())
         rate = total / self.seconds if self.seconds else 0.0
         lines = [
-            f"exported {total} documents from {self.source} to {self.output} "
-            f"({self.files} Parquet files, {self.partitions} partitions, {self.bytes} bytes, "
+            f"exported {plural(total, 'document')} from {self.source} to {self.output} "
+            f"({plural(self.files, 'Parquet file')}, {plural(self.partitions, 'partition')}, "
+            f"{self.bytes:,} bytes, "
             f"{self.seconds:.1f}s, {rate:,.0f} docs/s)"
         ]
-        lines += [f"  {t}: {n}" for t, n in sorted(self.rows.items())]
+        lines += [f"  {t}: {n:,}" for t, n in sorted(self.rows.items())]
         if self.documents_skipped:
             lines.append(f"  other types not exported: {self.documents_skipped}")
         return "\n".join(lines)

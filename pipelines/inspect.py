@@ -70,8 +70,9 @@ class ArchiveReport:
             lines.append(f"  {folder + '/':<32} {stats['files']:>6,} files {stats['bytes']:>14,} bytes")
         a = self.agents
         lines.append(
-            f"agents               {a.get('deployments', 0)} deployments, {a.get('nodes', 0)} Compute nodes,"
-            f" {a.get('instances', 0)} instances ({a.get('empty', 0)} empty)"
+            f"agents               {plural(a.get('deployments', 0), 'deployment')}, "
+            f"{plural(a.get('nodes', 0), 'Compute node')}, {plural(a.get('instances', 0), 'instance')}"
+            f" ({a.get('empty', 0):,} empty)"
         )
         sealed = f", encrypted ({self.encryption}: agent keys, agents.json secrets)"
         lines.append(

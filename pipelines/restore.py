@@ -144,16 +144,16 @@ class RestoreSummary:
         for key in sorted(set(self.expected) | set(self.loaded)):
             exp, got = self.expected.get(key, 0), self.loaded.get(key, 0)
             mark = "" if exp == got else "  MISMATCH"
-            lines.append(f"  {key[0] + '/' + key[1]:<{width}}  {exp:>9}  {got:>11}{mark}")
-        lines.append(f"  {'total':<{width}}  {sum(self.expected.values()):>9}  {self.documents:>11}")
+            lines.append(f"  {key[0] + '/' + key[1]:<{width}}  {exp:>9,}  {got:>11,}{mark}")
+        lines.append(f"  {'total':<{width}}  {sum(self.expected.values()):>9,}  {self.documents:>11,}")
         copied = "would copy" if self.dry_run else "copied"
         lines.append(
             f"files: {plural(len(self.files_copied), 'folder')} {copied}, "
-            f"{len(self.files_kept)} kept (already on the target)"
+            f"{len(self.files_kept):,} kept (already on the target)"
         )
         for kept in self.files_kept[:10]:
             lines.append(f"  kept: {kept}")
-        lines.append(f"keys: {len(self.keys)} {'would be written' if self.dry_run else 'written'}")
+        lines.append(f"keys: {len(self.keys):,} {'would be written' if self.dry_run else 'written'}")
         lines.append(
             f"agents: {plural(self.agents_merged, 'node instance')} merged, "
             f"{plural(len(self.agent_warnings), 'warning')}"
@@ -163,7 +163,8 @@ class RestoreSummary:
         if not self.dry_run and not self.already_done:
             rate = self.loaded_this_run / self.seconds if self.seconds else 0.0
             lines.append(
-                f"{self.loaded_this_run} documents this run in {self.seconds:.1f}s ({rate:.0f} docs/s)"
+                f"{plural(self.loaded_this_run, 'document')} this run in {self.seconds:.1f}s "
+                f"({rate:,.0f} docs/s)"
                 + (", resumed" if self.resumed else "")
                 + f"; journal {self.journal}"
             )

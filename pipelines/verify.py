@@ -74,15 +74,16 @@ class VerifyReport:
             self.differences.append(text)
 
     def render(self) -> str:
-        checked = f"{self.documents} documents, {self.files} files, {self.keys} keys"
+        checked = (f"{plural(self.documents, 'document')}, {plural(self.files, 'file')}, "
+                   f"{plural(self.keys, 'key')}")
         if self.ok:
             return f"verified: the target matches the archive ({checked})"
         total = sum(self.kinds.values())
         lines = [f"{plural(total, 'difference')} ({checked} checked):"]
-        lines += [f"  {kind}: {n}" for kind, n in sorted(self.kinds.items())]
+        lines += [f"  {kind}: {n:,}" for kind, n in sorted(self.kinds.items())]
         lines += [f"  - {d}" for d in self.differences]
         if total > len(self.differences):
-            lines.append(f"  … and {total - len(self.differences)} more")
+            lines.append(f"  … and {total - len(self.differences):,} more")
         return "\n".join(lines)
 
 

@@ -151,7 +151,7 @@ def test_cli_asks_first_and_refuses_without_an_answer(
 
     no_stdin = runner.invoke(app, args)
     assert no_stdin.exit_code == 1, no_stdin.output
-    assert "clear refused: no answer to the question (pass --yes); nothing was deleted\n" in (
+    assert "error: clear refused: no answer to the question (pass --yes); nothing was deleted\n" in (
         no_stdin.output)
     said_no = runner.invoke(app, args, input="n\n")  # a cancellation, not a failure
     assert said_no.exit_code == 0 and "clear cancelled; nothing was deleted\n" in said_no.output

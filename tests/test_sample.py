@@ -372,6 +372,32 @@ def test_sized_extremes(documents: int) -> None:
         ManagerSpec.sized(V33, 10))
 
 
+@pytest.mark.parametrize("documents", [30, 31, 200, 2000, 10_000, 99_999])
+def test_sized_snapshot_holds_exactly_what_was_asked(documents: int) -> None:
+    """`sample archive --documents N` writes N es_data lines: the documents a snapshot never holds
+    (provider_context, snapshot) come on top (issue 15: 10,000 asked, 9,999 written)."""
+    for version in ALL:
+        spec = ManagerSpec.sized_snapshot(version, documents, seed=3)
+        assert sum(1 for _ in snapshot_hits(spec)) == documents, (version, documents)
+
+
+def test_sample_archive_writes_exactly_n_lines_and_says_so(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from cli import app
+
+    out = tmp_path / "s.zip"
+    result = CliRunner().invoke(app, ["sample", "archive", str(out), "--version", "3.2",
+                                      "--documents", "10000"])
+    assert result.exit_code == 0, result.output
+    with zipfile.ZipFile(out) as z:
+        lines = z.read("es_data").splitlines()
+    assert len(lines) == 10_000
+    types = Counter(json.loads(line)["_type"] for line in lines)
+    listed = ", ".join(f"{t} {n:,}" for t, n in types.items())
+    assert result.output == f"wrote {out}: a 3.2 manager's snapshot, 10,000 documents ({listed})\n"
+
+
 def test_manager_hits_is_a_lazy_stream() -> None:
     start = time.perf_counter()
     stream = manager_hits(ManagerSpec.sized(V33, 2_000_000))

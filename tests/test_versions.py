@@ -122,6 +122,13 @@ def test_describe_is_printable() -> None:
     assert "3. 3.4 restore defaults: the §6.2 table (columns 3.3, 3.3.1, 3.4, 3.4.0.2)" in text
     assert "install_new_agents" in text and "scaling_groups" in text
     assert describe([]) == "No version steps: the archive is already at the target version."
+    assert describe(ALL, changelogs=False).splitlines() == [
+        "3 steps: 3.2 -> 3.3 -> 3.4 (+ 3.4 restore defaults)",
+        "1. " + STEPS[0].summary,
+        "2. " + STEPS[1].summary,
+        "3. 3.4 restore defaults: the §6.2 table (columns 3.3, 3.3.1, 3.4, 3.4.0.2) that a 3.4 "
+        "manager's restore applies to every snapshot, whatever its version.",
+    ]
 
 
 def test_step_changes() -> None:

@@ -167,6 +167,27 @@ class ManagerSpec:
         rest = max(0, n - document_count(spec))
         return replace(spec, events=rest // 2, logs=rest - rest // 2)
 
+    @classmethod
+    def sized_snapshot(cls, version: Version, documents: int, *, seed: int = 0) -> ManagerSpec:
+        """A spec whose snapshot (`snapshot_hits`: without the documents a snapshot never holds,
+        provider_context and snapshot) has exactly `documents` docs, from 30 up."""
+        spec = cls.sized(version, documents, seed=seed)
+        for _ in range(3):  # the left-out documents hardly depend on the size: settles at once
+            held = snapshot_count(spec)
+            if held == documents:
+                break
+            spec = cls.sized(version, document_count(spec) + documents - held, seed=seed)
+        return spec
+
+
+def snapshot_type_counts(spec: ManagerSpec) -> dict[str, int]:
+    """`type_counts` of the snapshot: without provider_context and snapshot documents."""
+    return {t: n for t, n in type_counts(spec).items() if t not in NEVER_IN_SNAPSHOT_TYPES}
+
+
+def snapshot_count(spec: ManagerSpec) -> int:
+    return sum(snapshot_type_counts(spec).values())
+
 
 def type_counts(spec: ManagerSpec) -> dict[str, int]:
     """Number of docs of each `_type` in `manager_hits(spec)` (computed, nothing generated)."""

@@ -282,14 +282,16 @@ def path(steps: Sequence[Step]) -> str:
     return text
 
 
-def describe(steps: Sequence[Step]) -> str:
-    """A printable plan: the path, then each step's changelog, indented."""
+def describe(steps: Sequence[Step], *, changelogs: bool = True) -> str:
+    """A printable plan: the path, then each step's summary line and (`changelogs`) the rest of
+    its changelog, indented."""
     if not steps:
         return "No version steps: the archive is already at the target version."
     lines = [f"{len(steps)} step{'s' if len(steps) > 1 else ''}: {path(steps)}"]
     for number, step in enumerate(steps, 1):
-        lines.append("")
+        if changelogs:
+            lines.append("")
         lines.append(f"{number}. {step.changelog.splitlines()[0].strip()}")
-        body = step.changelog.splitlines()[1:]
-        lines.extend(f"   {line}".rstrip() for line in body)
+        if changelogs:
+            lines.extend(f"   {line}".rstrip() for line in step.changelog.splitlines()[1:])
     return "\n".join(lines)
