@@ -47,6 +47,7 @@ from core.crypto import ArchiveKey
 from core.digests import file_sha256
 from core.errors import CfysnapError, JobFailed, RestoreRefused, job_error
 from core.journal import Journal, JournalState
+from core.manager import collect_evidence
 from core.model import STORAGE_INDEX, Version
 from core.options import beam_options
 from core.progress import Progress
@@ -265,14 +266,28 @@ def _existing_ids(client: SearchClient, doc_type: str, ids: list[str]) -> list[s
     return sorted(set(found))
 
 
-def check_target(client: SearchClient, archive_plan: ArchivePlan, force: bool) -> None:
-    """Dirty (any blueprint, unless `force`) and clash (blueprint vs blueprint ids, deployment vs
-    deployment ids, even with `force`) checks; RestoreRefused names every clash at once."""
+def check_target(
+    client: SearchClient, archive_plan: ArchivePlan, force: bool, target_version: Version = Version.V3_4
+) -> None:
+    """Version (the target's data must allow `target_version`, unless `force`), dirty (any
+    blueprint, unless `force`) and clash (blueprint vs blueprint ids, deployment vs deployment ids,
+    even with `force`) checks; RestoreRefused names every contradicting fact and clash at once."""
     if client.layout is Layout.TYPED and not client.index_exists(STORAGE_INDEX):
         raise RestoreRefused(
             f"the target has no {STORAGE_INDEX} index: it is not an installed Cloudify manager "
             "(a manager's bootstrap creates that index with its own mappings; cfysnap does not "
             "make them up)"
+        )
+    # The target's own data (its event indices, its documents' fields and types) says which
+    # versions it can be (core.manager); a freshly installed manager may say nothing, which is
+    # fine. A fact that rules out --target-version means the archive would be upgraded for another
+    # manager than this one: refused, as loading 3.4 documents into a 3.2 manager would lose data.
+    against = [str(e) for e in collect_evidence(client) if target_version not in e.versions]
+    if against and not force:
+        raise RestoreRefused(
+            f"the target does not look like a {target_version.value} manager (--target-version); "
+            "nothing was changed (use --force to restore anyway)",
+            against,
         )
     blueprints = client.count(STORAGE_INDEX, "blueprint")
     if blueprints and not force:
@@ -431,7 +446,7 @@ def _restore(config: RestoreConfig, beam_args: Sequence[str], workdir: Path) -> 
 
     with SnapshotReader(archive, key=config.key) as reader, config.target.connect() as client:
         if not (resuming and state.checked):
-            check_target(client, archive_plan, config.force)
+            check_target(client, archive_plan, config.force, config.target_version)
         if config.dry_run:
             return _dry_run(summary, reader, fs_root, archive_plan)
         if not resuming:

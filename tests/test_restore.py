@@ -28,6 +28,8 @@ from core.search import Layout, SearchClient
 from pipelines import restore, verify
 from pipelines.sample.archive import write_sample_archive
 from pipelines.sample.generate import ManagerSpec
+from pipelines.sample.load import load_manager
+from tests.conftest import wipe
 from transforms.agent_index import AgentIndex
 from transforms.restore import Batching
 from transforms.restore_docs import (
@@ -417,13 +419,38 @@ def test_refusals_before_any_write_newer_archive_and_broken_agents_warn(
 
 
 @pytest.mark.server
+@pytest.mark.server
+def test_a_target_whose_data_rules_out_the_target_version_is_refused_unless_forced(
+    target: SearchClient, tmp_path: Path
+) -> None:
+    """A 3.2 manager (cloudify_events, 3.2 documents) as the target of a 3.4 restore: refused before
+    anything is written, naming the facts; --force restores anyway (here: up to the clash check)."""
+    if target.layout is not Layout.TYPED:
+        pytest.skip("a 3.2 manager's layout is the typed one")
+    spec = ManagerSpec(version=Version.V3_2, events=4, logs=4, keys_dir=str(tmp_path / "keys"))
+    wipe(target)
+    load_manager(spec, target, tmp_path / "manager")
+    archive = sample(tmp_path)
+    before = target_state(target, tmp_path)
+    with pytest.raises(RestoreRefused) as refused:
+        restore.run(config(tmp_path, archive, target.url))
+    assert str(refused.value).startswith(
+        "restore refused: the target does not look like a 3.4 manager (--target-version); nothing "
+        "was changed (use --force to restore anyway): an index named cloudify_events (3.2), "
+        "blueprint ")
+    assert target_state(target, tmp_path) == before
+    with pytest.raises(RestoreRefused, match="already exist on the target"):
+        restore.run(config(tmp_path, archive, target.url, force=True))
+    assert target_state(target, tmp_path) == before
+
+
 def test_clashes_compare_like_with_like(target: SearchClient, tmp_path: Path) -> None:
     archive = sample(tmp_path)
     with SnapshotReader(archive) as snap:
         instance_id = next(h["_id"] for _, h in snap.iter_hits() if h["_type"] == "node_instance")
     # a deployment whose id equals a restored node instance id: 3.x called it a conflict
     target.bulk([{"_index": "cloudify_storage", "_type": "deployment", "_id": instance_id,
-                  "_source": {"id": instance_id}}], refresh=True)
+                  "_source": {"id": instance_id, "scaling_groups": {}}}], refresh=True)  # a 3.4 one
     restore.run(config(tmp_path, archive, target.url))
     report = verify.run(verify_config(tmp_path, archive, target.url))
     assert not report.ok
