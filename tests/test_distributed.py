@@ -27,6 +27,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import replace
@@ -280,16 +281,20 @@ def _target_documents(client: SearchClient) -> Counter[str]:
     )
 
 
-def _job_servers() -> set[int]:
-    """Pids of the Flink job servers Beam started (a killed launcher leaves its job server)."""
+def _job_servers(run: str) -> set[int]:
+    """Pids of the Flink job servers a launcher started with `CFYSNAP_TEST_RUN=run` in its
+    environment (a killed launcher leaves its job server, orphaned; the marker, which the job
+    server inherits, tells it from any other run's on the machine)."""
     found = set()
     for pid in os.listdir("/proc"):
         if pid.isdigit():
             try:
                 cmdline = open(f"/proc/{pid}/cmdline", "rb").read()
+                environ = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
             except OSError:
                 continue
-            if b"flink-job-server" in cmdline and b"--job-port" in cmdline:
+            if (b"flink-job-server" in cmdline and b"--job-port" in cmdline
+                    and f"CFYSNAP_TEST_RUN={run}".encode() in environ):
                 found.add(int(pid))
     return found
 
@@ -362,10 +367,10 @@ def test_restore_killed_mid_bulk_resumes_on_flink_to_the_local_runners_target(
     fresh_manager(search)
     port = cluster_port()
     if port is None:
-        before = _job_servers()
+        run = uuid.uuid4().hex
         killed = cli(*_restore_args(archive, search.url, root), "--", *flink,
-                     env={"CFYSNAP_TEST_KILL_AT": "batch:5"})
-        for pid in _job_servers() - before:  # the killed launcher's job server
+                     env={"CFYSNAP_TEST_KILL_AT": "batch:5", "CFYSNAP_TEST_RUN": run})
+        for pid in _job_servers(run):  # the killed launcher's job server
             os.kill(pid, signal.SIGKILL)
         assert killed.returncode == -signal.SIGKILL, killed.stderr
     else:
