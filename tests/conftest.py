@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import os
 import subprocess
+import zipfile
+from collections import Counter
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -20,7 +23,8 @@ import pytest
 from core.errors import SearchServerError
 from core.model import Version
 from core.search import SearchClient
-from pipelines.sample.load import load_empty_manager
+from pipelines.sample.generate import ManagerSpec
+from pipelines.sample.load import load_empty_manager, load_manager
 
 REPO = Path(__file__).resolve().parent.parent
 SEARCH_SERVER = REPO / "scripts" / "search-server"
@@ -137,3 +141,19 @@ def target(search: SearchClient) -> SearchClient:
     """A client on a freshly installed 3.4 manager (the target of a restore)."""
     fresh_manager(search)
     return search
+
+
+def load_small_manager(client: SearchClient, folder: Path, events: int) -> Path:
+    """A 3.3 manager (its agents.json has broker passwords and certificates) with `events` events
+    and as many logs, on a wiped server; its agent keys in `folder/keys`. Its file-server root."""
+    spec = replace(ManagerSpec(version=Version.V3_3, events=events, logs=events),
+                   keys_dir=str(folder / "keys"))
+    wipe(client)
+    load_manager(spec, client, folder / "fs")
+    return folder / "fs"
+
+
+def es_data_lines(archive: Path) -> Counter[bytes]:
+    """An archive's es_data lines, as a multiset (their order is not defined)."""
+    with zipfile.ZipFile(archive) as z:
+        return Counter(z.read("es_data").splitlines())

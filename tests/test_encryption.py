@@ -12,8 +12,6 @@ import stat
 import subprocess
 import sys
 import zipfile
-from collections import Counter
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -30,11 +28,8 @@ from core.crypto import (
     decrypt_agents,
     encrypt_agents,
 )
-from core.model import Version
 from core.search import SearchClient
-from pipelines.sample.generate import ManagerSpec
-from pipelines.sample.load import load_manager
-from tests.conftest import fresh_manager, wipe
+from tests.conftest import es_data_lines, fresh_manager, load_small_manager
 
 REPO = Path(__file__).resolve().parent.parent
 KEY = "correct horse battery staple"
@@ -100,19 +95,10 @@ def secrets_of(archive: Path) -> tuple[set[str], dict[str, bytes]]:
     return values, keys
 
 
-def es_data_lines(archive: Path) -> Counter[bytes]:
-    with zipfile.ZipFile(archive) as z:
-        return Counter(z.read("es_data").splitlines())
-
-
 @pytest.fixture
 def manager(search: SearchClient, tmp_path: Path) -> Path:
     """A 3.3 manager (3.3 agents.json has broker passwords and certificates) on the server."""
-    spec = replace(ManagerSpec(version=Version.V3_3, events=10, logs=10),
-                   keys_dir=str(tmp_path / "keys"))
-    wipe(search)
-    load_manager(spec, search, tmp_path / "fs")
-    return tmp_path / "fs"
+    return load_small_manager(search, tmp_path, events=10)
 
 
 @pytest.mark.server

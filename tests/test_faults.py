@@ -16,10 +16,7 @@ import signal
 import subprocess
 import sys
 import time
-import zipfile
-from collections import Counter
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -28,9 +25,8 @@ from core.model import Version
 from core.search import SearchClient
 from pipelines import restore, verify
 from pipelines.sample.archive import write_sample_archive
-from pipelines.sample.generate import ManagerSpec, document_count
-from pipelines.sample.load import load_manager
-from tests.conftest import fresh_manager, wipe
+from pipelines.sample.generate import ManagerSpec
+from tests.conftest import es_data_lines, fresh_manager, load_small_manager
 from tests.faults import FaultProxy
 from transforms.restore import Batching
 
@@ -41,11 +37,6 @@ SERVER = REPO / "scripts" / "search-server"
 def cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, str(REPO / "cli.py"), *args], capture_output=True,
                           text=True, cwd=REPO, timeout=timeout)
-
-
-def es_data(archive: Path) -> Counter[bytes]:
-    with zipfile.ZipFile(archive) as z:
-        return Counter(z.read("es_data").splitlines())
 
 
 @pytest.fixture(scope="module")
@@ -103,12 +94,10 @@ def test_a_restore_the_server_keeps_refusing_stops_in_one_line_and_resumes(
 
 @pytest.fixture
 def manager(search: SearchClient, tmp_path: Path) -> Path:
-    spec = replace(ManagerSpec(version=Version.V3_3, events=300, logs=300),
-                   keys_dir=str(tmp_path / "keys"))
-    wipe(search)
-    load_manager(spec, search, tmp_path / "fs")
-    assert document_count(spec) > 600
-    return tmp_path / "fs"
+    root = load_small_manager(search, tmp_path, events=300)
+    search.refresh()
+    assert sum(search.logical_indices("*").values()) > 600
+    return root
 
 
 @pytest.mark.server
@@ -129,7 +118,7 @@ def test_create_through_retried_faults_is_exact_and_a_lost_page_leaves_nothing(
         applied = {a for (_, a), n in proxy.counts.items() if n}
     assert made.returncode == 0, made.stderr
     assert {"429", "503", "drop", "slow"} <= applied
-    assert es_data(out) == es_data(direct)
+    assert es_data_lines(out) == es_data_lines(direct)
     # a scroll continuation is never resent (the server may have moved on): the job stops
     # with one line and no archive, partial or not
     lost = tmp_path / "out" / "lost.zip"

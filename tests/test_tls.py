@@ -14,8 +14,6 @@ import socket
 import subprocess
 import sys
 import time
-import zipfile
-from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -30,7 +28,7 @@ from core.model import Version
 from core.search import SearchClient
 from pipelines.sample.generate import ManagerSpec
 from pipelines.sample.load import load_manager
-from tests.conftest import configured_url, fresh_manager, wipe
+from tests.conftest import configured_url, es_data_lines, fresh_manager, load_small_manager, wipe
 
 REPO = Path(__file__).resolve().parent.parent
 PASSWORD = "Pr0xy-s3cret-pass"
@@ -193,20 +191,11 @@ def no_secret(result: subprocess.CompletedProcess[str]) -> None:
         assert secret not in result.stdout and secret not in result.stderr
 
 
-def lines(archive: Path) -> Counter[bytes]:
-    with zipfile.ZipFile(archive) as z:
-        return Counter(z.read("es_data").splitlines())
-
-
 @pytest.fixture(scope="module")
 def manager(tmp_path_factory: pytest.TempPathFactory, proxy: Proxy) -> Path:
     """A small 3.3 manager on the real server (reached directly), its file-server root."""
-    folder = tmp_path_factory.mktemp("manager")
-    spec = replace(ManagerSpec(version=Version.V3_3, events=10, logs=10), keys_dir=str(folder / "keys"))
     with SearchClient(configured_url()) as client:
-        wipe(client)
-        load_manager(spec, client, folder / "fs")
-    return folder / "fs"
+        return load_small_manager(client, tmp_path_factory.mktemp("manager"), events=10)
 
 
 @pytest.mark.server
@@ -224,7 +213,7 @@ def test_basic_auth_over_tls_with_a_ca_gives_the_same_snapshot_and_restores(
                CFYSNAP_ES_USER="cfysnap", CFYSNAP_ES_PASSWORD_FILE=str(password_file))
     assert made.returncode == 0, made.stderr
     no_secret(made)
-    assert lines(over_tls) == lines(direct)
+    assert es_data_lines(over_tls) == es_data_lines(direct)
 
     # restore over TLS into a fresh manager, verify over TLS
     with SearchClient(configured_url()) as client:
