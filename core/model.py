@@ -34,6 +34,7 @@ __all__ = [
     "is_event_index",
     "is_compute_node",
     "credentials_dir_name",
+    "daily_index",
     "event_day",
     "FLAT_BROKER_KEYS",
     "broker_config_from_flat",
@@ -236,6 +237,12 @@ def _utc_day_of_timestamp(value: object) -> date | None:
     if isinstance(value, str) and _UTC_ISO.fullmatch(value):
         return _iso_date(value[:10])
     return _parse_utc_day(value, naive_is_utc=True)
+
+
+@functools.lru_cache(maxsize=4096)
+def daily_index(day: date) -> str:
+    """The daily event index of `day`: `logstash-YYYY.MM.DD` (cached: one per day of events)."""
+    return f"{LOGSTASH_PREFIX}{day:%Y.%m.%d}"
 
 
 def event_day(source: Doc) -> date | None:

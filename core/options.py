@@ -13,9 +13,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
-__all__ = ["beam_options", "DEFAULT_RUNNER"]
+__all__ = ["beam_options", "spreads_work", "DEFAULT_RUNNER"]
 
 DEFAULT_RUNNER = "FnApiRunner"
 _LOG = logging.getLogger(__name__)
@@ -30,3 +30,17 @@ def beam_options(args: Sequence[str] = ()) -> PipelineOptions:
             _LOG.info("using FnApiRunner for %s (no Prism download)", standard.runner)
         standard.runner = DEFAULT_RUNNER
     return options
+
+
+def spreads_work(options: PipelineOptions) -> bool:
+    """Whether the pipeline has more than one worker to spread work units over.
+
+    False only for the embedded FnApiRunner with one worker (`--direct_num_workers` 1, the
+    default; 0 means one per core): there a `Reshuffle` spreads nothing, but it is a stage boundary, and every step
+    after it waits until the step before it has finished for the whole input (a restore's first
+    bulk request waited for all of es_data to be staged). Any other runner, or more direct
+    workers, gets the Reshuffle.
+    """
+    if options.view_as(StandardOptions).runner != DEFAULT_RUNNER:
+        return True
+    return options.view_as(DirectOptions).direct_num_workers != 1

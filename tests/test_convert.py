@@ -25,13 +25,13 @@ from cli import app
 from core.archive import MANIFEST, SnapshotReader
 from core.errors import CorruptArchive, JobFailed
 from core.model import Version
-from core.options import beam_options
+from core.options import beam_options, spreads_work
 from core.validate import validate_archive
 from pipelines.convert import ConvertConfig, ConvertSummary, DryRunReport, dry_run, run
 from pipelines.sample.archive import write_sample_archive
 from pipelines.sample.generate import ManagerSpec
 from tests.test_versions import CREATE_AMQP, INSTALL_NEW_AGENTS, VALIDATE_AMQP, table_gaps
-from transforms.shards import WriteShards, read_shard
+from transforms.shards import Shard, SplitEsDataIntoShards, WriteShards, read_shard
 from transforms.upgrade import (
     DeduplicateShards,
     keep_one,
@@ -462,6 +462,57 @@ def test_deduplicate_shards_keeps_one_line_per_key(tmp_path: Path) -> None:
         unique = (blobs, infos) | DeduplicateShards(staging)
         docs = unique | beam.FlatMap(lambda info: read_shard_lines(info.path))
         assert_that(docs, equal_to([one, other]))
+
+
+def test_work_is_spread_over_workers_unless_there_is_one() -> None:
+    assert not spreads_work(beam_options())
+    assert not spreads_work(beam_options(["--direct_num_workers=1"]))
+    assert not spreads_work(beam_options(["--runner=DirectRunner"]))  # mapped to the FnApiRunner
+    assert spreads_work(beam_options(list(TWO_PROCESSES)))
+    assert spreads_work(beam_options(["--direct_num_workers=0"]))  # one per core
+    assert spreads_work(beam_options(["--runner=PortableRunner", "--job_endpoint=localhost:1"]))
+
+
+class _StagedWhenFirstSeen(beam.DoFn):
+    """Emits, for the first shard it receives, how many shard files were staged by then."""
+
+    def __init__(self, staging: str) -> None:
+        self._staging = staging
+
+    def start_bundle(self) -> None:
+        self._seen = False
+
+    def process(self, shard: Shard) -> Any:
+        if not self._seen:
+            self._seen = True
+            yield len(list(Path(self._staging).glob("in-*.jsonl")))
+
+
+@pytest.mark.parametrize("spread", [True, False])
+def test_without_spreading_the_next_step_starts_before_the_split_ends(
+    tmp_path: Path, spread: bool
+) -> None:
+    """One worker (spread=False): the step after the split takes the first shard while es_data is
+    still being split (nothing waits for the whole archive); spread over workers, a Reshuffle
+    stands between them and the first shard arrives once all 12 are staged. The shards are the
+    same either way."""
+    archive = tmp_path / "a.zip"
+    write_sample_archive(ManagerSpec.sized_snapshot(Version.V3_2, 1200, seed=3), archive)
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    with BeamPipeline(options=beam_options()) as p:
+        shards = (
+            p
+            | beam.Create([str(archive)])
+            | SplitEsDataIntoShards(str(staging), lines_per_shard=100, spread=spread)
+        )
+        first = shards | beam.ParDo(_StagedWhenFirstSeen(str(staging)))
+        assert_that(first, equal_to([12] if spread else [1]), label="staged when first seen")
+        lines = shards | beam.Map(lambda shard: (shard.first_line, Path(shard.path).read_bytes()))
+        with SnapshotReader(archive) as snap:
+            es_data = [line + b"\n" for _, line in snap.iter_lines()]
+        expected = [(1 + 100 * n, b"".join(es_data[100 * n : 100 * (n + 1)])) for n in range(12)]
+        assert_that(lines, equal_to(expected), label="shards")
 
 
 def read_shard_lines(path: str) -> list[dict[str, Any]]:

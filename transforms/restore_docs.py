@@ -33,10 +33,8 @@ Functions never mutate their input; an unchanged document is returned as the sam
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -45,11 +43,11 @@ import msgspec
 from core.archive import ES_DATA, EsDataLine
 from core.errors import CorruptArchive
 from core.model import (
-    LOGSTASH_PREFIX,
     STORAGE_INDEX,
     Doc,
     Hit,
     broker_config_from_flat,
+    daily_index,
     event_day,
     is_event_index,
 )
@@ -97,12 +95,7 @@ def event_index(hit: Hit) -> str:
             None,
             f"event {hit.get('_type')}/{hit.get('_id')} has no parseable @timestamp or timestamp",
         )
-    return _daily_index(day)
-
-
-@functools.lru_cache(maxsize=4096)
-def _daily_index(day: date) -> str:
-    return f"{LOGSTASH_PREFIX}{day:%Y.%m.%d}"
+    return daily_index(day)
 
 
 def route_event(hit: Hit) -> Hit:

@@ -127,13 +127,17 @@ class _PlanPartsFn(beam.DoFn):
 
 
 class _Scroll(threading.Thread):
-    """One part read by a thread of its own into a small queue of pages (a scroll's network
-    waits release the GIL: the worker parses, writes and reads the next pages at once). A
-    failure is handed over through the queue and raised by the reader."""
+    """One part read by a thread of its own into the reader's queue of pages, as `(scroll,
+    page)` (a scroll's network waits release the GIL: the worker parses, writes and reads the
+    next pages at once). The queue is shared by the running scrolls, so the reader takes
+    whichever page is ready first. A failure is handed over through the queue and raised by the
+    reader."""
 
-    def __init__(self, target: SearchTarget, part: ReadPart, page_size: int) -> None:
+    def __init__(
+        self, target: SearchTarget, part: ReadPart, page_size: int, pages: queue.Queue[Any]
+    ) -> None:
         super().__init__(daemon=True, name="cfysnap-scroll")
-        self.part, self.pages = part, queue.Queue[Any](maxsize=3)
+        self.part, self.pages = part, pages
         self._target, self._page_size = target, page_size
         self._stop = threading.Event()
 
@@ -160,7 +164,7 @@ class _Scroll(threading.Thread):
     def _put(self, item: Any) -> bool:
         while not self._stop.is_set():
             try:
-                self.pages.put(item, timeout=0.5)
+                self.pages.put((self, item), timeout=0.5)
                 return True
             except queue.Full:
                 continue
@@ -175,7 +179,7 @@ _DONE = object()
 
 class _ReadPartFn(beam.DoFn):
     """`ReadPart`s → their pages (`list[RawHit]`) or hits, `concurrency` scrolls at a time per
-    worker, each page in memory once (at most 3 queued per scroll)."""
+    worker, each page in memory once (at most 3 queued per running scroll)."""
 
     def __init__(
         self, target: SearchTarget, page_size: int, namespace: str, pages: bool, concurrency: int
@@ -185,9 +189,10 @@ class _ReadPartFn(beam.DoFn):
 
     def start_bundle(self) -> None:
         self._running: list[_Scroll] = []
+        self._queue = queue.Queue[Any](maxsize=3 * self._concurrency)
 
     def process(self, part: ReadPart) -> Iterator[Any]:
-        scroll = _Scroll(self._target, part, self._page_size)
+        scroll = _Scroll(self._target, part, self._page_size, self._queue)
         scroll.start()
         self._running.append(scroll)
         while len(self._running) >= self._concurrency:
@@ -199,20 +204,19 @@ class _ReadPartFn(beam.DoFn):
                 yield in_global_window(out)
 
     def _drain_some(self) -> Iterator[Any]:
-        """Pages of the running scrolls, in turn, until one of them ends."""
+        """Pages of the running scrolls, as they come, until one of them ends."""
         try:
             while True:
-                for scroll in list(self._running):
-                    try:
-                        item = scroll.pages.get(timeout=0.05)
-                    except queue.Empty:
-                        continue
-                    if item is _DONE:
-                        self._running.remove(scroll)
-                        return
-                    if isinstance(item, BaseException):
-                        raise item
-                    yield from self._emit(item)
+                try:  # a timeout: a wait that signals (Ctrl-C) can always interrupt
+                    scroll, item = self._queue.get(timeout=0.5)
+                except queue.Empty:
+                    continue
+                if item is _DONE:
+                    self._running.remove(scroll)
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield from self._emit(item)
         except BaseException:
             for scroll in self._running:
                 scroll.cancel()
@@ -256,7 +260,10 @@ class ReadAllFromSearch(beam.PTransform):
         pages: bool = False,
         concurrency: int = 2,
         counter_namespace: str = READ_NAMESPACE,
+        spread: bool = True,
     ) -> None:
+        """`spread=False` (one worker: `core.options.spreads_work`): the parts are read where
+        they were planned, in the same stage, instead of being reshuffled over workers."""
         super().__init__()
         if parallelism < 1 or page_size < 1 or concurrency < 1:
             raise ValueError(
@@ -265,20 +272,17 @@ class ReadAllFromSearch(beam.PTransform):
         self._target = target if isinstance(target, SearchTarget) else SearchTarget(target)
         self._parallelism, self._page_size = parallelism, page_size
         self._pages_out, self._concurrency = pages, concurrency
-        self._namespace = counter_namespace
+        self._namespace, self._spread = counter_namespace, spread
 
     def expand(self, wholes: beam.PCollection[ReadPart]) -> beam.PCollection[Any]:
         read = _ReadPartFn(
             self._target, self._page_size, self._namespace, self._pages_out, self._concurrency
         )
-        return (
-            wholes
-            | "PlanParts" >> beam.ParDo(_PlanPartsFn(self._target, self._parallelism))
-            | "SpreadParts" >> beam.Reshuffle()
-            | "ReadPart"
-            >> beam.ParDo(read).with_output_types(
-                list[RawHit] if self._pages_out else dict[str, Any]
-            )
+        parts = wholes | "PlanParts" >> beam.ParDo(_PlanPartsFn(self._target, self._parallelism))
+        if self._spread:
+            parts = parts | "SpreadParts" >> beam.Reshuffle()
+        return parts | "ReadPart" >> beam.ParDo(read).with_output_types(
+            list[RawHit] if self._pages_out else dict[str, Any]
         )
 
     def display_data(self) -> dict[str, Any]:

@@ -136,20 +136,24 @@ class SplitEsDataIntoShards(beam.PTransform):
 
     Element shapes: in `str` (archive path); out `Shard`. The split itself is one sequential
     stream copy (es_data cannot be read in parallel); everything after it runs in parallel.
+    With `spread=False` (one worker: `core.options.spreads_work`) the shards are not reshuffled,
+    so the steps after the split take each shard as soon as it is staged instead of waiting for
+    the whole of es_data.
     """
 
-    def __init__(self, staging: str, lines_per_shard: int = LINES_PER_SHARD) -> None:
+    def __init__(
+        self, staging: str, lines_per_shard: int = LINES_PER_SHARD, *, spread: bool = True
+    ) -> None:
         super().__init__()
         if lines_per_shard < 1:
             raise ValueError("lines_per_shard must be positive")
-        self._staging, self._lines = staging, lines_per_shard
+        self._staging, self._lines, self._spread = staging, lines_per_shard, spread
 
     def expand(self, archive_paths: beam.PCollection[str]) -> beam.PCollection[Shard]:
-        return (
-            archive_paths
-            | "CopyEsDataToShards" >> beam.ParDo(_SplitEsData(self._staging, self._lines))
-            | "SpreadShards" >> beam.Reshuffle()
+        shards = archive_paths | "CopyEsDataToShards" >> beam.ParDo(
+            _SplitEsData(self._staging, self._lines)
         )
+        return shards | "SpreadShards" >> beam.Reshuffle() if self._spread else shards
 
 
 # ---------------------------------------------------------------------------------- read shards

@@ -34,11 +34,11 @@ from core.errors import CorruptArchive
 from core.model import (
     EVENTS_INDEX,
     FLAT_BROKER_KEYS,
-    LOGSTASH_PREFIX,
     Doc,
     Hit,
     Version,
     broker_config_from_flat,
+    daily_index,
     event_day,
     metadata_version,
 )
@@ -82,7 +82,7 @@ def _move_event(hit: Hit) -> Hit:
             None,
             f"event {hit.get('_type')}/{hit.get('_id')} has no parseable @timestamp or timestamp",
         )
-    return {**hit, "_index": f"{LOGSTASH_PREFIX}{day:%Y.%m.%d}"}
+    return {**hit, "_index": daily_index(day)}
 
 
 def upgrade_hit(hit: Hit) -> Hit:
