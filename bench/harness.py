@@ -23,7 +23,9 @@ What it does, in order:
    all to `bench/results/latest.json`.
 
 Every contender runs in a child process; the machine's cores are shared with the servers, as on
-a manager. `--rounds R` runs each contender R times and keeps the best (the others are noise).
+a manager. `--rounds R` runs every contender of a job once per round, in turn, R times, and
+keeps each one's best (the others are noise; taking turns spreads a slow moment of the machine
+over all of them).
 """
 
 from __future__ import annotations
@@ -119,15 +121,37 @@ def run_measured(argv: Sequence[str], env: dict[str, str] | None = None) -> tupl
     return seconds, peak / 1e6
 
 
-def best_of(rounds: int, prepare: Callable[[], None] | None, argv: Sequence[str],
-            env: dict[str, str] | None = None) -> tuple[float, float]:
-    """The fastest of `rounds` runs (`prepare()` before each, untimed) and its peak RSS."""
-    runs = []
+@dataclass
+class Contender:
+    """One way of doing a job, run in a child process: `prepare()` (untimed) before each run."""
+
+    label: str
+    argv: Sequence[str]
+    baseline: bool = False
+    note: str = ""
+    prepare: Callable[[], None] | None = None
+    env: dict[str, str] | None = None
+
+
+def side_by_side(job: str, server: str, documents: int, contenders: Sequence[Contender],
+                 rounds: int) -> list[Result]:
+    """Every contender once per round, in turn, `rounds` times; each keeps its fastest run (and
+    that run's peak RSS). Taking turns, a slow moment of the shared machine slows every
+    contender of the round alike instead of all the runs of one of them."""
+    best: dict[str, tuple[float, float]] = {}
     for _ in range(rounds):
-        if prepare is not None:
-            prepare()
-        runs.append(run_measured(argv, env))
-    return min(runs)
+        for c in contenders:
+            if c.prepare is not None:
+                c.prepare()
+            seconds, rss = run_measured(c.argv, c.env)
+            if c.label not in best or seconds < best[c.label][0]:
+                best[c.label] = (seconds, rss)
+    results = []
+    for c in contenders:
+        seconds, rss = best[c.label]
+        results.append(Result(job, server, c.label, documents, seconds, rss, c.baseline, c.note))
+        print(f"  {job} {server:<18} {c.label:<38} {seconds:7.1f} s", flush=True)
+    return results
 
 
 # ------------------------------------------------------------------------------- the parts
@@ -175,20 +199,7 @@ def es_major(url: str) -> int:
 
 # ------------------------------------------------------------------------------------ jobs
 def bench_create(url: str, name: str, fs_root: Path, work: Path, docs: int, rounds: int) -> list[Result]:
-    results = []
     major = es_major(url)
-
-    def contender(label: str, argv: Sequence[str], baseline: bool = False, note: str = "",
-                  prepare: Callable[[], None] | None = None, env: dict[str, str] | None = None) -> None:
-        seconds, rss = best_of(rounds, prepare, argv, env)
-        results.append(Result("create", name, label, docs, seconds, rss, baseline, note))
-        print(f"  create {name:<18} {label:<34} {seconds:7.1f} s", flush=True)
-
-    contender("raw scan/scroll (server's rate)", [PY, str(PLAIN), "raw-dump", url],
-              note="response bytes only, nothing parsed")
-    out = work / "plain.zip"
-    contender("plain Python loop", [PY, str(PLAIN), "dump", url, str(out)], baseline=True,
-              note="scroll, json parse and dump, deflated zip")
     dump_dir = work / "elasticdump"
 
     def clean_dump() -> None:
@@ -200,66 +211,64 @@ def bench_create(url: str, name: str, fs_root: Path, work: Path, docs: int, roun
                  f"--output={dump_dir}", "--limit=5000", "--parallel=2", "--includeType=data"]
     if major >= 8:
         dump_args.append("--openSearchServerless=true")  # its GET / version check: 405 here
-    contender("elasticdump (multielasticdump)", dump_args, prepare=clean_dump,
-              note="--limit=5000 --parallel=2, one file per index")
-    archive = work / "cfysnap.zip"
-    create = [*CLI, "create", "--es", url, "--fs-root", str(fs_root), "--output", str(archive), "--force"]
-    contender("cfysnap create, 1 worker", create)
-    contender("cfysnap create, 2 worker processes", [*create, *MULTI])
-    return results
+    create = [*CLI, "create", "--es", url, "--fs-root", str(fs_root), "--output",
+              str(work / "cfysnap.zip"), "--force"]
+    return side_by_side("create", name, docs, [
+        Contender("raw scan/scroll (server's rate)", [PY, str(PLAIN), "raw-dump", url],
+                  note="response bytes only, nothing parsed"),
+        Contender("plain Python loop", [PY, str(PLAIN), "dump", url, str(work / "plain.zip")],
+                  baseline=True, note="scroll, json parse and dump, deflated zip"),
+        Contender("elasticdump (multielasticdump)", dump_args, prepare=clean_dump,
+                  note="--limit=5000 --parallel=2, one file per index"),
+        Contender("cfysnap create, 1 worker", create),
+        Contender("cfysnap create, 2 worker processes", [*create, *MULTI]),
+    ], rounds)
 
 
 def bench_restore(url: str, name: str, archive: Path, work: Path, docs: int, rounds: int) -> list[Result]:
-    results = []
     major = es_major(url)
     ndjson = work / "bulk"
     subprocess.run([PY, str(PLAIN), "bulk-files", str(archive), str(ndjson), str(major)], check=True)
 
-    def contender(label: str, argv: Sequence[str], baseline: bool = False, note: str = "",
-                  prepare: Callable[[], None] | None = None) -> None:
-        seconds, rss = best_of(rounds, prepare or (lambda: fresh_target(url)), argv)
-        results.append(Result("restore", name, label, docs, seconds, rss, baseline, note))
-        print(f"  restore {name:<17} {label:<34} {seconds:7.1f} s", flush=True)
-
-    contender("raw curl bulk of ready NDJSON", [PY, str(PLAIN), "curl-bulk", url, str(ndjson)],
-              note="5,000 documents a request, 2 at a time")
-    contender("plain Python bulk loop", [PY, str(PLAIN), "load", url, str(archive)], baseline=True,
-              note="parse each line, bulk 1,000 at a time")
-    dump_dir = work / "elasticdump"
-    if major < 8:  # its import of typed data; 8.x reads no _type (the dump's index files are typed)
-        contender("elasticdump import (multielasticdump)",
-                  [str(elasticdump()), "--direction=load", f"--input={dump_dir}", f"--output={url}",
-                   "--limit=5000", "--parallel=2", "--includeType=data", "--noRefresh"],
-                  note="the files of its own dump")
-    restore = [*CLI, "restore", str(archive), "--es", url, "--fs-root", str(work / "fs"),
-               "--credentials-dir", str(work / "creds"), "--target-version", "3.3"]
+    def fresh() -> None:
+        fresh_target(url)
 
     def clean() -> None:
         fresh_target(url)
         shutil.rmtree(work / "fs", ignore_errors=True)
         shutil.rmtree(work / "creds", ignore_errors=True)
 
-    contender("cfysnap restore, 1 worker", restore, prepare=clean)
-    contender("cfysnap restore, 2 worker processes", [*restore, *MULTI], prepare=clean)
-    return results
+    restore = [*CLI, "restore", str(archive), "--es", url, "--fs-root", str(work / "fs"),
+               "--credentials-dir", str(work / "creds"), "--target-version", "3.3"]
+    contenders = [
+        Contender("raw curl bulk of ready NDJSON", [PY, str(PLAIN), "curl-bulk", url, str(ndjson)],
+                  note="5,000 documents a request, 2 at a time", prepare=fresh),
+        Contender("plain Python bulk loop", [PY, str(PLAIN), "load", url, str(archive)],
+                  baseline=True, note="parse each line, bulk 1,000 at a time", prepare=fresh),
+    ]
+    if major < 8:  # its import of typed data; 8.x reads no _type (the dump's index files are typed)
+        contenders.append(Contender(
+            "elasticdump import (multielasticdump)",
+            [str(elasticdump()), "--direction=load", f"--input={work / 'elasticdump'}",
+             f"--output={url}", "--limit=5000", "--parallel=2", "--includeType=data", "--noRefresh"],
+            note="the files of its own dump", prepare=fresh))
+    contenders += [
+        Contender("cfysnap restore, 1 worker", restore, prepare=clean),
+        Contender("cfysnap restore, 2 worker processes", [*restore, *MULTI], prepare=clean),
+    ]
+    return side_by_side("restore", name, docs, contenders, rounds)
 
 
 def bench_convert(work: Path, docs: int, rounds: int) -> list[Result]:
     source = work / "convert-3.2.zip"
     write_sample_archive(ManagerSpec.sized(Version.V3_2, docs, seed=11), source)
-    results = []
-
-    def contender(label: str, argv: Sequence[str], baseline: bool = False, note: str = "") -> None:
-        seconds, rss = best_of(rounds, None, argv)
-        results.append(Result("convert", "-", label, docs, seconds, rss, baseline, note))
-        print(f"  convert {label:<52} {seconds:7.1f} s", flush=True)
-
-    contender("plain Python loop", [PY, str(PLAIN), "convert", str(source), str(work / "plain-3.4.zip")],
-              baseline=True, note="read, parse, upgrade, dump, deflate")
     convert = [*CLI, "convert", str(source), str(work / "out-3.4.zip"), "--to", "3.4", "--force"]
-    contender("cfysnap convert, 1 worker", convert)
-    contender("cfysnap convert, 2 worker processes", [*convert, *MULTI])
-    return results
+    return side_by_side("convert", "-", docs, [
+        Contender("plain Python loop", [PY, str(PLAIN), "convert", str(source), str(work / "plain-3.4.zip")],
+                  baseline=True, note="read, parse, upgrade, dump, deflate"),
+        Contender("cfysnap convert, 1 worker", convert),
+        Contender("cfysnap convert, 2 worker processes", [*convert, *MULTI]),
+    ], rounds)
 
 
 # ---------------------------------------------------------------------------------- memory
@@ -381,7 +390,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 results = bench_memory(url, work, args.docs)
             finally:
                 stop_server(args.port)
-        for n, kind in enumerate([] if args.memory else args.servers.split(",")):
+        for n, kind in enumerate([] if args.memory else [s for s in args.servers.split(",") if s]):
             port = args.port + n
             url = start_server(kind, port, cache)
             try:
