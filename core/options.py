@@ -36,10 +36,10 @@ def spreads_work(options: PipelineOptions) -> bool:
     """Whether the pipeline has more than one worker to spread work units over.
 
     False only for the embedded FnApiRunner with one worker (`--direct_num_workers` 1, the
-    default; 0 means one per core): there a `Reshuffle` spreads nothing, but it is a stage boundary, and every step
-    after it waits until the step before it has finished for the whole input (a restore's first
-    bulk request waited for all of es_data to be staged). Any other runner, or more direct
-    workers, gets the Reshuffle.
+    default; 0 means one per core): there a `Reshuffle` spreads nothing, but it is a stage
+    boundary, and every step after it waits until the step before it has finished for the whole
+    input (a restore's first bulk request waited for all of es_data to be staged). Any other
+    runner, or more direct workers, gets the Reshuffle.
     """
     if options.view_as(StandardOptions).runner != DEFAULT_RUNNER:
         return True
