@@ -39,7 +39,8 @@ def spreads_work(options: PipelineOptions) -> bool:
     default; 0 means one per core): there a `Reshuffle` spreads nothing, but it is a stage
     boundary, and every step after it waits until the step before it has finished for the whole
     input (a restore's first bulk request waited for all of es_data to be staged). Any other
-    runner, or more direct workers, gets the Reshuffle.
+    runner, or more direct workers, gets the Reshuffle. The transforms that reshuffle ask it of
+    their pipeline's options when they expand.
     """
     if options.view_as(StandardOptions).runner != DEFAULT_RUNNER:
         return True

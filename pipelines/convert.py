@@ -65,7 +65,7 @@ from core.counts import counter_values
 from core.crypto import ArchiveKey, Encryption, encrypt_agents
 from core.errors import CfysnapError, CorruptArchive, JobFailed, job_error
 from core.model import Version, hit_key, parse_version
-from core.options import beam_options, spreads_work
+from core.options import beam_options
 from core.validate import ArchiveLimits, Problem, limit_problems, refuse, validate_archive
 from transforms.shards import (
     ArchiveMember,
@@ -542,13 +542,11 @@ def _run_pipeline(
     done: dict[str, Any],
     encryption: Encryption | None,
 ) -> dict[str, int]:
-    options = beam_options(beam_args)
-    pipeline = beam.Pipeline(options=options)
+    pipeline = beam.Pipeline(options=beam_options(beam_args))
     unique_shards = (
         pipeline
         | "Source" >> beam.Create([str(config.source)])
-        | "ConvertEsData"
-        >> ConvertEsData(staging, steps, config.lines_per_shard, spread=spreads_work(options))
+        | "ConvertEsData" >> ConvertEsData(staging, steps, config.lines_per_shard)
     )
     carried = pipeline | "OtherMembers" >> beam.Create(members)
     _ = (unique_shards, carried) | "WriteSnapshotArchive" >> WriteSnapshotArchive(

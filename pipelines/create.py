@@ -63,7 +63,7 @@ from core.model import (
     Version,
     metadata_version,
 )
-from core.options import beam_options, spreads_work
+from core.options import beam_options
 from core.progress import Progress
 from core.search import Layout, SearchClient, SearchTarget
 from core.store import SnapshotStore, Status, archive_path
@@ -391,7 +391,6 @@ def _create(
     options = beam_options(beam_args)
     workers = options.view_as(DirectOptions).direct_num_workers or 1
     slices = config.slices or max(2, workers)
-    spread = spreads_work(options)
     output.parent.mkdir(parents=True, exist_ok=True)
     staging = output.parent / f".{output.name}.staging-{uuid.uuid4().hex[:8]}"
     staging.mkdir(mode=0o700)
@@ -407,7 +406,6 @@ def _create(
             staged_archive,
             execution_id,
             slices,
-            spread,
             client.layout,
             Encryption.new(config.encrypt_with) if config.encrypt_with is not None else None,
         )
@@ -453,7 +451,6 @@ def _build_pipeline(
     staged_archive: Path,
     execution_id: str | None,
     slices: int,
-    spread: bool,
     layout: Layout,
     encryption: Encryption | None,
 ) -> None:
@@ -463,7 +460,6 @@ def _build_pipeline(
         parallelism=slices,
         page_size=config.page_size,
         pages=True,
-        spread=spread,
     )
     parts = pages | "ToSnapshotParts" >> ToSnapshotParts(
         NEVER_IN_SNAPSHOT_TYPES,

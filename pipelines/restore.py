@@ -49,7 +49,7 @@ from core.errors import CfysnapError, JobFailed, RestoreRefused, job_error
 from core.journal import Journal, JournalState
 from core.manager import collect_evidence
 from core.model import STORAGE_INDEX, Version
-from core.options import beam_options, spreads_work
+from core.options import beam_options
 from core.progress import Progress
 from core.search import Layout, SearchClient, SearchTarget
 from core.text import plural
@@ -538,20 +538,13 @@ def _load_documents(
             os.chmod(staging, 0o700)
     try:
         with Progress("restore", total=remaining, enabled=config.progress):
-            options = beam_options(beam_args)
-            with beam.Pipeline(options=options) as pipeline:
+            with beam.Pipeline(options=beam_options(beam_args)) as pipeline:
                 _ = (
                     pipeline
                     | "Archive" >> beam.Create([str(archive)])
                     | "LoadDocuments"
                     >> LoadDocuments(
-                        ctx,
-                        config.target,
-                        config.batching,
-                        staging,
-                        state.loaded_lines(),
-                        journal,
-                        spread=spreads_work(options),
+                        ctx, config.target, config.batching, staging, state.loaded_lines(), journal
                     )
                 )
     finally:

@@ -231,15 +231,10 @@ class LoadDocuments(beam.PTransform):
         staging: str,
         loaded_lines: list[tuple[int, int]],
         journal: Journal,
-        *,
-        spread: bool = True,
     ) -> None:
-        """`spread`: reshuffle es_data's shards over workers (`SplitEsDataIntoShards`); without
-        it the first bulk request goes out once the first shard is staged."""
         super().__init__()
         self._ctx, self._target, self._batching = ctx, target, batching
         self._staging, self._loaded, self._journal = staging, loaded_lines, journal
-        self._spread = spread
 
     def expand(self, archive_paths: beam.PCollection[str]) -> beam.PCollection:
         ctx, batching = self._ctx, self._batching
@@ -249,7 +244,7 @@ class LoadDocuments(beam.PTransform):
         return (
             archive_paths
             | "SplitEsDataIntoShards"
-            >> SplitEsDataIntoShards(self._staging, batching.lines_per_shard, spread=self._spread)
+            >> SplitEsDataIntoShards(self._staging, batching.lines_per_shard)
             | "RestoreDocuments"
             >> RestoreDocuments(ctx, self._loaded)
             | "WriteToSearch"

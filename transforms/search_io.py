@@ -54,6 +54,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 
 from core.digests import batch_digest
 from core.errors import BulkLoadError
+from core.options import spreads_work
 from core.search import Partition, RawHit, SearchTarget
 from transforms._beam import in_global_window
 
@@ -260,10 +261,11 @@ class ReadAllFromSearch(beam.PTransform):
         pages: bool = False,
         concurrency: int = 2,
         counter_namespace: str = READ_NAMESPACE,
-        spread: bool = True,
+        spread: bool | None = None,
     ) -> None:
-        """`spread=False` (one worker: `core.options.spreads_work`): the parts are read where
-        they were planned, in the same stage, instead of being reshuffled over workers."""
+        """`spread`: reshuffle the parts over workers; by default, as `core.options.spreads_work`
+        says of the pipeline's options (with one worker the parts are read where they were
+        planned, in the same stage)."""
         super().__init__()
         if parallelism < 1 or page_size < 1 or concurrency < 1:
             raise ValueError(
@@ -279,7 +281,10 @@ class ReadAllFromSearch(beam.PTransform):
             self._target, self._page_size, self._namespace, self._pages_out, self._concurrency
         )
         parts = wholes | "PlanParts" >> beam.ParDo(_PlanPartsFn(self._target, self._parallelism))
-        if self._spread:
+        spread = self._spread
+        if spread is None:
+            spread = spreads_work(wholes.pipeline.options)
+        if spread:
             parts = parts | "SpreadParts" >> beam.Reshuffle()
         return parts | "ReadPart" >> beam.ParDo(read).with_output_types(
             list[RawHit] if self._pages_out else dict[str, Any]

@@ -39,6 +39,7 @@ from core.archive import (
 from core.crypto import Encryption
 from core.errors import CorruptArchive, DamagedMember
 from core.model import Hit
+from core.options import spreads_work
 from transforms._beam import RunOnce, in_global_window
 
 __all__ = [
@@ -136,13 +137,13 @@ class SplitEsDataIntoShards(beam.PTransform):
 
     Element shapes: in `str` (archive path); out `Shard`. The split itself is one sequential
     stream copy (es_data cannot be read in parallel); everything after it runs in parallel.
-    With `spread=False` (one worker: `core.options.spreads_work`) the shards are not reshuffled,
-    so the steps after the split take each shard as soon as it is staged instead of waiting for
-    the whole of es_data.
+    With one worker (`core.options.spreads_work` of the pipeline's options, unless `spread` says)
+    the shards are not reshuffled, so the steps after the split take each shard as soon as it is
+    staged instead of waiting for the whole of es_data.
     """
 
     def __init__(
-        self, staging: str, lines_per_shard: int = LINES_PER_SHARD, *, spread: bool = True
+        self, staging: str, lines_per_shard: int = LINES_PER_SHARD, *, spread: bool | None = None
     ) -> None:
         super().__init__()
         if lines_per_shard < 1:
@@ -153,7 +154,10 @@ class SplitEsDataIntoShards(beam.PTransform):
         shards = archive_paths | "CopyEsDataToShards" >> beam.ParDo(
             _SplitEsData(self._staging, self._lines)
         )
-        return shards | "SpreadShards" >> beam.Reshuffle() if self._spread else shards
+        spread = self._spread
+        if spread is None:
+            spread = spreads_work(archive_paths.pipeline.options)
+        return shards | "SpreadShards" >> beam.Reshuffle() if spread else shards
 
 
 # ---------------------------------------------------------------------------------- read shards

@@ -383,23 +383,12 @@ class ConvertEsData(beam.PTransform):
     are never Beam elements: each shard is read, upgraded and written by one DoFn call.
     """
 
-    def __init__(
-        self,
-        staging: str,
-        steps: Sequence[Step],
-        lines_per_shard: int = LINES_PER_SHARD,
-        *,
-        spread: bool = True,
-    ) -> None:
-        """`spread`: reshuffle the shards over workers (`SplitEsDataIntoShards`)."""
+    def __init__(self, staging: str, steps: Sequence[Step], lines_per_shard: int = LINES_PER_SHARD) -> None:
         super().__init__()
         self._staging, self._steps, self._lines = staging, tuple(steps), lines_per_shard
-        self._spread = spread
 
     def expand(self, archive_paths: beam.PCollection[str]) -> beam.PCollection[ShardInfo]:
-        shards = archive_paths | "SplitEsDataIntoShards" >> SplitEsDataIntoShards(
-            self._staging, self._lines, spread=self._spread
-        )
+        shards = archive_paths | "SplitEsDataIntoShards" >> SplitEsDataIntoShards(self._staging, self._lines)
         upgraded = shards | "UpgradeShards" >> UpgradeShards(self._staging, self._steps)
         return (upgraded.key_digests, upgraded.shard_infos) | "DeduplicateShards" >> DeduplicateShards(
             self._staging
