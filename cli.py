@@ -610,8 +610,15 @@ def convert(
 
     def body() -> None:
         config = ConvertConfig(
-            source, output, Version(to.value), dry_run=dry_run, force=force, key=key,
-            lines_per_shard=lines_per_shard, progress=not as_json, limits=limits,
+            source=source,
+            output=output,
+            target=Version(to.value),
+            dry_run=dry_run,
+            force=force,
+            lines_per_shard=lines_per_shard,
+            progress=not as_json,
+            limits=limits,
+            key=key,
         )
         result = run(config, ctx.args)
         typer.echo(json.dumps(result.to_json(), indent=2) if as_json else result.render())
@@ -620,19 +627,6 @@ def convert(
 
 
 # ------------------------------------------------------------------------------------ create
-def _switch(flag: str, text: str) -> Any:
-    """A boolean option that is only ever turned on (no `--no-` form)."""
-    return typer.Option(flag, help=text)
-
-
-_NO_KEYS = "Leave the Compute nodes' agent keys out."
-_NO_EVENTS = "Leave the cloudify_event documents out."
-_NO_LOGS = "Leave the cloudify_log documents out."
-_ENCRYPT = (
-    "Encrypt the agent keys and agents.json's broker passwords and SSL keys (AES-256-GCM) with "
-    "the key of --key-file or the environment; convert, restore and verify then need the same key."
-)
-
 @app.command(context_settings=BEAM_ARGS)
 @server_options
 @key_options
@@ -664,10 +658,24 @@ def create(
             metavar="ID",
         ),
     ] = None,
-    exclude_credentials: Annotated[bool, _switch("--exclude-credentials", _NO_KEYS)] = False,
-    encrypt_credentials: Annotated[bool, _switch("--encrypt-credentials", _ENCRYPT)] = False,
-    exclude_events: Annotated[bool, _switch("--exclude-events", _NO_EVENTS)] = False,
-    exclude_logs: Annotated[bool, _switch("--exclude-logs", _NO_LOGS)] = False,
+    exclude_credentials: Annotated[
+        bool, typer.Option("--exclude-credentials", help="Leave the Compute nodes' agent keys out.")
+    ] = False,
+    encrypt_credentials: Annotated[
+        bool,
+        typer.Option(
+            "--encrypt-credentials",
+            help="Encrypt the agent keys and agents.json's broker passwords and SSL keys "
+            "(AES-256-GCM) with the key of --key-file or the environment; convert, restore and "
+            "verify then need the same key.",
+        ),
+    ] = False,
+    exclude_events: Annotated[
+        bool, typer.Option("--exclude-events", help="Leave the cloudify_event documents out.")
+    ] = False,
+    exclude_logs: Annotated[
+        bool, typer.Option("--exclude-logs", help="Leave the cloudify_log documents out.")
+    ] = False,
     source_version: Annotated[
         SourceVersionChoice,
         typer.Option(
@@ -803,8 +811,14 @@ def verify(
 
     def body() -> None:
         config = VerifyConfig(
-            archive, target, fs_root, credentials_dir, Version(target_version.value),
-            max_differences=max_differences, limits=limits, key=key,
+            archive=archive,
+            target=target,
+            fs_root=fs_root,
+            credentials_dir=credentials_dir,
+            target_version=Version(target_version.value),
+            max_differences=max_differences,
+            limits=limits,
+            key=key,
         )
         report = run(config)
         typer.echo(report.render())
