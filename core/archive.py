@@ -30,7 +30,8 @@ import uuid
 import zipfile
 import zlib
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from json.encoder import encode_basestring_ascii  # type: ignore[attr-defined]
 from pathlib import Path, PurePosixPath
@@ -64,6 +65,7 @@ __all__ = [
     "MAX_JSON_DEPTH",
     "dump_hit",
     "es_data_line",
+    "es_data_page",
     "unsafe_member_reason",
     "safe_target_path",
     "buffered_lines",
@@ -258,10 +260,32 @@ def es_data_line(index: str, doc_type: str, doc_id: str, source: bytes | Any) ->
     return b"".join((
         _line_prefix(index, doc_type),
         encode_basestring_ascii(doc_id).encode(),  # what json.dumps does to a str
-        b', "_score": 0.0, "_source": ',
+        _SCORE_SOURCE,
         source,
         b"}",
     ))
+
+
+_SCORE_SOURCE = b', "_score": 0.0, "_source": '
+
+
+def es_data_page(hits: Sequence[Any]) -> bytes:
+    """The es_data lines, each ending in a newline, of `hits` (objects with `index`, `type`, `id`
+    and `source`, as `core.search.RawHit`): `es_data_line` of each, built as one join.
+
+    The sources are joined as the server's buffers, uncopied and unscanned; a source spanning
+    lines shows in the result as more newlines than hits (or a carriage return), and only then
+    is the page built again line by line (`es_data_line` re-serialises such a source)."""
+    parts: list[Any] = []
+    add, prefix, quote = parts.extend, _line_prefix, encode_basestring_ascii
+    for hit in hits:
+        add((prefix(hit.index, str(hit.type)), quote(hit.id).encode(), _SCORE_SOURCE, hit.source, b"}\n"))
+    data = b"".join(parts)
+    if data.count(b"\n") == len(hits) and b"\r" not in data:
+        return data
+    return b"".join(
+        es_data_line(hit.index, str(hit.type), hit.id, hit.source) + b"\n" for hit in hits
+    )
 
 
 def _is_symlink(info: zipfile.ZipInfo) -> bool:
@@ -619,23 +643,43 @@ def buffered_lines(
 
 
 class _HashingWriter(io.RawIOBase):
-    """Pass-through writer that records size and sha256 of what goes through it."""
+    """Pass-through writer that records size and sha256 of what goes through it.
+
+    A large write is hashed by a helper thread while the target deflates it: hashlib and ISA-L
+    both release the GIL, so es_data's sha256 and its compression take one core each (profiled
+    on 77 MB of es_data: 0.12 s one after the other, 0.065 s side by side). The write returns
+    once both are done, as the caller may reuse its buffer."""
+
+    _PARALLEL = 256 * 1024
 
     def __init__(self, target: IO[bytes], on_close: Any) -> None:
         self._target, self._on_close = target, on_close
         self._sha, self.size = hashlib.sha256(), 0
+        self._hasher: ThreadPoolExecutor | None = None
 
     def writable(self) -> bool:
         return True
 
     def write(self, data: Any) -> int:  # type: ignore[override]
-        self._sha.update(data)
-        self.size += len(data)
-        self._target.write(data)
-        return len(data)
+        n = len(data)
+        self.size += n
+        if n < self._PARALLEL:
+            self._sha.update(data)
+            self._target.write(data)
+            return n
+        if self._hasher is None:
+            self._hasher = ThreadPoolExecutor(1, thread_name_prefix="cfysnap-sha256")
+        hashed = self._hasher.submit(self._sha.update, data)
+        try:
+            self._target.write(data)
+        finally:
+            hashed.result()
+        return n
 
     def close(self) -> None:
         if not self.closed:
+            if self._hasher is not None:
+                self._hasher.shutdown()
             self._target.close()
             self._on_close(self.size, self._sha.hexdigest())
         super().close()

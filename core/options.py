@@ -15,10 +15,31 @@ from collections.abc import Sequence
 
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
-__all__ = ["beam_options", "spreads_work", "DEFAULT_RUNNER"]
+__all__ = ["beam_options", "spreads_work", "DEFAULT_RUNNER", "STATE_SAMPLING_PERIOD_MS"]
 
 DEFAULT_RUNNER = "FnApiRunner"
+STATE_SAMPLING_PERIOD_MS = 20
+"""The longest sleep of the in-process SDK worker's state-sampler thread (Beam's default: 200).
+
+Every bundle ends by joining that thread, which sleeps in periods growing from 2 ms by 1.2× up to
+the limit: the bundle waits out the current sleep, about a sixth of the bundle's length, up to
+200 ms. Profiled on a 100k-document create (9 bundles): 0.17 s of waiting, 9% of the job. With
+20 ms a bundle waits at most 20 ms; the sampler only updates per-step timing counters, which
+cfysnap does not use. Set for this process's workers only (a Flink or Dataflow worker keeps its
+own default)."""
 _LOG = logging.getLogger(__name__)
+
+
+def _shorten_state_sampling() -> None:
+    """`STATE_SAMPLING_PERIOD_MS` for the bundle processors this process makes.
+
+    Beam takes no option for it (`bundle_processor` builds `StateSampler(prefix, counters)` with
+    the default period), so the default of that one constructor argument is replaced here."""
+    from apache_beam.runners.worker import statesampler
+
+    init = statesampler.StateSampler.__init__
+    if init.__defaults__ and init.__defaults__[-1] != STATE_SAMPLING_PERIOD_MS:
+        init.__defaults__ = (*init.__defaults__[:-1], STATE_SAMPLING_PERIOD_MS)
 
 
 def beam_options(args: Sequence[str] = ()) -> PipelineOptions:
@@ -29,6 +50,8 @@ def beam_options(args: Sequence[str] = ()) -> PipelineOptions:
         if standard.runner:
             _LOG.info("using FnApiRunner for %s (no Prism download)", standard.runner)
         standard.runner = DEFAULT_RUNNER
+    if standard.runner == DEFAULT_RUNNER:
+        _shorten_state_sampling()
     return options
 
 

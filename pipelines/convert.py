@@ -548,7 +548,7 @@ def _run_pipeline(
         | "Source" >> beam.Create([str(config.source)])
         | "ConvertEsData" >> ConvertEsData(staging, steps, config.lines_per_shard)
     )
-    carried = pipeline | "OtherMembers" >> beam.Create(members)
+    carried = pipeline | "OtherMembers" >> beam.Create(members, reshuffle=False)
     _ = (unique_shards, carried) | "WriteSnapshotArchive" >> WriteSnapshotArchive(
         partial, encryption
     )

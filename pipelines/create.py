@@ -478,7 +478,7 @@ def _build_pipeline(
         ip = _agent_defaults(source).manager_ip
         small.append(ArchiveMember("manager.json", data=_json_bytes({"MANAGEMENT_IP": ip})))
     member_sets = [
-        p | "SmallMembers" >> beam.Create(small),
+        p | "SmallMembers" >> beam.Create(small, reshuffle=False),
         agents_member,
         file_members,
     ]

@@ -315,3 +315,30 @@ def test_written_archive_is_owner_only(tmp_path: Path) -> None:
     finally:
         os.umask(old)
     assert out.stat().st_mode & 0o777 == 0o600
+
+
+def test_es_data_page_is_each_hits_line_and_reserialises_sources_spanning_lines() -> None:
+    import msgspec
+
+    from core.archive import dump_hit, es_data_line, es_data_page
+    from core.search import RawHit
+
+    compact = RawHit("cloudify_storage", "node", "n\u00e9 1", msgspec.Raw(b'{"id": "n1", "x": [1, 2]}'))
+    pretty = RawHit("cloudify_storage", "node", "n2", msgspec.Raw(b'{\n  "id": "n2",\r\n  "y": "a\\nb"\n}'))
+    event = RawHit("logstash-2015.12.01", "cloudify_event", "e1", msgspec.Raw(b'{"message": {"text": "t"}}'))
+
+    plain = es_data_page([compact, event])
+    assert plain == (
+        b'{"_index": "cloudify_storage", "_type": "node", "_id": "n\\u00e9 1", "_score": 0.0, '
+        b'"_source": {"id": "n1", "x": [1, 2]}}\n'
+        b'{"_index": "logstash-2015.12.01", "_type": "cloudify_event", "_id": "e1", "_score": 0.0, '
+        b'"_source": {"message": {"text": "t"}}}\n'
+    )
+    mixed = es_data_page([compact, pretty, event])
+    assert mixed.splitlines() == [
+        es_data_line(h.index, str(h.type), h.id, h.source) for h in (compact, pretty, event)
+    ]
+    hit = {"_index": "cloudify_storage", "_type": "node", "_id": "n2", "_score": 0.0,
+           "_source": {"id": "n2", "y": "a\nb"}}
+    assert mixed.splitlines()[1] == dump_hit(hit).encode()
+    assert es_data_page([]) == b""

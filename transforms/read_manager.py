@@ -23,7 +23,7 @@ from typing import Any
 import apache_beam as beam
 import msgspec
 
-from core.archive import CREDENTIALS_PREFIX, es_data_line, unsafe_member_reason
+from core.archive import CREDENTIALS_PREFIX, es_data_page, unsafe_member_reason
 from core.errors import JobFailed, UnsafePath
 from core.model import STORAGE_INDEX, Hit, credentials_dir_name, is_compute_node
 from core.search import RawHit, SearchTarget
@@ -67,7 +67,10 @@ class ReadManagerDocuments(beam.PTransform):
         self._read_all = ReadAllFromSearch(target, counter_namespace=READ_NAMESPACE, **read)
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection[Any]:
-        return pbegin | "Sources" >> beam.Create(self._reads) | "ReadAll" >> self._read_all
+        # no Reshuffle of these few descriptions (Create's default for more than one): it was
+        # two more stages; ReadAllFromSearch spreads the planned parts itself where it pays
+        sources = beam.Create(self._reads, reshuffle=False)
+        return pbegin | "Sources" >> sources | "ReadAll" >> self._read_all
 
 
 # ------------------------------------------------------------------------------- exclusions
@@ -96,22 +99,23 @@ class _SnapshotPartsFn(beam.DoFn):
         self._types, self._ids, self._keys = types, storage_ids, keys
 
     def process(self, page: list[RawHit]) -> Iterator[Any]:
-        lines: list[bytes] = []
-        kept: list[tuple[str, str]] = []
-        dropped: list[str] = []
-        types, ids, line = self._types, self._ids, es_data_line
-        for hit in page:
-            index, doc_type = hit.index, str(hit.type)
-            if index == STORAGE_INDEX and (doc_type in types or hit.id in ids):
-                dropped.append(f"{index}/{doc_type}")
-                continue
-            lines.append(line(index, doc_type, hit.id, hit.source))
-            kept.append((index, doc_type))
-        for key, n in Counter(dropped).items():
-            beam.metrics.Metrics.counter(DROPPED_NAMESPACE, key).inc(n)
-        if lines:
-            lines.append(b"")
-            yield LinePage(b"\n".join(lines), tuple(sorted(Counter(kept).items())))
+        types, ids = self._types, self._ids
+        kept = [
+            hit
+            for hit in page
+            if hit.index != STORAGE_INDEX or not (hit.type in types or hit.id in ids)
+        ]
+        if len(kept) < len(page):
+            dropped = Counter(
+                f"{hit.index}/{hit.type}"
+                for hit in page
+                if hit.index == STORAGE_INDEX and (hit.type in types or hit.id in ids)
+            )
+            for key, n in dropped.items():
+                beam.metrics.Metrics.counter(DROPPED_NAMESPACE, key).inc(n)
+        if kept:
+            counts = Counter((hit.index, str(hit.type)) for hit in kept)
+            yield LinePage(es_data_page(kept), tuple(sorted(counts.items())))
         for fact in page_agent_facts(page):
             yield beam.pvalue.TaggedOutput("facts", fact)
         if self._keys:
@@ -188,7 +192,7 @@ class ListFileTree(beam.PTransform):
         root = self._root
         return (
             pbegin
-            | "FileServerFolders" >> beam.Create(self._folders)
+            | "FileServerFolders" >> beam.Create(self._folders, reshuffle=False)
             | "WalkFolder" >> beam.FlatMap(lambda folder: list_file_tree(root, folder))
         )
 

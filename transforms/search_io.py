@@ -225,9 +225,9 @@ class _ReadPartFn(beam.DoFn):
             raise
 
     def _emit(self, page: list[RawHit]) -> Iterator[Any]:
-        counts = Counter(f"{hit.index}/{hit.type}" for hit in page)
-        for key, n in counts.items():
-            beam.metrics.Metrics.counter(self._namespace, key).inc(n)
+        counts = Counter((hit.index, hit.type) for hit in page)
+        for (index, doc_type), n in counts.items():
+            beam.metrics.Metrics.counter(self._namespace, f"{index}/{doc_type}").inc(n)
         if self._pages:
             yield page
             return
