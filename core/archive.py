@@ -249,6 +249,9 @@ def _line_prefix(index: str, doc_type: str) -> bytes:
     )
 
 
+_SCORE_SOURCE = b', "_score": 0.0, "_source": '
+
+
 def es_data_line(index: str, doc_type: str, doc_id: str, source: bytes | Any) -> bytes:
     """The es_data line (without the newline) of a document whose `_source` is the JSON object
     `source` as a server sent it: the keys in the order 3.x wrote them, `_score` 0.0, the source
@@ -264,9 +267,6 @@ def es_data_line(index: str, doc_type: str, doc_id: str, source: bytes | Any) ->
         source,
         b"}",
     ))
-
-
-_SCORE_SOURCE = b', "_score": 0.0, "_source": '
 
 
 def es_data_page(hits: Sequence[Any]) -> bytes:

@@ -100,19 +100,13 @@ class _SnapshotPartsFn(beam.DoFn):
 
     def process(self, page: list[RawHit]) -> Iterator[Any]:
         types, ids = self._types, self._ids
-        kept = [
-            hit
-            for hit in page
-            if hit.index != STORAGE_INDEX or not (hit.type in types or hit.id in ids)
-        ]
-        if len(kept) < len(page):
-            dropped = Counter(
-                f"{hit.index}/{hit.type}"
-                for hit in page
-                if hit.index == STORAGE_INDEX and (hit.type in types or hit.id in ids)
-            )
-            for key, n in dropped.items():
-                beam.metrics.Metrics.counter(DROPPED_NAMESPACE, key).inc(n)
+        kept: list[RawHit] = []
+        dropped: list[RawHit] = []
+        for hit in page:
+            excluded = hit.index == STORAGE_INDEX and (hit.type in types or hit.id in ids)
+            (dropped if excluded else kept).append(hit)
+        for key, n in Counter(f"{hit.index}/{hit.type}" for hit in dropped).items():
+            beam.metrics.Metrics.counter(DROPPED_NAMESPACE, key).inc(n)
         if kept:
             counts = Counter((hit.index, str(hit.type)) for hit in kept)
             yield LinePage(es_data_page(kept), tuple(sorted(counts.items())))
