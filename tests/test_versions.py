@@ -27,6 +27,7 @@ from transforms.versions import (
     path,
     plan,
     step_changes,
+    step_from_module,
     upgrade_agents,
     upgrade_hit,
     upgrade_metadata,
@@ -798,3 +799,69 @@ def test_any_input_comes_out_complete_for_its_target_and_a_fixed_point(
         for key, value in before["_source"].items():
             if key not in ("workflows", "operations", "plugins", "plugins_to_install", "plan"):
                 assert after["_source"][key] == value
+
+
+# --- touches: which hits a step can change at all ---------------------------------------------
+INDICES = ("cloudify_storage", "cloudify_events", "logstash-2015.12.01")
+TYPES = ("blueprint", "deployment", "node", "node_instance", "execution", "deployment_modification",
+         "plugin", "provider_context", "snapshot", "cloudify_event", "cloudify_log", "widget")
+EVERY_STEP = [*STEPS, defaults_step(Version.V3_3), defaults_step(Version.V3_4)]
+
+
+def test_each_step_says_which_hits_it_can_change() -> None:
+    touched_by = {
+        step.name: {(i, t) for i in INDICES for t in TYPES if step.touches(i, t)}
+        for step in EVERY_STEP
+    }
+    assert touched_by == {
+        "3.2 -> 3.3": {("cloudify_events", t) for t in TYPES} | {(i, "execution") for i in INDICES},
+        "3.3 -> 3.4": set(),
+        "3.3 restore defaults": {(i, t) for i in INDICES for t in ("blueprint", "deployment", "node")},
+        "3.4 restore defaults": {
+            (i, t) for i in INDICES for t in ("blueprint", "deployment", "node", "node_instance")
+        },
+    }
+    assert versions.touched(ALL, "logstash-2015.12.01", "cloudify_event") is False
+    assert versions.touched(ALL, "cloudify_events", "cloudify_event") is True
+    assert versions.touched(TO_34, "cloudify_storage", "execution") is False
+
+
+def _hits_of_every_kind() -> list[Hit]:
+    """The golden inputs, two generated snapshots, and hits of every (index, type) above with
+    sources that would make a step act (missing fields, event times, compute hierarchies)."""
+    from pipelines.sample.generate import ManagerSpec, snapshot_hits
+
+    hits = [h for _, golden, _, _ in _golden_archives() for h in golden]
+    for version in (Version.V3_2, Version.V3_3):
+        hits += list(snapshot_hits(ManagerSpec(version=version, events=20, logs=20)))
+    sources = [{}, {"id": "x", "type_hierarchy": COMPUTE_H, "plugins": [{"name": "p"}]},
+               {"@timestamp": "2015-12-01T10:11:12.345Z", "workflows": {}}]
+    hits += [hit(t, s, i) for i in INDICES for t in TYPES for s in sources]
+    return hits
+
+
+def test_a_step_returns_every_hit_it_does_not_touch_as_the_very_same_object() -> None:
+    """`touches` is a promise jobs rely on to send a hit's source on unread: checked here
+    against every step and hits of every kind, and the promise is not vacuous."""
+    def acts_on(step: Step, h: Hit) -> bool:
+        try:
+            return step.upgrade_hit(h) is not h
+        except CorruptArchive:  # an event it must place and cannot: it acts on it too
+            return True
+
+    hits = _hits_of_every_kind()
+    for step in EVERY_STEP:
+        untouched = [h for h in hits if not step.touches(h["_index"], h["_type"])]
+        assert not any(acts_on(step, h) for h in untouched), step.name
+        assert len(untouched) > 100, step.name
+        changed = [h for h in hits if acts_on(step, h)]
+        assert changed or step.name == "3.3 -> 3.4", step.name
+        assert all(step.touches(h["_index"], h["_type"]) for h in changed), step.name
+
+
+def test_a_step_module_without_touches_touches_everything_and_a_bad_one_is_refused() -> None:
+    step = step_from_module(_module(V2, V3))
+    assert step.touches("logstash-2015.12.01", "cloudify_log") is True
+    with pytest.raises(BrokenChain) as err:
+        step_from_module(SimpleNamespace(**vars(_module(V2, V3)), touches="no"))
+    assert err.value.kind == "invalid" and "touches must be callable" in str(err.value)

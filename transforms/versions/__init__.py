@@ -7,6 +7,10 @@ the step's changelog as its docstring, and defines three pure functions:
 - `upgrade_metadata(meta) -> meta`: the metadata.json object;
 - `upgrade_agents(agents) -> agents`: the whole agents.json object.
 
+and may define `touches(index, doc_type) -> bool`: whether `upgrade_hit` can change a hit of that
+index and type at all. A job passes the hits no step touches through without decoding their
+`_source` (`touched`); a module without it touches everything (the safe reading).
+
 They never mutate their input, return the very same object when nothing changes, and only add
 what is missing (so each step is idempotent and unknown types/fields pass through).
 
@@ -48,6 +52,7 @@ __all__ = [
     "defaults_step",
     "plan",
     "upgrade_hit",
+    "touched",
     "upgrade_metadata",
     "upgrade_agents",
     "step_changes",
@@ -101,6 +106,9 @@ class Step:
     upgrade_agents: Callable[[dict[str, Any]], dict[str, Any]] = field(repr=False)
     defaults: bool = False
     """A version's restore defaults (`defaults_step`), not a step of the chain."""
+    touches: Callable[[str, str], bool] = field(default=lambda _index, _type: True, repr=False)
+    """Whether `upgrade_hit` can change a hit of this (index, type): False is a promise that
+    it returns every such hit as the very same object."""
 
     @property
     def name(self) -> str:
@@ -129,7 +137,11 @@ def step_from_module(module: Any) -> Step:
     functions = [getattr(module, f) for f in _STEP_FUNCTIONS]
     if not all(callable(f) for f in functions):
         raise BrokenChain("invalid", f"{name}: {', '.join(_STEP_FUNCTIONS)} must be callable")
-    return Step(source, target, changelog.splitlines()[0].strip(), changelog, *functions)
+    touches = getattr(module, "touches", None)
+    if touches is not None and not callable(touches):
+        raise BrokenChain("invalid", f"{name}: touches must be callable")
+    extra = {"touches": touches} if touches is not None else {}
+    return Step(source, target, changelog.splitlines()[0].strip(), changelog, *functions, **extra)
 
 
 def build_chain(modules: Iterable[Any]) -> tuple[Step, ...]:
@@ -191,6 +203,10 @@ def _identity(value: Any) -> Any:
     return value
 
 
+def _type_in(types: frozenset[str], index: str, doc_type: str) -> bool:
+    return doc_type in types
+
+
 def _defaults_hit(hit: Hit, version: Version) -> Hit:
     return update_hit(hit, _columns(version))
 
@@ -214,6 +230,7 @@ def defaults_step(version: Version) -> Step | None:
 
     paragraphs = (defaults.__doc__ or "").strip().split("\n\n")
     table = next(p for p in paragraphs if p.startswith("|"))
+    types = frozenset(_columns(version))  # `update_hit` looks only at the hit's `_type`
     return Step(
         version,
         version,
@@ -223,6 +240,7 @@ def defaults_step(version: Version) -> Step | None:
         _identity,
         _identity,
         defaults=True,
+        touches=functools.partial(_type_in, types),
     )
 
 
@@ -247,6 +265,12 @@ def upgrade_hit(hit: Hit, steps: Sequence[Step]) -> Hit:
     for step in steps:
         hit = step.upgrade_hit(hit)
     return hit
+
+
+def touched(steps: Sequence[Step], index: str, doc_type: str) -> bool:
+    """Whether any of `steps` can change a hit of (`index`, `doc_type`); when not,
+    `upgrade_hit(hit, steps) is hit` for every such hit, and its `_source` need not be decoded."""
+    return any(step.touches(index, doc_type) for step in steps)
 
 
 def upgrade_metadata(meta: dict[str, Any], steps: Sequence[Step]) -> dict[str, Any]:

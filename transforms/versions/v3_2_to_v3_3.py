@@ -46,6 +46,7 @@ from core.model import (
 __all__ = [
     "SOURCE",
     "TARGET",
+    "touches",
     "upgrade_hit",
     "upgrade_metadata",
     "upgrade_agents",
@@ -83,6 +84,11 @@ def _move_event(hit: Hit) -> Hit:
             f"event {hit.get('_type')}/{hit.get('_id')} has no parseable @timestamp or timestamp",
         )
     return {**hit, "_index": daily_index(day)}
+
+
+def touches(index: str, doc_type: str) -> bool:
+    """What `upgrade_hit` can change: every hit in `cloudify_events`, and executions."""
+    return index == EVENTS_INDEX or doc_type == "execution"
 
 
 def upgrade_hit(hit: Hit) -> Hit:

@@ -19,10 +19,15 @@ from typing import Any
 
 from core.model import Hit, Version, metadata_version
 
-__all__ = ["SOURCE", "TARGET", "upgrade_hit", "upgrade_metadata", "upgrade_agents"]
+__all__ = ["SOURCE", "TARGET", "touches", "upgrade_hit", "upgrade_metadata", "upgrade_agents"]
 
 SOURCE = Version.V3_3
 TARGET = Version.V3_4
+
+
+def touches(index: str, doc_type: str) -> bool:
+    """`upgrade_hit` changes no hit."""
+    return False
 
 
 def upgrade_hit(hit: Hit) -> Hit:
