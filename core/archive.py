@@ -57,6 +57,7 @@ __all__ = [
     "ArchiveLimits",
     "size_problems",
     "parse_hit",
+    "decode_line",
     "parse_hit_with_source",
     "parse_line",
     "EsDataLine",
@@ -188,6 +189,23 @@ def parse_line(line: bytes, lineno: int | None = None) -> EsDataLine:
     hit = parse_hit(line, lineno)  # raises for a bad line; takes NaN & co as 3.x's Python did
     return EsDataLine(hit["_index"], hit["_type"], hit["_id"],
                       msgspec.Raw(json.dumps(hit["_source"]).encode()))
+
+
+def decode_line(line: bytes) -> EsDataLine | None:
+    """An es_data line's keys and its `_source` as bytes, for a job that sends the source on
+    unread; None for any line msgspec does not take as one with non-empty keys and an object
+    `_source` (the caller then goes through `parse_hit_with_source`, which raises for a bad one).
+
+    Not checked here: nesting depth and the UTF-8 of the source's strings. The source is never
+    decoded in Python, and every line of an archive was checked for both before a job reads it
+    this way (`core.validate`)."""
+    try:
+        parts = _LINE.decode(line)
+    except msgspec.DecodeError:
+        return None
+    if parts.index and parts.type and parts.id and memoryview(parts.source)[:1] == b"{":
+        return parts
+    return None
 
 
 def parse_hit_with_source(line: bytes, lineno: int | None = None) -> tuple[Hit, bytes | None]:

@@ -36,6 +36,7 @@ __all__ = [
     "credentials_dir_name",
     "daily_index",
     "event_day",
+    "event_day_of",
     "FLAT_BROKER_KEYS",
     "broker_config_from_flat",
     "INDEX_SETTINGS",
@@ -254,9 +255,13 @@ def event_day(source: Doc) -> date | None:
     and is converted to UTC, because logstash names its daily index by the UTC day. A zone-less
     `timestamp` is ambiguous (the sender's zone is unknown), so it counts as unusable.
     """
-    return _utc_day_of_timestamp(source.get("@timestamp")) or _parse_utc_day(
-        source.get("timestamp"), naive_is_utc=False
-    )
+    return event_day_of(source.get("@timestamp"), source.get("timestamp"))
+
+
+def event_day_of(at_timestamp: object, timestamp: object) -> date | None:
+    """`event_day` of a source whose `@timestamp` and `timestamp` are these (for a job that
+    decodes only those two fields of an event)."""
+    return _utc_day_of_timestamp(at_timestamp) or _parse_utc_day(timestamp, naive_is_utc=False)
 
 
 # ----------------------------------------------------------------------------- agents.json

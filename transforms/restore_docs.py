@@ -49,6 +49,7 @@ from core.model import (
     broker_config_from_flat,
     daily_index,
     event_day,
+    event_day_of,
     is_event_index,
 )
 
@@ -65,6 +66,8 @@ __all__ = [
     "restore_hit",
     "restored_key",
     "restored_line_key",
+    "restore_reads_source",
+    "restore_line",
 ]
 
 KEY_FILE = "agent_key"
@@ -90,12 +93,14 @@ def event_index(hit: Hit) -> str:
     source = hit.get("_source")
     day = event_day(source) if isinstance(source, dict) else None
     if day is None:
-        raise CorruptArchive(
-            ES_DATA,
-            None,
-            f"event {hit.get('_type')}/{hit.get('_id')} has no parseable @timestamp or timestamp",
-        )
+        raise _no_time(hit.get("_type"), hit.get("_id"))
     return daily_index(day)
+
+
+def _no_time(doc_type: object, doc_id: object) -> CorruptArchive:
+    return CorruptArchive(
+        ES_DATA, None, f"event {doc_type}/{doc_id} has no parseable @timestamp or timestamp"
+    )
 
 
 def route_event(hit: Hit) -> Hit:
@@ -126,9 +131,26 @@ def restored_line_key(line: EsDataLine) -> tuple[str, str, str]:
     if not is_event_index(line.index):
         return (line.index, line.type, line.id)
     times = _EVENT_TIMES.decode(line.source)
-    source = {"@timestamp": times.at_timestamp, "timestamp": times.timestamp}
-    hit = {"_index": line.index, "_type": line.type, "_id": line.id, "_source": source}
-    return (event_index(hit), line.type, line.id)
+    day = event_day_of(times.at_timestamp, times.timestamp)
+    if day is None:
+        raise _no_time(line.type, line.id)
+    return (daily_index(day), line.type, line.id)
+
+
+def restore_reads_source(index: str, doc_type: str) -> bool:
+    """Whether `restore_hit` can change the `_source` of a hit of (index, type): nodes (their
+    key path) and node instances (their agent) of the storage index. Of any other hit it
+    changes at most the `_index` (an event's own day), which `restored_line_key` reads from the
+    source's two time fields."""
+    return index == STORAGE_INDEX and doc_type in ("node", "node_instance")
+
+
+def restore_line(line: EsDataLine) -> Hit:
+    """`restore_hit` of a line that no version step touches and whose source the restore does
+    not read (`restore_reads_source` False): the hit as it is written, its `_source` still the
+    archive's bytes (`msgspec.Raw`), its `_index` the one `restored_line_key` gives."""
+    index = restored_line_key(line)[0] if is_event_index(line.index) else line.index
+    return {"_index": index, "_type": line.type, "_id": line.id, "_source": line.source}
 
 
 # -------------------------------------------------------------------------------- credentials
