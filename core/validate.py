@@ -17,12 +17,14 @@ Only digests that collide are looked up again, in a second pass, to name the dup
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import tempfile
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -40,7 +42,7 @@ from core.archive import (
     size_problems,
     unsafe_member_reason,
 )
-from core.digests import key_digest, repeated
+from core.digests import repeated
 from core.errors import CorruptArchive, DamagedMember, UnsupportedVersion
 from core.model import parse_version
 from core.text import plural
@@ -87,6 +89,31 @@ def refuse(problems: Sequence[Problem], archive: str | Path) -> None:
     # a problem with the whole file is already named by its path: don't name it twice
     named = "" if first.member == str(archive) else str(archive)
     raise CorruptArchive(first.member, first.line, first.reason + more, named)
+
+
+_key_hash = hash
+"""A document key's 64-bit digest for the duplicate search: Python's own `hash` of the
+(index, type, id) tuple (SipHash of each string, ~10x faster than blake2b). It differs from one
+process to the next, which is fine: both passes run in this process, and a digest seen twice
+only makes `_name_duplicates` compare the keys themselves (a collision is never reported)."""
+
+
+class _HashingReader(io.RawIOBase):
+    """A member's stream that records the size and sha256 of what is read through it (a block
+    at a time, not a line at a time)."""
+
+    def __init__(self, raw: Any) -> None:
+        self._raw, self.sha, self.size = raw, hashlib.sha256(), 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        n = self._raw.readinto(buffer)
+        if n:
+            self.sha.update(memoryview(buffer)[:n])
+            self.size += n
+        return n
 
 
 class _DuplicateFinder:
@@ -275,14 +302,13 @@ def _check_es_data(
     on_line: Callable[[int], None] | None,
     on_hit: Callable[[int, EsDataLine], None] | None = None,
 ) -> Iterator[Problem]:
-    sha, size, lines = hashlib.sha256(), 0, 0
+    lines = 0
     with tempfile.TemporaryDirectory(prefix="cfysnap-validate-") as tmp:
         finder = _DuplicateFinder(Path(tmp))
         try:
-            with snap.open(ES_DATA) as raw:
-                for lineno, line in enumerate(buffered_lines(raw), 1):
-                    sha.update(line)
-                    size += len(line)
+            with snap.open(ES_DATA) as member:
+                raw = _HashingReader(member)
+                for lineno, line in enumerate(buffered_lines(raw), 1):  # type: ignore[arg-type]
                     lines = lineno
                     if on_line and lineno % 10_000 == 0:
                         on_line(lineno)
@@ -293,7 +319,7 @@ def _check_es_data(
                     except CorruptArchive as exc:
                         yield Problem(ES_DATA, lineno, exc.reason)
                         continue
-                    finder.add(key_digest((parsed.index, parsed.type, parsed.id)))
+                    finder.add(_key_hash((parsed.index, parsed.type, parsed.id)))
                     if on_hit is not None:
                         on_hit(lineno, parsed)
         except DamagedMember as exc:
@@ -303,7 +329,7 @@ def _check_es_data(
         except CorruptArchive as exc:  # a line over the size cap
             yield Problem(exc.member, exc.line, exc.reason)
             return
-        digests[ES_DATA] = (size, sha.hexdigest())
+        digests[ES_DATA] = (raw.size, raw.sha.hexdigest())
         duplicated = finder.repeated()
     if duplicated:
         yield from _name_duplicates(snap, duplicated)
@@ -317,7 +343,7 @@ def _name_duplicates(snap: SnapshotReader, duplicated: set[int]) -> Iterator[Pro
             key = (hit["_index"], hit["_type"], hit["_id"])
         except (ValueError, KeyError, TypeError):
             continue
-        if key_digest(key) not in duplicated:
+        if _key_hash(key) not in duplicated:
             continue
         if key in first_line:
             yield Problem(
