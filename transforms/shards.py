@@ -32,7 +32,6 @@ from core.archive import (
     ES_DATA,
     SnapshotReader,
     SnapshotWriter,
-    buffered_lines,
     dump_hit,
     parse_hit,
 )
@@ -106,28 +105,46 @@ class ArchiveMember:
 
 # ------------------------------------------------------------------------------- split (archive)
 class _SplitEsData(beam.DoFn):
+    """Copy es_data into shard files of `lines_per_shard` lines, a block at a time: a block
+    that ends inside the current shard is written whole, and only a block holding a shard's
+    last line is cut (at that newline). Every byte goes through, blank lines included, so a
+    shard's `first_line` is the es_data line number of its first line."""
+
     def __init__(self, staging: str, lines_per_shard: int) -> None:
         self._staging, self._lines = staging, lines_per_shard
 
     def process(self, archive_path: str) -> Iterator[Shard]:
         with SnapshotReader(archive_path) as snap, snap.open(ES_DATA) as raw:
-            shard_no, first, count, out, lineno = 0, 1, 0, None, 0
+            shard_no, first, count, out, lines_read = 0, 1, 0, None, 0
+            path, last = "", b"\n"
             try:
-                for lineno, line in enumerate(buffered_lines(raw), 1):
-                    if out is None:
-                        path = FileSystems.join(self._staging, f"in-{shard_no:06d}.jsonl")
-                        out, first = FileSystems.create(path), lineno
-                    out.write(line if line.endswith(b"\n") else line + b"\n")
-                    count += 1
-                    if count >= self._lines:
+                while block := raw.read(_COPY):
+                    last = block[-1:]
+                    while block:
+                        if out is None:
+                            path = FileSystems.join(self._staging, f"in-{shard_no:06d}.jsonl")
+                            out, first = FileSystems.create(path), lines_read + 1
+                        wanted = self._lines - count
+                        newlines = block.count(b"\n")
+                        if newlines < wanted:
+                            out.write(block)
+                            count, lines_read, block = count + newlines, lines_read + newlines, b""
+                            continue
+                        cut = -1
+                        for _ in range(wanted):
+                            cut = block.index(b"\n", cut + 1)
+                        out.write(block[: cut + 1])
                         out.close()
                         yield Shard(path, first)
-                        out, count, shard_no = None, 0, shard_no + 1
+                        lines_read += wanted
+                        block, out, count, shard_no = block[cut + 1 :], None, 0, shard_no + 1
             except DamagedMember as exc:
                 # a damaged member (bad CRC, truncated deflate stream): a typed, one-line error
-                reason = f"cannot be read to the end ({exc.cause}; {lineno} lines read)"
+                reason = f"cannot be read to the end ({exc.cause}; {lines_read} lines read)"
                 raise CorruptArchive(ES_DATA, None, reason, archive_path) from None
             if out is not None:
+                if last != b"\n":
+                    out.write(b"\n")  # the last line, without its newline in es_data
                 out.close()
                 yield Shard(path, first)
 
