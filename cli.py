@@ -739,7 +739,7 @@ def _restore_job(
 ) -> None:
     """Build the RestoreConfig both restore commands share, run it, print its summary."""
     from pipelines.restore import RestoreConfig, run
-    from transforms.restore import Batching
+    from transforms.restore_plan import Batching
 
     config = RestoreConfig(
         archive=archive,

@@ -42,7 +42,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from apache_beam.io.filesystems import FileSystems
+from core.fs import FileSystems
 
 __all__ = ["Journal", "JournalState", "KILL_HOOK_ENV", "merge_ranges"]
 

@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -541,3 +542,160 @@ def test_a_3_3_archive_restored_at_3_3_gets_the_3_3_1_column(target: SearchClien
     deployment = target.get("cloudify_storage", "deployment", "old-dep")
     assert deployment is not None and "install_new_agents" in deployment["workflows"]
     assert "scaling_groups" not in deployment
+
+
+# ------------------------------------------------------------ the load's short way, the split
+@pytest.mark.parametrize(("version", "target_version"), [
+    (Version.V3_2, Version.V3_4), (Version.V3_3, Version.V3_3), (Version.V3_3, Version.V3_4),
+])
+def test_hits_passed_on_unread_are_the_hits_a_full_parse_would_write(
+    tmp_path: Path, version: Version, target_version: Version
+) -> None:
+    """`RestoreDocuments` decodes only the keys of a hit no step touches and whose source the
+    restore does not read (events and logs, executions at 3.3+, ...), and sends its source on as
+    the archive's bytes: every hit equals `expected_hit` of the fully parsed line, and the lines
+    taken the short way are exactly the untouched ones."""
+    from core.archive import parse_hit
+    from transforms.restore import RestoreDocuments
+    from transforms.restore_docs import restore_reads_source
+    from transforms.restore_plan import restore_context
+    from transforms.shards import Shard
+    from transforms.versions import touched
+
+    archive = sample(tmp_path, version, events=40, logs=40)
+    shard = tmp_path / "shard.jsonl"
+    with SnapshotReader(archive) as snap:
+        ctx = restore_context(snap, target_version, tmp_path / "creds", tmp_path)
+        lines = [line for _, line in snap.iter_lines()]
+    shard.write_bytes(b"\n" + b"".join(line + b"\n" for line in lines))  # a blank line first
+    fn = RestoreDocuments(ctx)._fn
+    fn.setup()
+    out = list(fn.process(Shard(str(shard), 0)))
+    assert [n for n, _ in out] == list(range(1, len(lines) + 1))
+    steps = plan(version, target_version)
+    short = 0
+    for (_, written), line in zip(out, lines, strict=True):
+        read = parse_hit(line)
+        expected = ctx.expected_hit(read)
+        unread = not touched(steps, read["_index"], read["_type"]) and not restore_reads_source(
+            read["_index"], read["_type"])
+        if unread:
+            short += 1
+            assert isinstance(written["_source"], msgspec.Raw)
+            assert bytes(written["_source"]) == json.dumps(read["_source"]).encode()  # as archived
+        source = written["_source"]
+        decoded = msgspec.json.decode(source) if isinstance(source, msgspec.Raw) else source
+        assert {**written, "_source": decoded} == {k: expected[k] for k in written}
+        assert sorted(written) == ["_id", "_index", "_source", "_type"]  # what a bulk item sends
+    # 3.3: every event and log at least; 3.2: events move index in 3.2 -> 3.3 (read in full)
+    assert short >= (80 if version is Version.V3_3 else 1)
+
+
+def test_the_split_cuts_shards_at_exact_line_counts_across_blocks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Blocks of 7 bytes, shards of 3 lines: blank lines count as lines, a shard's first_line is
+    its first line's number in es_data, and the last line (without its newline) gets one."""
+    import zipfile
+
+    from transforms import shards
+
+    monkeypatch.setattr(shards, "_COPY", 7)
+    lines = [b'{"a": 1}', b"", b'{"b": 22}', b'{"c": 333}', b"", b"", b'{"d": 4444}', b'{"e": 5}']
+    archive = tmp_path / "a.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr(ES_DATA, b"\n".join(lines))  # no newline after the last line
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    got = [(s.first_line, Path(s.path).read_bytes())
+           for s in shards._SplitEsData(str(staging), 3).process(str(archive))]
+    assert got == [
+        (1, b'{"a": 1}\n\n{"b": 22}\n'),
+        (4, b'{"c": 333}\n\n\n'),
+        (7, b'{"d": 4444}\n{"e": 5}\n'),
+    ]
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr(ES_DATA, b"\n".join(lines[:6]) + b"\n")  # ends exactly at a shard's end
+    for old in staging.iterdir():
+        old.unlink()
+    got = [(s.first_line, Path(s.path).read_bytes())
+           for s in shards._SplitEsData(str(staging), 3).process(str(archive))]
+    assert got == [(1, b'{"a": 1}\n\n{"b": 22}\n'), (4, b'{"c": 333}\n\n\n')]
+    assert sorted(p.name for p in staging.iterdir()) == ["in-000000.jsonl", "in-000001.jsonl"]
+
+
+# ------------------------------------------------------------------ the check beside the import
+_CHECK_ALONGSIDE = """
+import json, os, sys
+from pathlib import Path
+from types import SimpleNamespace
+sys.path.insert(0, sys.argv[3])
+from pipelines.restore import _CheckAlongside
+beam_before = "apache_beam" in sys.modules
+work = Path(sys.argv[1])
+def check(folder):
+    with open(work / "calls", "a") as f:
+        f.write(f"{os.getpid()} {folder.name}\\n")
+    if sys.argv[2] == "refuse":
+        raise ValueError("refused by the check")
+    return {"context": folder.name}, SimpleNamespace(problem=None, expected={"a": 1})
+checking = _CheckAlongside(check, work)
+forked = checking._pid is not None
+import apache_beam  # what the parent does meanwhile
+try:
+    ctx, plan = checking.result()
+    out = {"ctx": ctx, "expected": plan.expected}
+except ValueError as exc:
+    out = {"error": str(exc)}
+finally:
+    checking.stop()
+print(json.dumps({"beam_before": beam_before, "forked": forked, "pid": os.getpid(), **out}))
+"""
+
+
+@pytest.mark.parametrize("outcome", ["pass", "refuse"])
+def test_the_check_runs_in_a_forked_child_and_a_refusal_is_raised_by_the_parent(
+    tmp_path: Path, outcome: str
+) -> None:
+    """In a process without Beam (the command line's), `check_archive` runs in a forked child
+    while the parent imports Beam; its result comes back to the parent. When the child delivers
+    nothing (here: the check raises), the parent runs the check itself and raises its error."""
+    run = subprocess.run([sys.executable, "-c", _CHECK_ALONGSIDE, str(tmp_path), outcome, str(REPO)],
+                         capture_output=True, text=True, timeout=120, check=True)
+    out = json.loads(run.stdout.strip().splitlines()[-1])
+    calls = [line.split() for line in (tmp_path / "calls").read_text().splitlines()]
+    assert out["beam_before"] is False and out["forked"] is True
+    child = [int(calls[0][0]), calls[0][1]]
+    assert child[0] != out["pid"] and child[1] == "check"  # the child, in its own folder
+    if outcome == "pass":
+        assert out["ctx"] == {"context": "check"} and out["expected"] == {"a": 1}
+        assert len(calls) == 1
+    else:
+        assert out["error"] == "refused by the check"
+        assert [[int(calls[1][0]), calls[1][1]]] == [[out["pid"], tmp_path.name]]  # the parent's
+
+
+@pytest.mark.server
+def test_the_command_line_refuses_a_bad_line_and_changes_nothing(
+    target: SearchClient, tmp_path: Path
+) -> None:
+    """Through the command line (the check forked beside Beam's import): the bad line's number
+    and reason, exit 1, and the target exactly as it was."""
+    good = sample(tmp_path)
+    with SnapshotReader(good) as snap:
+        lines = [line for _, line in snap.iter_lines()]
+    lines[6] = b'{"_index": "cloudify_storage", "_type": "node", "_id": "n", "_source": {'
+    bad = tmp_path / "bad.zip"
+    with SnapshotReader(good) as snap, SnapshotWriter(bad) as out:
+        for name in snap.file_names():
+            if name not in (ES_DATA, "manifest.json"):
+                with snap.open(name) as f:
+                    out.write_stream(name, f)
+        out.write_bytes(ES_DATA, b"\n".join(lines) + b"\n")
+    before = target_state(target, tmp_path)
+    refused = cli("restore", str(bad), "--es", target.url, "--fs-root", str(tmp_path / "fs"),
+                  "--credentials-dir", str(tmp_path / "creds"), "--no-progress")
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    assert "es_data:7: not valid JSON" in refused.stderr
+    assert target_state(target, tmp_path) == before
+    assert not (tmp_path / "fs").exists() and not (tmp_path / "creds").exists()

@@ -25,9 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-from apache_beam.io.filesystem import CompressionTypes
-from apache_beam.io.filesystems import FileSystems
 
+from core.fs import FileSystems, uncompressed
 from transforms.restore_docs import Agent, AgentWarning, deployment_entries
 
 __all__ = ["AgentIndex"]
@@ -79,7 +78,7 @@ class AgentIndex(Mapping[str, tuple[str, Agent]]):
         """A copy of the index in `folder` (any FileSystems path every worker reaches)."""
         target = FileSystems.join(folder, "agents.sqlite")
         with open(self.path, "rb") as src, FileSystems.create(
-            target, compression_type=CompressionTypes.UNCOMPRESSED
+            target, compression_type=uncompressed()
         ) as dst:
             while chunk := src.read(_COPY):
                 dst.write(chunk)
@@ -92,7 +91,7 @@ class AgentIndex(Mapping[str, tuple[str, Agent]]):
             if not os.path.exists(local):  # a path of another filesystem: read a local copy
                 fd, local = tempfile.mkstemp(prefix="cfysnap-agents-", suffix=".sqlite")
                 with os.fdopen(fd, "wb") as dst, FileSystems.open(
-                    self.path, compression_type=CompressionTypes.UNCOMPRESSED
+                    self.path, compression_type=uncompressed()
                 ) as src:
                     while chunk := src.read(_COPY):
                         dst.write(chunk)

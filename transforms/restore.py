@@ -1,14 +1,10 @@
-"""The restore's Beam side and its plan: what a restore of an archive will write, and the
-transforms that write it (spec §6, §7.2).
+"""The restore's Beam side: the transforms that write what a restore's plan says
+(`transforms.restore_plan`, re-exported here) (spec §6, §7.2).
 
     archive ─SplitEsDataIntoShards─▶ Shard ─RestoreDocuments(context)─▶ (line, restored hit)
             (skip loaded lines · upgrade · restore changes, one fused step) ─BulkLoad─▶ batches
 
-- `ArchivePlan`: gathered in one pass over es_data before anything is written (the expected
-  documents per target (index, type), the blueprint and deployment ids a clash check needs).
-- `RestoreContext` (`restore_context`): the archive's small inputs (version gate, agents.json,
-  the key paths on the target); `expected_hit` is what the restore writes for a hit, and what
-  `verify` expects on the target.
+- `ArchivePlan`, `RestoreContext`, `restore_context`, `Batching`: see `transforms.restore_plan`.
 - `LoadDocuments`: the whole document side, `RestoreDocuments` + `BulkLoad`. Every path it is
   given (archive, staging, journal) is a Beam `FileSystems` path: on a cluster, storage every
   worker reaches.
@@ -17,32 +13,25 @@ transforms that write it (spec §6, §7.2).
 from __future__ import annotations
 
 import bisect
-from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
-from pathlib import Path
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
 
 import apache_beam as beam
 import msgspec
 from apache_beam.io.filesystems import FileSystems
 
 from core import progress
-from core.archive import EsDataLine, SnapshotReader, parse_hit_with_source
-from core.errors import CorruptArchive, RestoreRefused
+from core.archive import decode_line, parse_hit_with_source
+from core.errors import CorruptArchive
 from core.journal import Journal, merge_ranges
-from core.model import STORAGE_INDEX, Hit, Version
+from core.model import Hit
 from core.search import SearchTarget
 from transforms.agent_index import AgentIndex
-from transforms.restore_docs import (
-    Agent,
-    AgentWarning,
-    key_target,
-    restore_hit,
-    restored_line_key,
-)
+from transforms.restore_docs import restore_hit, restore_line, restore_reads_source
+from transforms.restore_plan import ArchivePlan, Batching, RestoreContext, restore_context
 from transforms.search_io import WriteToSearch, WrittenBatch
 from transforms.shards import Shard, SplitEsDataIntoShards
-from transforms.versions import DowngradeRefused, plan, upgrade_agents, upgrade_hit
+from transforms.versions import plan, touched, upgrade_hit
 
 __all__ = [
     "ArchivePlan",
@@ -59,108 +48,16 @@ NumberedHit = tuple[int, Hit]
 """A hit and its es_data line number (the journal records loaded batches by line)."""
 
 
-@dataclass(frozen=True)
-class Batching:
-    """How a restore cuts its work: es_data lines per shard, documents and bytes per bulk."""
-
-    lines_per_shard: int = 10_000
-    batch_docs: int = 2000
-    batch_bytes: int = 8_000_000
-
-    def __post_init__(self) -> None:
-        if self.batch_docs < 1 or self.batch_bytes < 1 or self.lines_per_shard < 1:
-            raise ValueError("lines_per_shard, batch_docs and batch_bytes must be positive")
-
-
-# ---------------------------------------------------------------------------------- the plan
-@dataclass
-class ArchivePlan:
-    """What the plan pass over es_data found: expected documents per target (index, type),
-    the blueprint and deployment ids the archive restores, how many instances get agent data."""
-
-    expected: Counter[tuple[str, str]] = field(default_factory=Counter)
-    blueprint_ids: list[str] = field(default_factory=list)
-    deployment_ids: list[str] = field(default_factory=list)
-    agents_matched: int = 0
-    problem: CorruptArchive | None = None
-    """The first hit the restore could not place (an event with no usable time)."""
-
-    def add(self, lineno: int, line: EsDataLine, agents: Mapping[str, tuple[str, Agent]]) -> None:
-        """Account for one es_data line (number `lineno`), its source parsed only as needed."""
-        try:
-            index, doc_type, doc_id = restored_line_key(line)
-        except CorruptArchive as exc:
-            if self.problem is None:
-                self.problem = CorruptArchive(exc.member, lineno, exc.reason)
-            return
-        self.expected[(index, doc_type)] += 1
-        if index == STORAGE_INDEX:
-            if doc_type == "blueprint":
-                self.blueprint_ids.append(doc_id)
-            elif doc_type == "deployment":
-                self.deployment_ids.append(doc_id)
-            elif doc_type == "node_instance" and doc_id in agents:
-                entry_dep, agent = agents[doc_id]
-                if agent and line.hit()["_source"].get("deployment_id") == entry_dep:
-                    self.agents_matched += 1
-
-    def raise_problem(self) -> None:
-        if self.problem is not None:
-            raise self.problem
-
-
-@dataclass(frozen=True)
-class RestoreContext:
-    """The restore's inputs besides es_data, shared by `restore` and `verify`."""
-
-    source: Version
-    target: Version
-    key_paths: dict[str, str]
-    """node storage `_id` → absolute key path on the target."""
-    agents: Mapping[str, tuple[str, Agent]]
-    """instance id → (deployment, agents.json entry): an `AgentIndex` on disk."""
-    agent_warnings: list[AgentWarning]
-
-    def expected_hit(self, hit: Hit) -> Hit:
-        """The hit as the restore writes it: version upgrade, then the restore's own changes."""
-        steps = plan(self.source, self.target)
-        return restore_hit(upgrade_hit(hit, steps), key_paths=self.key_paths, agents=self.agents)
-
-
-def restore_context(
-    reader: SnapshotReader, target: Version, credentials_dir: Path | None, workdir: Path
-) -> RestoreContext:
-    """Version gate (RestoreRefused for a newer archive) and the small inputs of a restore;
-    agents.json, upgraded a deployment at a time, goes into an `AgentIndex` in `workdir` (a
-    local folder that outlives the context's use)."""
-    source = reader.version
-    try:
-        steps = plan(source, target)
-    except DowngradeRefused:
-        raise RestoreRefused(
-            f"the archive is a {source.value} snapshot, newer than the target version "
-            f"{target.value}; restore it into a {source.value} (or newer) manager"
-        ) from None
-    upgraded = (
-        item
-        for deployment, nodes in reader.iter_agents()
-        for item in upgrade_agents({deployment: nodes}, steps).items()
-    )
-    agents, warnings = AgentIndex.build(upgraded, workdir / "agents.sqlite")
-    paths = (
-        {name: key_target(credentials_dir, name) for name in reader.key_names()}
-        if credentials_dir is not None
-        else {}
-    )
-    return RestoreContext(source, target, paths, agents, warnings)
-
-
-
 # ------------------------------------------------------------------------------- transforms
 class _RestoreShardFn(beam.DoFn):
     """One shard → its `(line, restored hit)`s: parse, skip lines already loaded (journal),
     version upgrade, the restore's own changes. One fused step: Beam's per-step cost is paid
-    once per shard, not four times per document."""
+    once per shard, not four times per document.
+
+    A hit whose (index, type) no version step touches and whose source the restore does not
+    read (`touched`, `restore_reads_source`: most of an archive, its events and logs) takes the
+    short way: its keys are decoded, its `_source` is sent on as the archive's bytes
+    (`restore_line`); the result is the same hit `restore_hit(upgrade_hit(...))` gives."""
 
     def __init__(self, ctx: RestoreContext, loaded: list[tuple[int, int]]) -> None:
         self._source, self._target, self._key_paths = ctx.source, ctx.target, ctx.key_paths
@@ -171,6 +68,15 @@ class _RestoreShardFn(beam.DoFn):
 
     def setup(self) -> None:
         self._steps = plan(self._source, self._target)
+        self._short: dict[tuple[str, str], bool] = {}
+
+    def _short_way(self, index: str, doc_type: str) -> bool:
+        key = (index, doc_type)
+        short = self._short.get(key)
+        if short is None:
+            short = not touched(self._steps, index, doc_type) and not restore_reads_source(index, doc_type)
+            self._short[key] = short
+        return short
 
     def teardown(self) -> None:
         if isinstance(self._agents, AgentIndex):
@@ -182,7 +88,7 @@ class _RestoreShardFn(beam.DoFn):
 
     def process(self, shard: Shard) -> Iterator[NumberedHit]:
         steps, key_paths, skip = self._steps, self._key_paths, bool(self._starts)
-        agents = self._agents
+        agents, short = self._agents, self._short
         n = 0
         with FileSystems.open(shard.path) as f:
             for offset, line in enumerate(f):
@@ -190,6 +96,14 @@ class _RestoreShardFn(beam.DoFn):
                 if not line.strip() or (skip and self._loaded(lineno)):
                     continue
                 try:
+                    parts = decode_line(line)
+                    if parts is not None and (
+                        short.get((parts.index, parts.type))
+                        or self._short_way(parts.index, parts.type)
+                    ):
+                        n += 1
+                        yield lineno, restore_line(parts)
+                        continue
                     read, raw = parse_hit_with_source(line, lineno)
                     hit = upgrade_hit(read, steps)
                     hit = restore_hit(hit, key_paths=key_paths, agents=agents)
@@ -253,7 +167,7 @@ class LoadDocuments(beam.PTransform):
                 max_docs=batching.batch_docs,
                 max_bytes=batching.batch_bytes,
                 tagged=True,
-                in_flight=2,  # measured: the server indexes one batch while the next arrives
+                in_flight=int(__import__("os").environ.get("INF", "2")),  # measured: the server indexes one batch while the next arrives
                 on_batch=JournalBatches(self._journal),
             )
         )
