@@ -167,7 +167,7 @@ class LoadDocuments(beam.PTransform):
                 max_docs=batching.batch_docs,
                 max_bytes=batching.batch_bytes,
                 tagged=True,
-                in_flight=int(__import__("os").environ.get("INF", "2")),  # measured: the server indexes one batch while the next arrives
+                in_flight=2,  # measured: the server indexes one batch while the next arrives
                 on_batch=JournalBatches(self._journal),
             )
         )
