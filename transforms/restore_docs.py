@@ -130,11 +130,15 @@ def restored_line_key(line: EsDataLine) -> tuple[str, str, str]:
     for its two time fields only."""
     if not is_event_index(line.index):
         return (line.index, line.type, line.id)
+    return (_event_line_index(line), line.type, line.id)
+
+
+def _event_line_index(line: EsDataLine) -> str:
     times = _EVENT_TIMES.decode(line.source)
     day = event_day_of(times.at_timestamp, times.timestamp)
     if day is None:
         raise _no_time(line.type, line.id)
-    return (daily_index(day), line.type, line.id)
+    return daily_index(day)
 
 
 def restore_reads_source(index: str, doc_type: str) -> bool:
@@ -149,7 +153,7 @@ def restore_line(line: EsDataLine) -> Hit:
     """`restore_hit` of a line that no version step touches and whose source the restore does
     not read (`restore_reads_source` False): the hit as it is written, its `_source` still the
     archive's bytes (`msgspec.Raw`), its `_index` the one `restored_line_key` gives."""
-    index = restored_line_key(line)[0] if is_event_index(line.index) else line.index
+    index = _event_line_index(line) if is_event_index(line.index) else line.index
     return {"_index": index, "_type": line.type, "_id": line.id, "_source": line.source}
 
 
