@@ -529,14 +529,11 @@ def _restore(config: RestoreConfig, beam_args: Sequence[str], workdir: Path) -> 
             state = JournalState(started={"archive_sha256": sha})
         done: dict[str, Any] = {}
         try:
-            # the indices are created on the server while the files and keys are written here
-            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="cfysnap-indices") as pool:
-                indices = pool.submit(create_indices, client, list(archive_plan.expected))
-                summary.files_copied, summary.files_kept = copy_files(reader, fs_root, state, journal)
-                done["files"] = len(summary.files_copied)
-                summary.keys = write_keys(reader, credentials_dir, state, journal)
-                done["keys"] = len(summary.keys)
-                indices.result()
+            summary.files_copied, summary.files_kept = copy_files(reader, fs_root, state, journal)
+            done["files"] = len(summary.files_copied)
+            summary.keys = write_keys(reader, credentials_dir, state, journal)
+            done["keys"] = len(summary.keys)
+            create_indices(client, list(archive_plan.expected))
             _load_documents(config, ctx, archive, journal, state, archive_plan, beam_args)
             client.flush()  # durable before the journal says finished (see trusted_batches)
             client.refresh()
