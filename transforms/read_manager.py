@@ -13,6 +13,7 @@ steps. Search-server clients live in `setup()`/`teardown()`. Counters (namespace
 
 from __future__ import annotations
 
+import operator
 import os
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -52,6 +53,8 @@ _JSON_DECODE = msgspec.json.decode
 Source = tuple[str, tuple[str, ...] | None]
 """(logical index or pattern, types to read or None for all)."""
 
+
+_INDEX, _TYPE = operator.attrgetter("index"), operator.attrgetter("type")
 
 class ReadManagerDocuments(beam.PTransform):
     """PBegin → every document of `sources` (logical index or pattern, types or None) as
@@ -100,16 +103,23 @@ class _SnapshotPartsFn(beam.DoFn):
 
     def process(self, page: list[RawHit]) -> Iterator[Any]:
         types, ids = self._types, self._ids
-        kept: list[RawHit] = []
+        kept: list[RawHit] = page
         dropped: list[RawHit] = []
-        for hit in page:
-            excluded = hit.index == STORAGE_INDEX and (hit.type in types or hit.id in ids)
-            (dropped if excluded else kept).append(hit)
+        # only storage documents are ever left out or give facts and keys: a page of events
+        # and logs goes through without a loop over its hits
+        storage = STORAGE_INDEX in map(_INDEX, page)
+        if storage:
+            kept = []
+            for hit in page:
+                excluded = hit.index == STORAGE_INDEX and (hit.type in types or hit.id in ids)
+                (dropped if excluded else kept).append(hit)
         for key, n in Counter(f"{hit.index}/{hit.type}" for hit in dropped).items():
             beam.metrics.Metrics.counter(DROPPED_NAMESPACE, key).inc(n)
         if kept:
-            counts = Counter((hit.index, str(hit.type)) for hit in kept)
+            counts = Counter(zip(map(_INDEX, kept), map(str, map(_TYPE, kept)), strict=True))
             yield LinePage(es_data_page(kept), tuple(sorted(counts.items())))
+        if not storage:
+            return
         for fact in page_agent_facts(page):
             yield beam.pvalue.TaggedOutput("facts", fact)
         if self._keys:

@@ -39,6 +39,7 @@ Memory: `in_flight` + 1 batches.
 
 from __future__ import annotations
 
+import operator
 import queue
 import threading
 from collections import Counter, deque
@@ -73,6 +74,8 @@ _JSON_DECODE = msgspec.json.decode
 
 READ_NAMESPACE = "cfysnap.read"
 
+
+_INDEX, _TYPE = operator.attrgetter("index"), operator.attrgetter("type")
 
 class RawHitCoder(beam.coders.Coder):
     """`RawHit`s between stages and workers: msgpack of its four fields, the source's bytes as
@@ -225,7 +228,7 @@ class _ReadPartFn(beam.DoFn):
             raise
 
     def _emit(self, page: list[RawHit]) -> Iterator[Any]:
-        counts = Counter((hit.index, hit.type) for hit in page)
+        counts = Counter(zip(map(_INDEX, page), map(_TYPE, page), strict=True))  # C loops
         for (index, doc_type), n in counts.items():
             beam.metrics.Metrics.counter(self._namespace, f"{index}/{doc_type}").inc(n)
         if self._pages:
