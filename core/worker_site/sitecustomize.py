@@ -1,4 +1,5 @@
-"""Quiet Beam worker processes (not a module of cfysnap's own: Python imports it at start-up).
+"""Quiet Beam worker processes, with the collector tuned as in the launching process (not a
+module of cfysnap's own: Python imports it at start-up).
 
 The command line puts this folder on the PYTHONPATH of the worker processes Beam starts for
 `--direct_running_mode=multi_processing`, with CFYSNAP_WORKER_LOG_LEVEL set (not with
@@ -16,3 +17,9 @@ _level = os.environ.get("CFYSNAP_WORKER_LOG_LEVEL")
 if _level:
     logging.getLogger().addHandler(logging.NullHandler())
     logging.getLogger().setLevel(_level)
+
+# The cyclic collector's thresholds of the launching process (`core.options.GC_THRESHOLD`,
+# measured there): a worker allocates as many short-lived objects per document as it does.
+import gc  # noqa: E402
+
+gc.set_threshold(10_000, 10, 10)
