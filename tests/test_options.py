@@ -1,0 +1,55 @@
+"""What `core.options.beam_options` changes in the launching process for the embedded runner,
+and only for it (each case in a fresh interpreter: these are process-wide settings)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+_PROBE = """
+import gc, json, sys
+sys.path.insert(0, sys.argv[1])
+from apache_beam.runners.worker import statesampler
+from core.options import beam_options
+before = {"threshold": list(gc.get_threshold()), "frozen": gc.get_freeze_count()}
+options = beam_options(sys.argv[2:])
+frozen = gc.get_freeze_count()
+beam_options(sys.argv[2:])  # a second pipeline's options: nothing frozen again
+print(json.dumps({
+    "before": before,
+    "threshold": list(gc.get_threshold()),
+    "frozen": frozen,
+    "frozen_again": gc.get_freeze_count(),
+    "sampling_ms": statesampler.StateSampler.__init__.__defaults__[-1],
+}))
+"""
+
+
+def probe(*beam_args: str) -> dict:
+    run = subprocess.run([sys.executable, "-c", _PROBE, str(REPO), *beam_args],
+                         capture_output=True, text=True, check=True, timeout=120)
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("args", [(), ("--runner=DirectRunner",), ("--direct_num_workers=2",)])
+def test_the_embedded_runner_gets_the_tuned_collector_and_sampler(args: tuple[str, ...]) -> None:
+    from core.options import GC_THRESHOLD, STATE_SAMPLING_PERIOD_MS
+
+    out = probe(*args)
+    assert out["before"] == {"threshold": [700, 10, 10], "frozen": 0}
+    assert out["threshold"] == list(GC_THRESHOLD)
+    assert out["frozen"] > 10_000  # Beam's modules and everything else loaded by then
+    assert out["frozen_again"] == out["frozen"]  # frozen once per process only
+    assert out["sampling_ms"] == STATE_SAMPLING_PERIOD_MS
+
+
+def test_another_runner_leaves_the_process_as_it_was() -> None:
+    out = probe("--runner=PortableRunner", "--job_endpoint=localhost:1")
+    assert out["threshold"] == [700, 10, 10] and out["frozen"] == 0
+    assert out["sampling_ms"] == 200  # Beam's own default
