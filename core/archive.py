@@ -196,9 +196,10 @@ def decode_line(line: bytes) -> EsDataLine | None:
     unread; None for any line msgspec does not take as one with non-empty keys and an object
     `_source` (the caller then goes through `parse_hit_with_source`, which raises for a bad one).
 
-    Not checked here: nesting depth and the UTF-8 of the source's strings. The source is never
-    decoded in Python, and every line of an archive was checked for both before a job reads it
-    this way (`core.validate`)."""
+    Not checked here: nesting depth, the UTF-8 of the source's strings, the range of its
+    numbers. The source is never decoded in Python, and every line of an archive was checked
+    for the first two before a job reads it this way (`core.validate`); a number such as 1e400
+    goes on as the archive writes it (a full parse would turn it into `Infinity`)."""
     try:
         parts = _LINE.decode(line)
     except msgspec.DecodeError:

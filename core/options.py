@@ -35,7 +35,8 @@ the limit: the bundle waits out the current sleep, about a sixth of the bundle's
 cfysnap does not use. Set for this process's workers only (a Flink or Dataflow worker keeps its
 own default)."""
 GC_THRESHOLD = (10_000, 10, 10)
-"""The cyclic collector's thresholds while the embedded runner works (Python's: 700, 10, 10).
+"""The cyclic collector's thresholds from the first embedded-runner pipeline on, for the rest of
+the process (Python's: 700, 10, 10).
 
 A job allocates tens of thousands of short-lived objects a page (hits, tuples, bulk entries),
 which reference counting frees; with the default, the collector ran ~570 times in a 100k-document
@@ -49,7 +50,8 @@ _collector_tuned = False
 def _tune_collector() -> None:
     """`GC_THRESHOLD`, and everything loaded so far (Beam, cfysnap) moved out of the collector's
     sight (`gc.freeze`); done once per process, so the garbage of later pipelines (a test
-    suite's) is collected as usual."""
+    suite's) is collected as usual. Not collected first (a full pass costs what the freeze
+    saves): what cyclic garbage exists at that moment, a few import-time cycles, is kept."""
     global _collector_tuned
     if _collector_tuned:
         return

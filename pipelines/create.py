@@ -177,12 +177,17 @@ class CreateSummary:
 
 # ------------------------------------------------------------------------------ the source
 def _import_runner() -> None:
-    """Import Beam and the create's transforms (what `_create` imports again, from the cache)."""
-    import core.counts  # noqa: F401
-    import core.options  # noqa: F401
-    import transforms.agents  # noqa: F401
-    import transforms.read_manager  # noqa: F401
-    import transforms.shards  # noqa: F401
+    """Import Beam and the create's transforms (what `_create` imports again, from the cache).
+    Runs in a thread: an import error is left for `_create`'s own imports to raise, as one
+    typed line, not a thread's traceback."""
+    try:
+        import core.counts  # noqa: F401
+        import core.options  # noqa: F401
+        import transforms.agents  # noqa: F401
+        import transforms.read_manager  # noqa: F401
+        import transforms.shards  # noqa: F401
+    except BaseException:  # noqa: BLE001, S110 - raised again where it is imported for use
+        pass
 
 
 def _agent_defaults(source: ManagerFacts) -> AgentDefaults:
@@ -359,6 +364,19 @@ def run(config: CreateConfig, beam_args: Sequence[str] = ()) -> CreateSummary:
     # an import error, if any, is raised again by `_create`'s own imports
     importer = threading.Thread(target=_import_runner, name="cfysnap-import", daemon=True)
     importer.start()
+    try:
+        return _run(config, beam_args, output, started, importer)
+    finally:
+        importer.join()  # never left importing while the process ends (a failed inspection)
+
+
+def _run(
+    config: CreateConfig,
+    beam_args: Sequence[str],
+    output: Path,
+    started: float,
+    importer: threading.Thread,
+) -> CreateSummary:
     with config.target.connect() as client:
         source = inspect_manager(client, config.source_version)
         _LOG.debug("%s", source.reading.describe())  # the summary says it

@@ -223,16 +223,19 @@ def _import_runner() -> None:
 
 class _CheckAlongside:
     """`check(folder)` (`check_archive`) in a forked child while the parent goes on importing
-    Beam: the check takes one core for ~0.7 s per 100k documents, Beam's import ~0.3 s of the
+    Beam: the check takes one core for ~0.65 s per 100k documents, Beam's import ~0.3 s of the
     other, and nothing is written before both are done.
 
-    Forked only when that is safe and cheap: a POSIX system, one thread, and no Beam (nor its
-    gRPC threads, which `threading` does not see) loaded in the process; otherwise the check
-    simply runs here, first. The child writes its result (the context, with its agent index in
-    a folder of its own, and the plan) to a file and leaves with `os._exit`, so nothing of the
-    parent's (buffers, temporary folders, atexit) is flushed or removed twice. Whenever the child
-    does not deliver a result (the archive is refused, it is damaged, anything failed), the
-    parent runs the check itself: every refusal is raised here, by the same code, as before.
+    Forked only where that is safe: a POSIX system, no Python thread but this one, and no Beam
+    loaded (nor so its gRPC threads, which `threading` does not see); otherwise the check simply
+    runs here, first. (numpy's BLAS pool may hold native threads; it re-initialises itself in a
+    forked child, as every `multiprocessing` fork pool relies on, and the check uses no BLAS.)
+    SIGINT is blocked while forking, and stays blocked in the child, which the parent kills if
+    it is interrupted (`stop`). The child writes its outcome to a file and leaves with
+    `os._exit`, so nothing of the parent's (buffers, temporary folders, atexit) is flushed or
+    removed twice: the result (the context, its agent index in a folder of its own, and the
+    plan), or the refusal (a `CfysnapError`, picklable), which the parent raises. For anything
+    else (the child died, the fork failed) the parent runs the check itself.
     """
 
     def __init__(
@@ -242,42 +245,70 @@ class _CheckAlongside:
         self._pid: int | None = None
         self._result = workdir / "check" / "result.pickle"
         if hasattr(os, "fork") and threading.active_count() == 1 and "apache_beam" not in sys.modules:
+            self._fork()
+
+    def _fork(self) -> None:
+        try:
             self._result.parent.mkdir(mode=0o700)
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        except OSError:
+            return  # the check runs here instead
+        try:
             self._pid = os.fork()
-            if self._pid == 0:
+        except OSError:
+            self._pid = None
+        if self._pid == 0:  # pragma: no cover - the forked child
+            try:
                 self._child()
+            finally:
+                os._exit(1)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
     def _child(self) -> None:  # pragma: no cover - runs in the forked child
         code = 1
         try:
-            ctx, archive_plan = self._check(self._result.parent)
-            if archive_plan.problem is None:
-                temp = self._result.with_suffix(".partial")
-                with open(temp, "wb") as out:
-                    pickle.dump((ctx, archive_plan), out)
-                os.rename(temp, self._result)
-                code = 0
-        except BaseException:  # noqa: BLE001, S110 - the parent checks again and raises it
+            try:
+                outcome: tuple[str, Any] = ("result", self._check(self._result.parent))
+            except CfysnapError as exc:
+                outcome = ("refused", exc)
+            temp = self._result.with_suffix(".partial")
+            with open(temp, "wb") as out:
+                pickle.dump(outcome, out)
+            os.rename(temp, self._result)
+            code = 0
+        except BaseException:  # noqa: BLE001, S110 - the parent then checks itself
             pass
         finally:
             os._exit(code)
 
     def result(self) -> tuple[RestoreContext, ArchivePlan]:
+        """The check's result, or its refusal raised."""
+        outcome: tuple[str, Any] | None = None
         if self._pid is not None:
-            _, status = os.waitpid(self._pid, 0)
+            try:
+                _, status = os.waitpid(self._pid, 0)
+                delivered = os.waitstatus_to_exitcode(status) == 0
+            except ChildProcessError:  # reaped elsewhere (SIGCHLD ignored): the file says
+                delivered = True
             self._pid = None
-            if os.waitstatus_to_exitcode(status) == 0:
+            if delivered:
                 with contextlib.suppress(OSError, pickle.UnpicklingError, EOFError):
                     with open(self._result, "rb") as f:
-                        return pickle.load(f)  # noqa: S301 - written by our own child, just now
-        return self._check(self._workdir)
+                        outcome = pickle.load(f)  # noqa: S301 - written by our own child, just now
+        if outcome is None:
+            return self._check(self._workdir)
+        kind, value = outcome
+        if kind == "refused":
+            raise value
+        return value  # type: ignore[no-any-return]
 
     def stop(self) -> None:
         """Kill and reap a child still running (the parent was interrupted)."""
         if self._pid is not None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self._pid, signal.SIGKILL)
-            os.waitpid(self._pid, 0)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(self._pid, 0)
             self._pid = None
 
 
@@ -492,10 +523,10 @@ def _restore(config: RestoreConfig, beam_args: Sequence[str], workdir: Path) -> 
     )
     try:
         _import_runner()  # Beam's import (~0.3 s) overlaps the check's es_data pass
-        sha = file_sha256(archive)
         ctx, archive_plan = checking.result()
     finally:
         checking.stop()
+    sha = file_sha256(archive)
     journal = Journal(config.journal or default_journal_path(fs_root, sha))
     state, resuming = journal_state(journal, sha, config)
     if resuming and not state.finished:

@@ -53,3 +53,15 @@ def test_another_runner_leaves_the_process_as_it_was() -> None:
     out = probe("--runner=PortableRunner", "--job_endpoint=localhost:1")
     assert out["threshold"] == [700, 10, 10] and out["frozen"] == 0
     assert out["sampling_ms"] == 200  # Beam's own default
+
+
+def test_beams_worker_processes_get_the_same_thresholds() -> None:
+    """`core/worker_site/sitecustomize.py` (on the path of Beam's worker processes) sets what
+    `GC_THRESHOLD` says."""
+    from core.options import GC_THRESHOLD
+
+    site = REPO / "core" / "worker_site"
+    run = subprocess.run([sys.executable, "-c", "import gc, json; print(json.dumps(gc.get_threshold()))"],
+                         capture_output=True, text=True, check=True, timeout=60,
+                         env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"})
+    assert json.loads(run.stdout) == list(GC_THRESHOLD)

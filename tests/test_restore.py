@@ -636,8 +636,11 @@ work = Path(sys.argv[1])
 def check(folder):
     with open(work / "calls", "a") as f:
         f.write(f"{os.getpid()} {folder.name}\\n")
+    if sys.argv[2] == "fail":
+        raise ValueError("the check failed")
     if sys.argv[2] == "refuse":
-        raise ValueError("refused by the check")
+        from core.errors import CorruptArchive
+        raise CorruptArchive("es_data", 7, "not valid JSON", "/a.zip")
     return {"context": folder.name}, SimpleNamespace(problem=None, expected={"a": 1})
 checking = _CheckAlongside(check, work)
 forked = checking._pid is not None
@@ -645,21 +648,22 @@ import apache_beam  # what the parent does meanwhile
 try:
     ctx, plan = checking.result()
     out = {"ctx": ctx, "expected": plan.expected}
-except ValueError as exc:
-    out = {"error": str(exc)}
+except Exception as exc:
+    out = {"error": f"{type(exc).__name__}: {exc}"}
 finally:
     checking.stop()
 print(json.dumps({"beam_before": beam_before, "forked": forked, "pid": os.getpid(), **out}))
 """
 
 
-@pytest.mark.parametrize("outcome", ["pass", "refuse"])
+@pytest.mark.parametrize("outcome", ["pass", "refuse", "fail"])
 def test_the_check_runs_in_a_forked_child_and_a_refusal_is_raised_by_the_parent(
     tmp_path: Path, outcome: str
 ) -> None:
     """In a process without Beam (the command line's), `check_archive` runs in a forked child
-    while the parent imports Beam; its result comes back to the parent. When the child delivers
-    nothing (here: the check raises), the parent runs the check itself and raises its error."""
+    while the parent imports Beam; its result, or its refusal (a CfysnapError), comes back to
+    the parent. When the child delivers nothing (here: the check fails otherwise), the parent
+    runs the check itself and raises its error."""
     run = subprocess.run([sys.executable, "-c", _CHECK_ALONGSIDE, str(tmp_path), outcome, str(REPO)],
                          capture_output=True, text=True, timeout=120, check=True)
     out = json.loads(run.stdout.strip().splitlines()[-1])
@@ -670,8 +674,11 @@ def test_the_check_runs_in_a_forked_child_and_a_refusal_is_raised_by_the_parent(
     if outcome == "pass":
         assert out["ctx"] == {"context": "check"} and out["expected"] == {"a": 1}
         assert len(calls) == 1
+    elif outcome == "refuse":  # raised by the parent as the child found it, not checked again
+        assert out["error"] == "CorruptArchive: /a.zip: es_data:7: not valid JSON"
+        assert len(calls) == 1
     else:
-        assert out["error"] == "refused by the check"
+        assert out["error"] == "ValueError: the check failed"
         assert [[int(calls[1][0]), calls[1][1]]] == [[out["pid"], tmp_path.name]]  # the parent's
 
 
@@ -699,3 +706,93 @@ def test_the_command_line_refuses_a_bad_line_and_changes_nothing(
     assert "es_data:7: not valid JSON" in refused.stderr
     assert target_state(target, tmp_path) == before
     assert not (tmp_path / "fs").exists() and not (tmp_path / "creds").exists()
+
+
+@pytest.mark.parametrize("block", [7, 64], ids=["line-spans-blocks", "line-inside-a-block"])
+def test_the_split_refuses_a_line_longer_than_the_cap_naming_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, block: int
+) -> None:
+    """A line that never ends is refused with its number, not staged (convert reads each staged
+    line whole while its validation runs alongside)."""
+    import zipfile
+
+    from transforms import shards
+
+    monkeypatch.setattr(shards, "_COPY", block)
+    archive = tmp_path / "a.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr(ES_DATA, b'{"a": 1}\n{"b": 2}\n' + b"x" * 30 + b'\n{"c": 3}\n')
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    with pytest.raises(CorruptArchive) as err:
+        list(shards._SplitEsData(str(staging), 100, max_line=12).process(str(archive)))
+    assert (err.value.member, err.value.line) == (ES_DATA, 3)
+    assert "line longer than" in err.value.reason
+    # exactly at the cap (11 bytes and its newline) is a line like any other
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr(ES_DATA, b'{"a": 1}\n' + b"y" * 11 + b"\n")
+    got = [Path(s.path).read_bytes()
+           for s in shards._SplitEsData(str(staging), 100, max_line=12).process(str(archive))]
+    assert got == [b'{"a": 1}\n' + b"y" * 11 + b"\n"]
+
+
+_REAL_CHECK = """
+import json, sys, tempfile
+from pathlib import Path
+sys.path.insert(0, sys.argv[3])
+from core.model import Version
+from pipelines.restore import _CheckAlongside, check_archive
+archive, creds = Path(sys.argv[1]), Path(sys.argv[2])
+def facts(ctx, plan):
+    return {"source": ctx.source.value, "target": ctx.target.value, "keys": ctx.key_paths,
+            "agents": {k: list(v) for k, v in sorted(dict(ctx.agents).items())},
+            "warnings": [str(w) for w in ctx.agent_warnings],
+            "expected": sorted([list(k) + [n] for k, n in plan.expected.items()]),
+            "blueprints": plan.blueprint_ids, "deployments": plan.deployment_ids,
+            "matched": plan.agents_matched}
+with tempfile.TemporaryDirectory() as a, tempfile.TemporaryDirectory() as b:
+    checking = _CheckAlongside(
+        lambda folder: check_archive(archive, Version.V3_4, creds, None, folder), Path(a))
+    forked = checking._pid is not None
+    through_child = facts(*checking.result())
+    here = facts(*check_archive(archive, Version.V3_4, creds, None, Path(b)))
+print(json.dumps({"forked": forked, "child": through_child, "here": here}))
+"""
+
+
+def test_the_forked_check_hands_back_the_same_context_and_plan(tmp_path: Path) -> None:
+    """The real `check_archive` through the child (its agent index reopened by path in the
+    parent) gives what the same check gives in-process."""
+    archive = sample(tmp_path, Version.V3_2)
+    run = subprocess.run([sys.executable, "-c", _REAL_CHECK, str(archive), str(tmp_path / "creds"),
+                          str(REPO)], capture_output=True, text=True, timeout=120, check=True)
+    out = json.loads(run.stdout.strip().splitlines()[-1])
+    assert out["forked"] is True
+    assert out["child"] == out["here"]
+    assert out["here"]["matched"] > 0 and out["here"]["agents"] and out["here"]["keys"]
+
+
+def test_an_event_without_a_time_on_the_short_way_names_its_line(tmp_path: Path) -> None:
+    """The short way (keys and two time fields decoded) refuses an event it cannot place with
+    its es_data line number, as the full parse does; the last line needs no newline."""
+    from transforms.restore import RestoreDocuments
+    from transforms.restore_plan import restore_context
+    from transforms.shards import Shard
+
+    archive = sample(tmp_path)
+    with SnapshotReader(archive) as snap:
+        ctx = restore_context(snap, Version.V3_3, tmp_path / "creds", tmp_path)
+    good = b'{"_index": "logstash-2015.12.01", "_type": "cloudify_log", "_id": "l1", "_source": {"@timestamp": "2015-12-01T10:00:00.000Z"}}'
+    bad = b'{"_index": "logstash-2015.12.01", "_type": "cloudify_event", "_id": "e9", "_source": {"timestamp": "soon"}}'
+    shard = tmp_path / "shard.jsonl"
+    shard.write_bytes(good + b"\n" + good.replace(b"l1", b"l2") + b"\n" + bad)
+    fn = RestoreDocuments(ctx)._fn
+    fn.setup()
+    with pytest.raises(CorruptArchive) as err:
+        list(fn.process(Shard(str(shard), 41)))
+    assert (err.value.member, err.value.line) == (ES_DATA, 43)
+    assert err.value.reason == "event cloudify_event/e9 has no parseable @timestamp or timestamp"
+    shard.write_bytes(good)  # no newline at the end
+    [(line, hit)] = list(fn.process(Shard(str(shard), 7)))
+    assert (line, hit["_index"], hit["_id"], bytes(hit["_source"])) == (
+        7, "logstash-2015.12.01", "l1", b'{"@timestamp": "2015-12-01T10:00:00.000Z"}')

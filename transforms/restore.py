@@ -97,10 +97,11 @@ class _RestoreShardFn(beam.DoFn):
                     continue
                 try:
                     parts = decode_line(line)
-                    if parts is not None and (
-                        short.get((parts.index, parts.type))
-                        or self._short_way(parts.index, parts.type)
-                    ):
+                    way = None if parts is None else short.get((parts.index, parts.type))
+                    if parts is not None and way is None:
+                        way = self._short_way(parts.index, parts.type)
+                    if way:
+                        assert parts is not None
                         n += 1
                         yield lineno, restore_line(parts)
                         continue

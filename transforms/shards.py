@@ -30,6 +30,7 @@ from core import progress
 from core.archive import (
     CREDENTIALS_PREFIX,
     ES_DATA,
+    MAX_LINE_BYTES,
     SnapshotReader,
     SnapshotWriter,
     dump_hit,
@@ -110,15 +111,39 @@ class _SplitEsData(beam.DoFn):
     last line is cut (at that newline). Every byte goes through, blank lines included, so a
     shard's `first_line` is the es_data line number of its first line."""
 
-    def __init__(self, staging: str, lines_per_shard: int) -> None:
-        self._staging, self._lines = staging, lines_per_shard
+    def __init__(self, staging: str, lines_per_shard: int, max_line: int = MAX_LINE_BYTES) -> None:
+        self._staging, self._lines, self._max_line = staging, lines_per_shard, max_line
+
+    def _line_tail(self, block: bytes, tail: int, lines_read: int) -> int:
+        """The length of the line still open after `block` (`tail`: before it); CorruptArchive
+        naming the line when one is longer than `max_line`, as `buffered_lines` does: a line
+        that never ends is refused, not staged (convert reads staged lines whole)."""
+        first = block.find(b"\n")
+        if first < 0:
+            tail += len(block)
+            if tail > self._max_line:
+                raise self._too_long(lines_read + 1)
+            return tail
+        if tail + first + 1 > self._max_line:
+            raise self._too_long(lines_read + 1)
+        if len(block) > self._max_line:  # lines within one block (only when blocks exceed the cap)
+            start, lineno = first + 1, lines_read + 2
+            while (end := block.find(b"\n", start)) >= 0:
+                if end + 1 - start > self._max_line:
+                    raise self._too_long(lineno)
+                start, lineno = end + 1, lineno + 1
+        return len(block) - block.rfind(b"\n") - 1
+
+    def _too_long(self, lineno: int) -> CorruptArchive:
+        return CorruptArchive(ES_DATA, lineno, f"line longer than {self._max_line // 2**20} MiB")
 
     def process(self, archive_path: str) -> Iterator[Shard]:
         with SnapshotReader(archive_path) as snap, snap.open(ES_DATA) as raw:
-            shard_no, first, count, out, lines_read = 0, 1, 0, None, 0
+            shard_no, first, count, out, lines_read, tail = 0, 1, 0, None, 0, 0
             path, last = "", b"\n"
             try:
                 while block := raw.read(_COPY):
+                    tail = self._line_tail(block, tail, lines_read)
                     last = block[-1:]
                     while block:
                         if out is None:

@@ -18,8 +18,9 @@ if _level:
     logging.getLogger().addHandler(logging.NullHandler())
     logging.getLogger().setLevel(_level)
 
-# The cyclic collector's thresholds of the launching process (`core.options.GC_THRESHOLD`,
-# measured there): a worker allocates as many short-lived objects per document as it does.
+# The thresholds `core.options.GC_THRESHOLD` gives the launching process (measured there; kept
+# equal by tests/test_options.py): a worker allocates as many short-lived objects per document.
+# Like the logging above, only for the workers of a command run without --debug.
 import gc  # noqa: E402
 
 gc.set_threshold(10_000, 10, 10)
