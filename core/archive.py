@@ -70,6 +70,7 @@ __all__ = [
     "unsafe_member_reason",
     "safe_target_path",
     "buffered_lines",
+    "line_too_long",
     "json_object_chunks",
     "CFYSNAP_VERSION",
 ]
@@ -640,6 +641,11 @@ class SnapshotReader:
         self.close()
 
 
+def line_too_long(member: str, lineno: int, max_line: int = MAX_LINE_BYTES) -> CorruptArchive:
+    """The refusal of line `lineno` of `member`, longer than `max_line` bytes."""
+    return CorruptArchive(member, lineno, f"line longer than {max_line // 2**20} MiB")
+
+
 def buffered_lines(
     raw: IO[bytes], name: str = ES_DATA, max_line: int | None = None
 ) -> Iterator[bytes]:
@@ -653,7 +659,7 @@ def buffered_lines(
     while line := readline(max_line + 1):
         lineno += 1
         if len(line) > max_line:
-            raise CorruptArchive(name, lineno, f"line longer than {max_line // 2**20} MiB")
+            raise line_too_long(name, lineno, max_line)
         yield line
 
 

@@ -1066,9 +1066,7 @@ class SearchClient:
             doc_id = str(doc_id)
         # a source still the server's or the archive's bytes (msgspec.Raw) is joined as it is
         body = source if isinstance(source, msgspec.Raw) else json.dumps(source).encode()
-        prefix = self._action_prefixes.get((op_type, index, doc_type))
-        if prefix is None:
-            prefix = self._action_prefix(op_type, index, doc_type)
+        prefix = self._action_prefix(op_type, index, doc_type)
         lines = b"".join((prefix, encode_basestring_ascii(doc_id).encode(), b"}}\n", body, b"\n"))
         return _Entry(index, doc_type, doc_id, lines)
 

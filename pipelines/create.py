@@ -365,7 +365,7 @@ def run(config: CreateConfig, beam_args: Sequence[str] = ()) -> CreateSummary:
     importer = threading.Thread(target=_import_runner, name="cfysnap-import", daemon=True)
     importer.start()
     try:
-        return _run(config, beam_args, output, started, importer)
+        return _run(config, beam_args, output, started)
     finally:
         importer.join()  # never left importing while the process ends (a failed inspection)
 
@@ -375,7 +375,6 @@ def _run(
     beam_args: Sequence[str],
     output: Path,
     started: float,
-    importer: threading.Thread,
 ) -> CreateSummary:
     with config.target.connect() as client:
         source = inspect_manager(client, config.source_version)
@@ -384,9 +383,7 @@ def _run(
             start_snapshot(client, config, source.version) if config.snapshot_id else None
         )
         try:
-            summary = _create(
-                client, config, source, output, execution_id, beam_args, started, importer
-            )
+            summary = _create(client, config, source, output, execution_id, beam_args, started)
         except BaseException as exc:
             error = _as_job_error(exc)
             if config.snapshot_id:
@@ -414,13 +411,10 @@ def _create(
     execution_id: str | None,
     beam_args: Sequence[str],
     started: float,
-    importer: threading.Thread | None = None,
 ) -> CreateSummary:
     sources = _sources(config, source)
     expected = _expected_counts(client, sources)
-    if importer is not None:
-        importer.join()
-    import apache_beam as beam
+    import apache_beam as beam  # waits, if the import thread is still at it
     from apache_beam.options.pipeline_options import DirectOptions
 
     from core.counts import counter_values

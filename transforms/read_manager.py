@@ -56,6 +56,7 @@ Source = tuple[str, tuple[str, ...] | None]
 
 _INDEX, _TYPE = operator.attrgetter("index"), operator.attrgetter("type")
 
+
 class ReadManagerDocuments(beam.PTransform):
     """PBegin → every document of `sources` (logical index or pattern, types or None) as
     es_data hits `{"_index","_type","_id","_score": 0.0,"_source"}`, or (`pages=True`) as scroll

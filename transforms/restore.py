@@ -70,12 +70,10 @@ class _RestoreShardFn(beam.DoFn):
         self._steps = plan(self._source, self._target)
         self._short: dict[tuple[str, str], bool] = {}
 
-    def _short_way(self, index: str, doc_type: str) -> bool:
-        key = (index, doc_type)
-        short = self._short.get(key)
-        if short is None:
-            short = not touched(self._steps, index, doc_type) and not restore_reads_source(index, doc_type)
-            self._short[key] = short
+    def _learn_way(self, key: tuple[str, str]) -> bool:
+        """Whether hits of (index, type) `key` take the short way (asked once per key)."""
+        short = not touched(self._steps, *key) and not restore_reads_source(*key)
+        self._short[key] = short
         return short
 
     def teardown(self) -> None:
@@ -97,14 +95,13 @@ class _RestoreShardFn(beam.DoFn):
                     continue
                 try:
                     parts = decode_line(line)
-                    way = None if parts is None else short.get((parts.index, parts.type))
-                    if parts is not None and way is None:
-                        way = self._short_way(parts.index, parts.type)
-                    if way:
-                        assert parts is not None
-                        n += 1
-                        yield lineno, restore_line(parts)
-                        continue
+                    if parts is not None:
+                        key = (parts.index, parts.type)
+                        way = short.get(key)
+                        if way or (way is None and self._learn_way(key)):
+                            n += 1
+                            yield lineno, restore_line(parts)
+                            continue
                     read, raw = parse_hit_with_source(line, lineno)
                     hit = upgrade_hit(read, steps)
                     hit = restore_hit(hit, key_paths=key_paths, agents=agents)

@@ -77,6 +77,7 @@ READ_NAMESPACE = "cfysnap.read"
 
 _INDEX, _TYPE = operator.attrgetter("index"), operator.attrgetter("type")
 
+
 class RawHitCoder(beam.coders.Coder):
     """`RawHit`s between stages and workers: msgpack of its four fields, the source's bytes as
     they are. Its size estimate reads only lengths: Beam samples the size of elements it passes

@@ -34,6 +34,7 @@ from core.archive import (
     SnapshotReader,
     SnapshotWriter,
     dump_hit,
+    line_too_long,
     parse_hit,
 )
 from core.crypto import Encryption
@@ -135,7 +136,7 @@ class _SplitEsData(beam.DoFn):
         return len(block) - block.rfind(b"\n") - 1
 
     def _too_long(self, lineno: int) -> CorruptArchive:
-        return CorruptArchive(ES_DATA, lineno, f"line longer than {self._max_line // 2**20} MiB")
+        return line_too_long(ES_DATA, lineno, self._max_line)
 
     def process(self, archive_path: str) -> Iterator[Shard]:
         with SnapshotReader(archive_path) as snap, snap.open(ES_DATA) as raw:

@@ -91,6 +91,11 @@ class DowngradeRefused(CfysnapError, ValueError):
         )
 
 
+def _touches_everything(index: str, doc_type: str) -> bool:
+    """A step module without `touches`: it may change any hit."""
+    return True
+
+
 @dataclass(frozen=True)
 class Step:
     """One version step, built from its module."""
@@ -106,7 +111,7 @@ class Step:
     upgrade_agents: Callable[[dict[str, Any]], dict[str, Any]] = field(repr=False)
     defaults: bool = False
     """A version's restore defaults (`defaults_step`), not a step of the chain."""
-    touches: Callable[[str, str], bool] = field(default=lambda _index, _type: True, repr=False)
+    touches: Callable[[str, str], bool] = field(default=_touches_everything, repr=False)
     """Whether `upgrade_hit` can change a hit of this (index, type): False is a promise that
     it returns every such hit as the very same object."""
 
@@ -137,11 +142,12 @@ def step_from_module(module: Any) -> Step:
     functions = [getattr(module, f) for f in _STEP_FUNCTIONS]
     if not all(callable(f) for f in functions):
         raise BrokenChain("invalid", f"{name}: {', '.join(_STEP_FUNCTIONS)} must be callable")
-    touches = getattr(module, "touches", None)
-    if touches is not None and not callable(touches):
+    touches = getattr(module, "touches", _touches_everything)
+    if not callable(touches):
         raise BrokenChain("invalid", f"{name}: touches must be callable")
-    extra = {"touches": touches} if touches is not None else {}
-    return Step(source, target, changelog.splitlines()[0].strip(), changelog, *functions, **extra)
+    summary = changelog.splitlines()[0].strip()
+    hit, metadata, agents = functions
+    return Step(source, target, summary, changelog, hit, metadata, agents, touches=touches)
 
 
 def build_chain(modules: Iterable[Any]) -> tuple[Step, ...]:
