@@ -20,11 +20,15 @@ __all__ = [
     "beam_options",
     "spreads_work",
     "DEFAULT_RUNNER",
+    "FORKING_RUNNER",
     "STATE_SAMPLING_PERIOD_MS",
     "GC_THRESHOLD",
 ]
 
 DEFAULT_RUNNER = "FnApiRunner"
+FORKING_RUNNER = "core.workers.ForkingFnApiRunner"
+"""The FnApiRunner for `--direct_running_mode=multi_processing`: its worker processes are forked
+with Beam already imported instead of started afresh (see `core.workers`)."""
 STATE_SAMPLING_PERIOD_MS = 20
 """The longest sleep of the in-process SDK worker's state-sampler thread (Beam's default: 200).
 
@@ -83,6 +87,8 @@ def beam_options(args: Sequence[str] = ()) -> PipelineOptions:
     if standard.runner == DEFAULT_RUNNER:
         _shorten_state_sampling()
         _tune_collector()
+        if options.view_as(DirectOptions).direct_running_mode == "multi_processing":
+            standard.runner = FORKING_RUNNER
     return options
 
 
@@ -96,6 +102,6 @@ def spreads_work(options: PipelineOptions) -> bool:
     runner, or more direct workers, gets the Reshuffle. The transforms that reshuffle ask it of
     their pipeline's options when they expand.
     """
-    if options.view_as(StandardOptions).runner != DEFAULT_RUNNER:
+    if options.view_as(StandardOptions).runner not in (DEFAULT_RUNNER, FORKING_RUNNER):
         return True
     return options.view_as(DirectOptions).direct_num_workers != 1
