@@ -45,9 +45,8 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import apache_beam as beam
 import numpy as np
 
 from core import cancel
@@ -61,33 +60,31 @@ from core.archive import (
     json_object_chunks,
     parse_hit,
 )
-from core.counts import counter_values
 from core.crypto import ArchiveKey, Encryption, encrypt_agents
+from core.digests import key_digest
 from core.errors import CfysnapError, CorruptArchive, JobFailed, job_error
 from core.model import Version, hit_key, parse_version
-from core.options import beam_options
 from core.validate import ArchiveLimits, Problem, limit_problems, refuse, validate_archive
-from transforms.shards import (
-    ArchiveMember,
-    WriteSnapshotArchive,
-)
-from transforms.upgrade import (
-    COUNTER_NAMESPACE,
-    ConvertEsData,
-    key_digest,
-)
 from transforms.versions import Step, describe, plan, step_changes, upgrade_agents, upgrade_metadata
 
 __all__ = [
     "ConvertConfig",
     "ConvertSummary",
     "DryRunReport",
-    "ConvertEsData",
     "run",
     "dry_run",
     "converted_members",
     "CONVERT_LINES_PER_SHARD",
 ]
+
+if TYPE_CHECKING:
+    from transforms.shards import ArchiveMember
+# Beam (apache_beam, transforms.shards, transforms.upgrade, core.options) is imported on first
+# use, not with this module: `run` starts the source's validation in its child process first, so
+# that the child's 0.6-0.7 s (100k documents) overlaps the parent's 0.5 s import of Beam on the
+# second core instead of competing with the pipeline's workers for it later (measured with 2
+# forked workers: see README "Benchmarks").
+
 
 
 CONVERT_LINES_PER_SHARD = 10_000
@@ -262,6 +259,12 @@ class DryRunReport:
 
 # ----------------------------------------------------------------------------------- graph
 # ---------------------------------------------------------------------------------- members
+def _archive_member(name: str, **where: Any) -> ArchiveMember:
+    from transforms.shards import ArchiveMember
+
+    return ArchiveMember(name, **where)
+
+
 def converted_members(
     snap: SnapshotReader, steps: Sequence[Step], staging: Path | None = None
 ) -> list[ArchiveMember]:
@@ -280,7 +283,7 @@ def converted_members(
         if name in (ES_DATA, MANIFEST):
             continue
         if info.is_dir():
-            members.append(ArchiveMember(name))
+            members.append(_archive_member(name))
         elif name == METADATA:
             meta = snap.metadata()
             new_meta = upgrade_metadata(meta, steps)
@@ -288,7 +291,7 @@ def converted_members(
         elif name == AGENTS:
             members.append(_agents_member(snap, steps, staging))
         else:
-            members.append(ArchiveMember(name, archive=source))
+            members.append(_archive_member(name, archive=source))
     return members
 
 
@@ -324,21 +327,21 @@ def _agents_member(snap: SnapshotReader, steps: Sequence[Step], staging: Path | 
     if not changed:
         if path is not None:
             path.unlink()
-        return ArchiveMember(AGENTS, archive=str(snap.path))
+        return _archive_member(AGENTS, archive=str(snap.path))
     if path is None:
-        return ArchiveMember(AGENTS, data=b"".join(chunks))
-    return ArchiveMember(AGENTS, source=str(path))
+        return _archive_member(AGENTS, data=b"".join(chunks))
+    return _archive_member(AGENTS, source=str(path))
 
 
 def _json_member(name: str, before: Any, after: Any, source: str, staging: Path | None) -> ArchiveMember:
     if after is before or after == before:
-        return ArchiveMember(name, archive=source)
+        return _archive_member(name, archive=source)
     data = json.dumps(after).encode()
     if staging is None:
-        return ArchiveMember(name, data=data)
+        return _archive_member(name, data=data)
     path = staging / f"member-{uuid.uuid4().hex}.json"
     path.write_bytes(data)
-    return ArchiveMember(name, source=str(path))
+    return _archive_member(name, source=str(path))
 
 
 # --------------------------------------------------------------------------------------- run
@@ -542,6 +545,13 @@ def _run_pipeline(
     done: dict[str, Any],
     encryption: Encryption | None,
 ) -> dict[str, int]:
+    import apache_beam as beam
+
+    from core.counts import counter_values
+    from core.options import beam_options
+    from transforms.shards import WriteSnapshotArchive
+    from transforms.upgrade import COUNTER_NAMESPACE, ConvertEsData
+
     pipeline = beam.Pipeline(options=beam_options(beam_args))
     unique_shards = (
         pipeline

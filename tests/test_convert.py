@@ -588,3 +588,32 @@ def test_worker_processes_keep_quiet_unless_debug(tmp_path: Path) -> None:
     assert loud.returncode == 0
     assert "DEBUG" in loud.stderr
     assert "sdk_worker" in loud.stderr or "SDK" in loud.stderr
+
+
+def test_the_validation_child_starts_before_beam_is_imported(tmp_path: Path) -> None:
+    """`run` starts the source's validation first, so its child overlaps the parent's import of
+    Beam: importing the job and reaching the validation's start loads no Beam."""
+    import subprocess
+    import sys
+
+    source = tmp_path / "s.zip"
+    write_sample_archive(ManagerSpec(version=Version.V3_2, events=5, logs=5), source)
+    probe = f"""
+import sys
+sys.path.insert(0, {str(Path(__file__).resolve().parent.parent)!r})
+import pipelines.convert as convert
+seen = []
+real = convert._ConcurrentValidation.__init__
+def spy(self, *args):
+    seen.append("apache_beam" in sys.modules)
+    real(self, *args)
+convert._ConcurrentValidation.__init__ = spy
+config = convert.ConvertConfig(source=convert.Path({str(source)!r}), output=convert.Path({str(tmp_path / "o.zip")!r}),
+                               target=convert.Version.V3_4, progress=False)
+convert.run(config)
+print(seen, "apache_beam" in sys.modules)
+"""
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n")[-2] == "[False] True"  # no Beam at the start; Beam for the job
+    assert (tmp_path / "o.zip").exists()
