@@ -85,8 +85,6 @@ if TYPE_CHECKING:
 # second core instead of competing with the pipeline's workers for it later (measured with 2
 # forked workers: see README "Benchmarks").
 
-
-
 CONVERT_LINES_PER_SHARD = 10_000
 """Measured with the former bench/convert_bench.py, 300k documents: when every document was a Beam element, 10k lines per
 shard was ~1.2x faster than the shared 50k default on 2 processes (smaller shards spread the work
@@ -257,7 +255,6 @@ class DryRunReport:
         }
 
 
-# ----------------------------------------------------------------------------------- graph
 # ---------------------------------------------------------------------------------- members
 def _archive_member(name: str, **where: Any) -> ArchiveMember:
     from transforms.shards import ArchiveMember
