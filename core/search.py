@@ -838,9 +838,12 @@ class SearchClient:
                 body["slice"] = {"id": partition.id, "max": partition.of}
             else:
                 params["preference"] = f"_shards:{partition.id}"
-        elif dialect.scan_search_type:
-            # 1.x scan pages hold `size` hits *per shard*.
-            body["size"] = max(1, page_size // 5)
+        if dialect.scan_search_type:
+            # 1.x scan pages hold `size` hits *per shard read*: one per index the read matches
+            # (a part reads shard N of every daily logstash index), so a fixed size would let a
+            # page grow with the manager's age: 5 daily indices made a 5,000-hit page of a
+            # 1,000 one, and a year of them 365,000.
+            body["size"] = max(1, page_size // self._shards_read(index, params))
         typed = self.layout is Layout.TYPED
         for page in self._scroll(self._target(index, doc_types), body, params, keep_alive):
             if typed:
@@ -853,6 +856,15 @@ class SearchClient:
                     hits.append(RawHit(logical_index, doc_type, hit.id, hit.source))
             if hits:
                 yield hits
+
+    def _shards_read(self, index: str, params: dict[str, Any]) -> int:
+        """How many shards a search of the logical index (or pattern) with `params` (its
+        `preference`) reads: one per matching index and shard id (at least 1)."""
+        wanted = {k: v for k, v in params.items() if k in ("preference", *_LENIENT)}
+        path = self._target(index, None) + "/_search_shards"
+        status, body = self.request("GET", path, params=wanted, ok=(404,))
+        groups = body.get("shards") if status == 200 and isinstance(body, dict) else None
+        return max(1, len(groups or []))
 
     def _scroll(
         self, target: str, body: dict[str, Any], params: dict[str, Any], keep_alive: str

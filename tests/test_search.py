@@ -245,6 +245,36 @@ def test_scan_clears_its_scroll_when_abandoned(store: SearchClient) -> None:
 
 
 @pytest.mark.server
+def test_a_1x_scan_page_stays_near_page_size_over_many_indices(store: SearchClient) -> None:
+    """1.x scan pages hold `size` hits per shard read, and a read of `logstash-*` reads shard N of
+    every daily index (or every shard of all of them): the size asked for is divided by the
+    shards read, so a page does not grow with the number of days (4 days of 5 shards here: a
+    fixed size gave 80-hit pages for a page size of 20)."""
+    search = store
+    days = [f"2015.12.0{d}" for d in range(1, 5)]
+    hits = [
+        {"_index": f"logstash-{day}", "_type": "cloudify_event", "_id": f"{day}-{n}",
+         "_source": {"type": "cloudify_event", "n": n}}
+        for day in days
+        for n in range(100)
+    ]
+    assert search.bulk_all(hits, max_docs=200, refresh=True) == BulkResult(400, [])
+    parts = search.partitions("logstash-*", None, 2)
+    assert parts == [Partition("shard", i, 5) for i in range(5)]
+    for part in [*parts, None]:
+        pages = list(search.scan_pages("logstash-*", partition=part, page_size=20))
+        assert pages, f"{part}: no pages"
+        assert max(len(page) for page in pages) <= 20, (part, [len(p) for p in pages])
+    read = Counter(
+        (h.index, h.type, h.id)
+        for part in parts
+        for page in search.scan_pages("logstash-*", partition=part, page_size=20)
+        for h in page
+    )
+    assert read == Counter((h["_index"], h["_type"], h["_id"]) for h in hits)
+
+
+@pytest.mark.server
 @pytest.mark.es8
 def test_partitions_cover_every_doc_exactly_once(store: SearchClient, server: str) -> None:
     """1.x has no sliced scroll: a read is split by shard (5 on a manager's cloudify_storage);
