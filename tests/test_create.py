@@ -173,6 +173,65 @@ def test_deployment_agents_lists_compute_instances_only_and_empty_deployments() 
     assert deployment_agents([NODE], DEFAULTS_33) is None  # no such deployment
 
 
+def test_build_agents_json_gives_every_existing_deployment_once_sorted(tmp_path: Path) -> None:
+    """Facts of 40 deployments through `BuildAgentsJson`: agents.json is every existing
+    deployment once, sorted by id, each built from all of its facts; a deployment without its
+    `DeploymentFact` is left out; the facts were staged in one file per bucket they fell in."""
+    import apache_beam as beam
+    from apache_beam.testing.test_pipeline import TestPipeline
+
+    from transforms.agents import FACT_BUCKETS, BuildAgentsJson, fact_bucket
+
+    deployments = [f"dep{n:02d}" for n in range(40)]
+    assert len({fact_bucket(d) for d in deployments}) > FACT_BUCKETS // 2  # spread over buckets
+    facts = [(d, encode_fact(DeploymentFact())) for d in deployments]
+    facts += [(d, encode_fact(NODE)) for d in deployments] + [("ghost", encode_fact(NODE))]
+    facts += [(d, encode_fact(InstanceFact(f"vm_{d}", "vm", "started", None))) for d in deployments]
+    facts += [("ghost", encode_fact(InstanceFact("vm_ghost", "vm", "started", None)))]
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    copy = tmp_path / "agents.json"
+    with TestPipeline() as p:
+        pages = [facts[n : n + 7] for n in range(0, len(facts), 7)][::-1]  # lists, as pages give
+        members = p | beam.Create(pages) | BuildAgentsJson(str(staging), DEFAULTS_33)
+        _ = members | beam.Map(lambda m: copy.write_bytes(Path(m.source).read_bytes()))
+    agents = json.loads(copy.read_bytes())
+    instance = InstanceFact("vm_x", "vm", "started", None)
+    assert agents == {d: {"vm": {f"vm_{d}": agent_v33(instance, DEFAULTS_33)}} for d in deployments}
+    assert list(agents) == sorted(deployments)
+    buckets = Counter(int(f.name.split("-")[1]) for f in staging.glob("facts-*.jsonl"))
+    assert set(buckets) == {fact_bucket(d) for d in [*deployments, "ghost"]}
+
+
+def test_a_bucket_joins_a_deployments_facts_from_every_bundles_file(tmp_path: Path) -> None:
+    """Two bundles each staged part of the same deployments' facts: the bucket's build reads
+    both files and each deployment gets all of its instances (none twice, none lost)."""
+    from transforms.agents import _BucketAgentsFn, _StageFactsFn, fact_bucket
+
+    stage = _StageFactsFn(str(tmp_path))
+    paths: list[str] = []
+    for half in (0, 1):
+        stage.start_bundle()
+        for d in ("a", "b"):
+            if half == 0:
+                stage.process([(d, encode_fact(DeploymentFact())), (d, encode_fact(NODE))])
+            stage.process([(d, encode_fact(InstanceFact(f"vm_{d}{half}", "vm", "started", None)))])
+        out = [wv.value for wv in stage.finish_bundle()]
+        assert [bucket for bucket, _ in out] == sorted({fact_bucket("a"), fact_bucket("b")})
+        paths += [path for _, path in out]
+    by_bucket: dict[int, list[str]] = {}
+    for path in paths:
+        by_bucket.setdefault(int(Path(path).name.split("-")[1]), []).append(path)
+    build = _BucketAgentsFn(DEFAULTS_33, None)
+    fragments = [f for item in sorted(by_bucket.items()) for f in build.process(item)]
+    agents = json.loads("{" + ", ".join(sorted(fragments)) + "}")
+    instance = InstanceFact("x", "vm", "started", None)
+    assert agents == {
+        d: {"vm": {f"vm_{d}0": agent_v33(instance, DEFAULTS_33), f"vm_{d}1": agent_v33(instance, DEFAULTS_33)}}
+        for d in ("a", "b")
+    }
+
+
 def test_agent_facts_are_small_projections_of_hosts_only() -> None:
     instance = {
         "id": "vm_1",

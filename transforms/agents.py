@@ -3,15 +3,19 @@
 agents.json maps deployment → Compute node → node instance → agent dict. It is built from three
 small projections of the documents, never from whole documents (principle 12):
 
-    pages ──page_agent_facts──▶ (deployment id, fact) ──GroupByKey──▶ one deployment's facts
-         ──deployment_agents──▶ '"<dep>": {...}' fragments ──WriteFragments──▶ fragment files
+    pages ──page_agent_facts──▶ [(deployment id, fact)] ──StageFacts──▶ fact files, one per
+         bucket of deployment ids ──GroupByKey(bucket)──▶ one bucket's files ──deployment_agents──▶
+         '"<dep>": {...}' fragments ──WriteFragments──▶ fragment files
          ──AssembleAgentsJson──▶ ArchiveMember("agents.json", source=<staged file>)
                                  (deployments sorted by id: the same bytes on every runner)
 
 A fact is a `DeploymentFact` (the deployment exists), a `NodeFact` (a Compute node: only what the
 agent dict needs) or an `InstanceFact` (a node instance: state, runtime ip and
-`runtime_properties.cloudify_agent`). One group holds one deployment's facts; the whole
-agents.json is streamed from the fragment files into one staged file, so no step holds it all.
+`runtime_properties.cloudify_agent`). Facts are staged in files, never shuffled as elements:
+an in-memory runner's GroupByKey holds everything grouped until the stage ends (a fact per node
+instance: ~40 MB of a 1M-document manager's create); only `FACT_BUCKETS` (bucket, file) pairs
+are grouped, and one bucket's facts are read at a time. The whole agents.json is streamed from
+the fragment files into one staged file, so no step holds it all.
 
 The agent dict has the form the source version's tool wrote:
 - 3.3 / 3.4 (`agent_v33`): the 3.3.1 form, `{"version", "broker_config"}` from the bootstrap
@@ -23,6 +27,8 @@ from __future__ import annotations
 
 import json
 import uuid
+import zlib
+from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -278,6 +284,68 @@ def agents_fragment(deployment_id: str, value: dict[str, Any]) -> str:
 
 
 # ------------------------------------------------------------------------------ transforms
+FACT_BUCKETS = 16
+"""Buckets of deployment ids the facts are staged in: one bucket's facts are in memory at once
+(1/16 of them, or one deployment's when a deployment holds more)."""
+
+_FACT_ENCODER = msgspec.json.Encoder()
+_FACT_DECODER = msgspec.json.Decoder()
+
+
+def fact_bucket(deployment_id: str) -> int:
+    """The bucket of a deployment's facts: the same on every worker and run (not `hash()`)."""
+    return zlib.crc32(deployment_id.encode()) % FACT_BUCKETS
+
+
+class _StageFactsFn(beam.DoFn):
+    """Lists of (deployment id, encoded fact) → fact files in `staging`, one per bucket a
+    bundle saw (a JSON array per line: the id, then the fact); emits (bucket, path) at bundle
+    end."""
+
+    def __init__(self, staging: str) -> None:
+        self._staging = staging
+
+    def start_bundle(self) -> None:
+        self._files: dict[int, tuple[str, Any]] = {}
+
+    def process(self, facts: list[tuple[str, EncodedFact]]) -> None:
+        files, encode = self._files, _FACT_ENCODER.encode
+        for deployment, fact in facts:
+            bucket = fact_bucket(deployment)
+            staged = files.get(bucket)
+            if staged is None:
+                name = f"facts-{bucket:02d}-{uuid.uuid4().hex}.jsonl"
+                path = FileSystems.join(self._staging, name)
+                staged = files[bucket] = (path, FileSystems.create(path))
+            staged[1].write(encode((deployment, *fact)) + b"\n")
+
+    def finish_bundle(self) -> Iterator[WindowedValue]:
+        for bucket, (path, out) in sorted(self._files.items()):
+            out.close()
+            yield in_global_window((bucket, path))
+
+
+class _BucketAgentsFn(beam.DoFn):
+    """(bucket, its fact files) → the agents.json fragment of each of its deployments that
+    exists (`deployment_agents`), sealed with `encryption` when given."""
+
+    def __init__(self, defaults: AgentDefaults, encryption: Encryption | None) -> None:
+        self._defaults, self._encryption = defaults, encryption
+
+    def process(self, element: tuple[int, Iterable[str]]) -> Iterator[str]:
+        _bucket, paths = element
+        facts: defaultdict[str, list[EncodedFact]] = defaultdict(list)
+        for path in paths:
+            with FileSystems.open(path) as f:
+                for line in f:
+                    deployment, *fact = _FACT_DECODER.decode(line)
+                    facts[deployment].append(tuple(fact))
+        for deployment in sorted(facts):
+            value = deployment_agents(map(decode_fact, facts.pop(deployment)), self._defaults)
+            if value is not None:
+                yield agents_fragment(deployment, _sealed(deployment, value, self._encryption))
+
+
 class _WriteFragmentsFn(beam.DoFn):
     """One fragment file per bundle (one fragment per line); emits its path at bundle end."""
 
@@ -368,11 +436,12 @@ def _sealed(deployment: str, value: dict[str, Any], encryption: Encryption | Non
 
 
 class BuildAgentsJson(beam.PTransform):
-    """(deployment id, encoded fact) (`page_agent_facts`) → one `ArchiveMember("agents.json")`
-    staged in `staging` (§3).
+    """Lists of (deployment id, encoded fact) (`page_agent_facts` of a page) → one
+    `ArchiveMember("agents.json")` staged in `staging` (§3).
 
-    Only small facts are shuffled (grouped by deployment id); memory is one deployment's
-    instances. Always emits exactly one member (`{}` for a manager without deployments). With
+    The facts are staged in files by bucket of deployment ids and only (bucket, file) pairs
+    are grouped; memory is one bucket's facts (or one deployment's). Always emits exactly one
+    member (`{}` for a manager without deployments). With
     `encryption`, every broker password and SSL key is sealed where it is built
     (`core.crypto.encrypt_agents`): plain secrets never reach the staged files.
     """
@@ -384,20 +453,13 @@ class BuildAgentsJson(beam.PTransform):
         self._staging, self._defaults, self._encryption = staging, defaults, encryption
 
     def expand(
-        self, facts: beam.PCollection[tuple[str, EncodedFact]]
+        self, facts: beam.PCollection[list[tuple[str, EncodedFact]]]
     ) -> beam.PCollection[ArchiveMember]:
-        defaults, encryption = self._defaults, self._encryption
-        deployment_to_facts = facts | "GroupByDeployment" >> beam.GroupByKey()
         fragment_files = (
-            deployment_to_facts
-            | "BuildDeploymentAgents"
-            >> beam.FlatMap(
-                lambda kv: (
-                    [agents_fragment(kv[0], _sealed(kv[0], value, encryption))]
-                    if (value := deployment_agents(map(decode_fact, kv[1]), defaults)) is not None
-                    else []
-                )
-            )
+            facts
+            | "StageFacts" >> beam.ParDo(_StageFactsFn(self._staging))
+            | "GroupByBucket" >> beam.GroupByKey()
+            | "BuildDeploymentAgents" >> beam.ParDo(_BucketAgentsFn(self._defaults, self._encryption))
             | "WriteFragments" >> beam.ParDo(_WriteFragmentsFn(self._staging))
         )
         return (fragment_files,) | "AssembleAgentsJson" >> RunOnce(_AssembleAgentsFn(self._staging))

@@ -88,7 +88,8 @@ def is_excluded(hit: Hit, types: frozenset[str], storage_ids: frozenset[str]) ->
 @dataclass(frozen=True)
 class SnapshotParts:
     """What `ToSnapshotParts` makes of the scroll pages: es_data `lines` (`LinePage`s), agent
-    `facts` ((deployment id, encoded fact), for `BuildAgentsJson`) and agent `keys`
+    `facts` (a page's (deployment id, encoded fact) pairs as one list, for `BuildAgentsJson`:
+    one element a page, not one a fact) and agent `keys`
     (credentials `ArchiveMember`s; empty unless asked for)."""
 
     lines: beam.PCollection
@@ -121,8 +122,9 @@ class _SnapshotPartsFn(beam.DoFn):
             yield LinePage(es_data_page(kept), tuple(sorted(counts.items())))
         if not storage:
             return
-        for fact in page_agent_facts(page):
-            yield beam.pvalue.TaggedOutput("facts", fact)
+        facts = list(page_agent_facts(page))
+        if facts:
+            yield beam.pvalue.TaggedOutput("facts", facts)
         if self._keys:
             for node in node_hits(page):
                 member = agent_key_member(node)
