@@ -151,15 +151,21 @@ class Partition:
     kind: str
     id: int
     of: int
+    indices: str | None = None
+    """For a "shard" part of a pattern matching many indices: the few (comma-separated) indices
+    this part reads, instead of all the read addresses (see `partitions`)."""
 
     def __post_init__(self) -> None:
         if self.kind not in ("slice", "shard"):
             raise ValueError(f"Partition: kind must be 'slice' or 'shard', not {self.kind!r}")
         if not 0 <= self.id < self.of:
             raise ValueError(f"Partition: id {self.id} not in [0, {self.of})")
+        if self.indices is not None and self.kind != "shard":
+            raise ValueError("Partition: only a shard part names its indices")
 
     def __str__(self) -> str:
-        return f"{self.kind} {self.id + 1}/{self.of}"
+        where = f" of {self.indices}" if self.indices else ""
+        return f"{self.kind} {self.id + 1}/{self.of}{where}"
 
 
 @dataclass(frozen=True)
@@ -224,6 +230,8 @@ _JSON = {"content-type": "application/json", "accept": "application/json"}
 _NDJSON = {"content-type": "application/x-ndjson", "accept": "application/json"}
 _ACCEPT = {"accept": "application/json"}
 _LENIENT = {"ignore_unavailable": "true", "allow_no_indices": "true"}
+INDICES_PER_PART = 5
+"""At most this many indices in one part of a 1.x/2.x read (see `SearchClient.partitions`)."""
 _MATCH_ALL: dict[str, Any] = {"match_all": {}}
 
 
@@ -770,19 +778,35 @@ class SearchClient:
         """The parts of a parallel read of a logical index (or pattern): `wanted` slices of a
         sliced scroll where the server has them; otherwise (1.x, 2.x) one part per shard, as
         many as the largest matching index has (`preference=_shards:N` reads shard N of every
-        index). An empty list: read it whole (`partition=None`)."""
+        index). An empty list: read it whole (`partition=None`).
+
+        On 1.x/2.x a pattern matching more than `INDICES_PER_PART` indices (a year of daily
+        `logstash-*` indices) is read in groups of that many, each group one shard id at a time
+        (`Partition.indices`): a scan's page holds `size` hits per shard read, so a part
+        reading 365 shards would either make pages 365 times the page size or ask each shard
+        for 2 hits a round trip, which leaves one large day to come back 2 hits at a time."""
         if wanted < 1:
             raise ValueError("partitions: wanted must be at least 1")
         if self.dialect.sliced_scroll:
             return [Partition("slice", i, wanted) for i in range(wanted)] if wanted > 1 else []
         path = self._target(index, None) + "/_search_shards"
         status, body = self.request("GET", path, params=_LENIENT, ok=(404,))
-        shards = 0
+        shards: dict[str, int] = {}
         if status == 200 and isinstance(body, dict):
             for group in body.get("shards") or []:
                 for copy in group:
-                    shards = max(shards, int(copy.get("shard", 0)) + 1)
-        return [Partition("shard", i, shards) for i in range(shards)] if shards > 1 else []
+                    name = str(copy.get("index", ""))
+                    shards[name] = max(shards.get(name, 0), int(copy.get("shard", 0)) + 1)
+        if len(shards) <= INDICES_PER_PART:
+            most = max(shards.values(), default=0)
+            return [Partition("shard", i, most) for i in range(most)] if most > 1 else []
+        names = sorted(shards)
+        parts = []
+        for start in range(0, len(names), INDICES_PER_PART):
+            group = names[start : start + INDICES_PER_PART]
+            most = max(shards[name] for name in group)
+            parts += [Partition("shard", i, most, ",".join(group)) for i in range(most)]
+        return parts
 
     def scan(
         self, index: str, doc_types: Sequence[str] | None = None, **how: Any
@@ -838,14 +862,17 @@ class SearchClient:
                 body["slice"] = {"id": partition.id, "max": partition.of}
             else:
                 params["preference"] = f"_shards:{partition.id}"
+        # a part may read one group of the pattern's indices (`partitions`), named as they are
+        read = partition.indices if partition is not None and partition.indices else index
         if dialect.scan_search_type:
             # 1.x scan pages hold `size` hits *per shard read*: one per index the read matches
             # (a part reads shard N of every daily logstash index), so a fixed size would let a
             # page grow with the manager's age: 5 daily indices made a 5,000-hit page of a
-            # 1,000 one, and a year of them 365,000.
-            body["size"] = max(1, page_size // self._shards_read(index, params))
+            # 1,000 one, and a year of them 365,000. `partitions` keeps a part to at most
+            # INDICES_PER_PART indices, so a shard is asked for at least page_size / 5.
+            body["size"] = max(1, page_size // self._shards_read(read, params))
         typed = self.layout is Layout.TYPED
-        for page in self._scroll(self._target(index, doc_types), body, params, keep_alive):
+        for page in self._scroll(self._target(read, doc_types), body, params, keep_alive):
             if typed:
                 yield page
                 continue

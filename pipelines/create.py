@@ -10,14 +10,14 @@ copying (that is `convert`).
       └─ ToSnapshotParts (one pass over each page)
            ├─ lines (less provider_context, snapshot, the running create's execution)
            │    └─ WriteShards ──────────▶ shard files in a staging folder beside the output
-           ├─ facts ──BuildAgentsJson (grouped by deployment) ──▶ staged agents.json
+           ├─ facts ──BuildAgentsJson (staged by bucket of deployments) ──▶ staged agents.json
            └─ keys ──▶ snapshot-credentials/<dep>_<node>/agent_key
     ListFileTree (blueprints, uploaded-blueprints, plugins 3.3+, deployments 3.4)
     metadata.json (+ manager.json for 3.2)
       ──WriteSnapshotArchive──▶ staged archive ──(counts reconciled)──▶ output (atomic rename)
 
-Only slice numbers, shard paths, file paths and small agent facts are shuffled. The staging
-folder is removed whatever happens; a failed job leaves nothing at the output path.
+Only slice numbers, shard paths, file paths and (bucket, fact file) pairs are shuffled. The
+staging folder is removed whatever happens; a failed job leaves nothing at the output path.
 
 Counts are reconciled at the end: for every (index, type), the documents counted on the server
 before reading (after a refresh) must equal those read, and those read must equal those written

@@ -176,7 +176,7 @@ def test_deployment_agents_lists_compute_instances_only_and_empty_deployments() 
 def test_build_agents_json_gives_every_existing_deployment_once_sorted(tmp_path: Path) -> None:
     """Facts of 40 deployments through `BuildAgentsJson`: agents.json is every existing
     deployment once, sorted by id, each built from all of its facts; a deployment without its
-    `DeploymentFact` is left out; the facts were staged in one file per bucket they fell in."""
+    `DeploymentFact` is left out; the facts were staged in files of the buckets they fell in."""
     import apache_beam as beam
     from apache_beam.testing.test_pipeline import TestPipeline
 
@@ -199,8 +199,8 @@ def test_build_agents_json_gives_every_existing_deployment_once_sorted(tmp_path:
     instance = InstanceFact("vm_x", "vm", "started", None)
     assert agents == {d: {"vm": {f"vm_{d}": agent_v33(instance, DEFAULTS_33)}} for d in deployments}
     assert list(agents) == sorted(deployments)
-    buckets = Counter(int(f.name.split("-")[1]) for f in staging.glob("facts-*.jsonl"))
-    assert set(buckets) == {fact_bucket(d) for d in [*deployments, "ghost"]}
+    buckets = {int(f.name.split("-")[1]) for f in staging.glob("facts-*.jsonl")}
+    assert buckets == {fact_bucket(d) for d in [*deployments, "ghost"]}
 
 
 def test_a_bucket_joins_a_deployments_facts_from_every_bundles_file(tmp_path: Path) -> None:
@@ -226,10 +226,38 @@ def test_a_bucket_joins_a_deployments_facts_from_every_bundles_file(tmp_path: Pa
     fragments = [f for item in sorted(by_bucket.items()) for f in build.process(item)]
     agents = json.loads("{" + ", ".join(sorted(fragments)) + "}")
     instance = InstanceFact("x", "vm", "started", None)
-    assert agents == {
-        d: {"vm": {f"vm_{d}0": agent_v33(instance, DEFAULTS_33), f"vm_{d}1": agent_v33(instance, DEFAULTS_33)}}
-        for d in ("a", "b")
-    }
+    agent = agent_v33(instance, DEFAULTS_33)
+    assert agents == {d: {"vm": {f"vm_{d}0": agent, f"vm_{d}1": agent}} for d in ("a", "b")}
+
+
+def test_a_staged_fact_reads_back_as_it_was(tmp_path: Path) -> None:
+    """Every kind of fact, with dicts, booleans, ips and None filled in, through a fact file
+    and back (`_StageFactsFn` writes, `_BucketAgentsFn` reads), equals itself; and a 3.2
+    manager's agents (which use `windows` and `ip`) come out of the staged facts as
+    `deployment_agents` builds them from the facts themselves."""
+    from transforms.agents import _BucketAgentsFn, _StageFactsFn, agents_fragment
+
+    facts = [
+        DeploymentFact(),
+        NodeFact("win", True, {"user": "Administrator", "port": 5985}, "10.0.0.9"),
+        NodeFact("vm", windows=False, agent_properties={}, ip=None),
+        InstanceFact("win_1", "win", "started", {"name": "win_1", "ssl": True}, "10.1.1.1"),
+        InstanceFact("vm_1", "vm", "started", None, None),
+        InstanceFact("vm_2", "vm", "uninitialized", None, "10.1.1.2"),
+    ]
+    stage = _StageFactsFn(str(tmp_path))
+    stage.start_bundle()
+    stage.process([("dep", encode_fact(f)) for f in facts])
+    (item,) = [wv.value for wv in stage.finish_bundle()]
+    with open(item[1], "rb") as f:
+        import msgspec
+
+        read_back = [decode_fact(tuple(msgspec.json.decode(line)[1:])) for line in f]
+    assert read_back == facts
+    defaults = replace(DEFAULTS_33, version=Version.V3_2)
+    (fragment,) = _BucketAgentsFn(defaults, None).process((item[0], [item[1]]))
+    assert fragment == agents_fragment("dep", deployment_agents(facts, defaults) or {})
+    assert json.loads("{" + fragment + "}")["dep"]["win"]["win_1"]["windows"] is True
 
 
 def test_agent_facts_are_small_projections_of_hosts_only() -> None:

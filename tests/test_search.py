@@ -264,13 +264,45 @@ def test_a_1x_scan_page_stays_near_page_size_over_many_indices(store: SearchClie
     for part in [*parts, None]:
         pages = list(search.scan_pages("logstash-*", partition=part, page_size=20))
         assert pages, f"{part}: no pages"
-        assert max(len(page) for page in pages) <= 20, (part, [len(p) for p in pages])
+        # a part reads 4 shards (5 hits each), the whole read 20 (1 each): 20-hit pages
+        assert max(len(page) for page in pages) == 20, (part, [len(p) for p in pages])
     read = Counter(
         (h.index, h.type, h.id)
         for part in parts
         for page in search.scan_pages("logstash-*", partition=part, page_size=20)
         for h in page
     )
+    assert read == Counter((h["_index"], h["_type"], h["_id"]) for h in hits)
+
+
+@pytest.mark.server
+def test_a_1x_read_of_many_indices_is_split_into_groups_of_five(store: SearchClient) -> None:
+    """7 daily indices of 2 shards, one of them large: the parts read at most 5 indices each, one
+    shard id at a time, so a shard is asked for page_size / 5 hits, not page_size / 7 (a year
+    of days would have asked each for 2); every document is read exactly once."""
+    search = store
+    days = [f"2015.12.{d:02d}" for d in range(1, 8)]
+    for day in days:
+        search.request("PUT", f"/logstash-{day}",
+                       {"settings": {"number_of_shards": 2, "number_of_replicas": 0}})
+    hits = [
+        {"_index": f"logstash-{day}", "_type": "cloudify_log", "_id": f"{day}-{n}",
+         "_source": {"type": "cloudify_log", "n": n}}
+        for day in days
+        for n in range(60 if day == days[3] else 3)
+    ]
+    assert search.bulk_all(hits, max_docs=100, refresh=True) == BulkResult(len(hits), [])
+    first = ",".join(f"logstash-{d}" for d in days[:5])
+    rest = ",".join(f"logstash-{d}" for d in days[5:])
+    parts = search.partitions("logstash-*", None, 2)
+    assert parts == [Partition("shard", i, 2, first) for i in range(2)] + [
+        Partition("shard", i, 2, rest) for i in range(2)
+    ]
+    read: Counter[tuple[str, str, str]] = Counter()
+    for part in parts:
+        pages = list(search.scan_pages("logstash-*", partition=part, page_size=10))
+        assert max(len(page) for page in pages) <= 10, (part, [len(p) for p in pages])
+        read.update((h.index, h.type, h.id) for page in pages for h in page)
     assert read == Counter((h["_index"], h["_type"], h["_id"]) for h in hits)
 
 

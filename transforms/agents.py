@@ -3,9 +3,9 @@
 agents.json maps deployment → Compute node → node instance → agent dict. It is built from three
 small projections of the documents, never from whole documents (principle 12):
 
-    pages ──page_agent_facts──▶ [(deployment id, fact)] ──StageFacts──▶ fact files, one per
-         bucket of deployment ids ──GroupByKey(bucket)──▶ one bucket's files ──deployment_agents──▶
-         '"<dep>": {...}' fragments ──WriteFragments──▶ fragment files
+    pages ──page_agent_facts──▶ [(deployment id, fact)] ──StageFacts──▶ fact files by
+         bucket of deployment ids ──GroupByKey(bucket)──▶ one bucket's files
+         ──deployment_agents──▶ '"<dep>": {...}' fragments ──WriteFragments──▶ fragment files
          ──AssembleAgentsJson──▶ ArchiveMember("agents.json", source=<staged file>)
                                  (deployments sorted by id: the same bytes on every runner)
 
@@ -25,6 +25,7 @@ The agent dict has the form the source version's tool wrote:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import uuid
 import zlib
@@ -107,7 +108,7 @@ Fact = DeploymentFact | NodeFact | InstanceFact
 
 
 EncodedFact = tuple[Any, ...]
-"""A fact as shuffled: a tuple of primitives (dicts as JSON text), ~5x smaller than a pickle."""
+"""A fact as staged: a tuple of primitives (dicts as JSON text), ~5x smaller than a pickle."""
 
 
 def encode_fact(fact: Fact) -> EncodedFact:
@@ -310,14 +311,24 @@ class _StageFactsFn(beam.DoFn):
 
     def process(self, facts: list[tuple[str, EncodedFact]]) -> None:
         files, encode = self._files, _FACT_ENCODER.encode
-        for deployment, fact in facts:
-            bucket = fact_bucket(deployment)
-            staged = files.get(bucket)
-            if staged is None:
-                name = f"facts-{bucket:02d}-{uuid.uuid4().hex}.jsonl"
-                path = FileSystems.join(self._staging, name)
-                staged = files[bucket] = (path, FileSystems.create(path))
-            staged[1].write(encode((deployment, *fact)) + b"\n")
+        try:
+            for deployment, fact in facts:
+                bucket = fact_bucket(deployment)
+                staged = files.get(bucket)
+                if staged is None:
+                    name = f"facts-{bucket:02d}-{uuid.uuid4().hex}.jsonl"
+                    path = FileSystems.join(self._staging, name)
+                    staged = files[bucket] = (path, FileSystems.create(path))
+                staged[1].write(encode((deployment, *fact)) + b"\n")
+        except BaseException:
+            self._close_all()  # the bundle fails: its files are never emitted, nor left open
+            raise
+
+    def _close_all(self) -> None:
+        for _path, out in self._files.values():
+            with contextlib.suppress(OSError):
+                out.close()
+        self._files = {}
 
     def finish_bundle(self) -> Iterator[WindowedValue]:
         for bucket, (path, out) in sorted(self._files.items()):
@@ -443,7 +454,10 @@ class BuildAgentsJson(beam.PTransform):
     are grouped; memory is one bucket's facts (or one deployment's). Always emits exactly one
     member (`{}` for a manager without deployments). With
     `encryption`, every broker password and SSL key is sealed where it is built
-    (`core.crypto.encrypt_agents`): plain secrets never reach the staged files.
+    (`core.crypto.encrypt_agents`): the fragments and agents.json never hold them plain. The
+    staged facts do (a node's agent properties, an instance's runtime `cloudify_agent`), as the
+    staged es_data shards hold the documents themselves: in the job's 0700 staging folder, which
+    is removed when the job ends.
     """
 
     def __init__(
@@ -459,7 +473,8 @@ class BuildAgentsJson(beam.PTransform):
             facts
             | "StageFacts" >> beam.ParDo(_StageFactsFn(self._staging))
             | "GroupByBucket" >> beam.GroupByKey()
-            | "BuildDeploymentAgents" >> beam.ParDo(_BucketAgentsFn(self._defaults, self._encryption))
+            | "BuildDeploymentAgents"
+            >> beam.ParDo(_BucketAgentsFn(self._defaults, self._encryption))
             | "WriteFragments" >> beam.ParDo(_WriteFragmentsFn(self._staging))
         )
         return (fragment_files,) | "AssembleAgentsJson" >> RunOnce(_AssembleAgentsFn(self._staging))
