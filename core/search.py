@@ -789,14 +789,11 @@ class SearchClient:
             raise ValueError("partitions: wanted must be at least 1")
         if self.dialect.sliced_scroll:
             return [Partition("slice", i, wanted) for i in range(wanted)] if wanted > 1 else []
-        path = self._target(index, None) + "/_search_shards"
-        status, body = self.request("GET", path, params=_LENIENT, ok=(404,))
         shards: dict[str, int] = {}
-        if status == 200 and isinstance(body, dict):
-            for group in body.get("shards") or []:
-                for copy in group:
-                    name = str(copy.get("index", ""))
-                    shards[name] = max(shards.get(name, 0), int(copy.get("shard", 0)) + 1)
+        for copies in self._shard_groups(index, _LENIENT):
+            for copy in copies:
+                name = str(copy.get("index", ""))
+                shards[name] = max(shards.get(name, 0), int(copy.get("shard", 0)) + 1)
         if len(shards) <= INDICES_PER_PART:
             most = max(shards.values(), default=0)
             return [Partition("shard", i, most) for i in range(most)] if most > 1 else []
@@ -888,10 +885,16 @@ class SearchClient:
         """How many shards a search of the logical index (or pattern) with `params` (its
         `preference`) reads: one per matching index and shard id (at least 1)."""
         wanted = {k: v for k, v in params.items() if k in ("preference", *_LENIENT)}
+        return max(1, len(self._shard_groups(index, wanted)))
+
+    def _shard_groups(self, index: str, params: dict[str, Any]) -> list[list[dict[str, Any]]]:
+        """`_search_shards` of a logical index (or pattern): one group of copies per index and
+        shard id a search with `params` would read; none when no index matches."""
         path = self._target(index, None) + "/_search_shards"
-        status, body = self.request("GET", path, params=wanted, ok=(404,))
-        groups = body.get("shards") if status == 200 and isinstance(body, dict) else None
-        return max(1, len(groups or []))
+        status, body = self.request("GET", path, params=params, ok=(404,))
+        if status != 200 or not isinstance(body, dict):
+            return []
+        return list(body.get("shards") or [])
 
     def _scroll(
         self, target: str, body: dict[str, Any], params: dict[str, Any], keep_alive: str
