@@ -32,7 +32,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from core.errors import ManagerVersionUnknown
 from core.model import (
@@ -44,7 +44,9 @@ from core.model import (
     metadata_version,
     parse_version,
 )
-from core.search import SearchSession
+
+if TYPE_CHECKING:  # only annotations: a command that reads no server never imports the client
+    from core.search import SearchSession
 
 __all__ = [
     "Evidence",
