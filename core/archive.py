@@ -60,6 +60,7 @@ __all__ = [
     "decode_line",
     "parse_hit_with_source",
     "parse_line",
+    "checked_line",
     "EsDataLine",
     "json_too_deep",
     "MAX_LINE_BYTES",
@@ -172,20 +173,33 @@ class EsDataLine(msgspec.Struct, gc=False):
 _LINE = msgspec.json.Decoder(EsDataLine)
 
 
+def checked_line(line: bytes, decoder: msgspec.json.Decoder = _LINE) -> Any:
+    """An es_data line's keys and its `_source` as bytes (`EsDataLine`), checked as `parse_hit`
+    checks a line (nesting depth, JSON, UTF-8, non-empty string keys, an object `_source`)
+    without decoding the source into Python; None for a line msgspec does not take so, which
+    only `parse_hit` can judge (NaN & co, which it takes as 3.x's Python did, or a bad line,
+    which it refuses). `decoder`: another struct with `index`, `type`, `id` and `source` (a
+    struct of some source fields, which itself requires an object) to decode the line as."""
+    if json_too_deep(line):
+        return None
+    try:
+        parsed = decoder.decode(line)
+        line.decode()  # msgspec skips the source's strings without checking their UTF-8
+    except (msgspec.DecodeError, ValueError):
+        return None
+    source = parsed.source
+    if not (parsed.index and parsed.type and parsed.id):
+        return None
+    if isinstance(source, msgspec.Raw) and memoryview(source)[:1] != b"{":
+        return None
+    return parsed
+
+
 def parse_line(line: bytes, lineno: int | None = None) -> EsDataLine:
     """One es_data line checked as `parse_hit` checks it, its `_source` left unparsed (~5× faster:
     a whole-archive check). Raises the same CorruptArchive as `parse_hit` for a bad line."""
-    ok = False
-    if not json_too_deep(line):
-        try:
-            parsed = _LINE.decode(line)
-            line.decode()  # msgspec skips the source's strings without checking their UTF-8
-            ok = bool(parsed.index and parsed.type and parsed.id) and (
-                memoryview(parsed.source)[:1] == b"{"
-            )
-        except (msgspec.DecodeError, ValueError):
-            ok = False
-    if ok:
+    parsed = checked_line(line)
+    if parsed is not None:
         return parsed
     hit = parse_hit(line, lineno)  # raises for a bad line; takes NaN & co as 3.x's Python did
     return EsDataLine(hit["_index"], hit["_type"], hit["_id"],

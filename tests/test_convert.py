@@ -34,12 +34,14 @@ from tests.test_versions import CREATE_AMQP, INSTALL_NEW_AGENTS, VALIDATE_AMQP, 
 from transforms.shards import Shard, SplitEsDataIntoShards, WriteShards, read_shard
 from transforms.upgrade import (
     DeduplicateShards,
+    LineUpgrade,
     keep_one,
     key_digest,
     repeated_digests,
+    upgraded_in_full,
     upgraded_line,
 )
-from transforms.versions import DowngradeRefused, plan, upgrade_hit
+from transforms.versions import STEPS, DowngradeRefused, Step, plan, upgrade_hit
 
 GOLDEN = Path(__file__).parent / "golden" / "archives"
 PAIRS = sorted(p.name for p in GOLDEN.iterdir() if p.is_dir())
@@ -153,15 +155,21 @@ def test_golden_pair(pair: str, tmp_path: Path) -> None:
     assert validate_archive(output) == []
 
 
-def test_output_lines_are_exactly_what_a_plain_loop_writes(sample32: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("beam_args", [(), TWO_PROCESSES], ids=["1-worker", "2-processes"])
+def test_output_lines_are_exactly_what_a_plain_loop_writes(
+    sample32: Path, tmp_path: Path, beam_args: tuple[str, ...]
+) -> None:
     """Lines as 3.x wrote them (json.dumps): every output line is `json.dumps(upgraded hit)`,
-    whether it was kept, had its `_index` replaced or was re-serialised."""
+    whether it was kept, had its `_index` replaced or was re-serialised; and in the source's
+    order, however many workers upgraded its shards."""
     steps = plan(Version.V3_2, Version.V3_4)
     with SnapshotReader(sample32) as snap:
-        expected = Counter(json.dumps(upgrade_hit(hit, steps)).encode() for _, hit in snap.iter_hits())
+        expected = [json.dumps(upgrade_hit(hit, steps)).encode() for _, hit in snap.iter_hits()]
     output = tmp_path / "out.zip"
-    summary = convert(sample32, output, Version.V3_4, *TWO_PROCESSES, lines_per_shard=700)
-    assert es_lines(output) == expected
+    summary = convert(sample32, output, Version.V3_4, *beam_args, lines_per_shard=700)
+    with SnapshotReader(output) as snap:
+        assert [line for _, line in snap.iter_lines()] == expected
+    assert len(expected) > 4 * 700  # more than 4 shards
     with SnapshotReader(sample32) as snap:
         unchanged = sum(1 for _, hit in snap.iter_hits() if upgrade_hit(hit, steps) is hit)
     assert summary.documents_changed == summary.documents_read - unchanged
@@ -428,6 +436,113 @@ def test_upgraded_line_keeps_unchanged_lines_byte_for_byte_and_names_bad_lines()
     with pytest.raises(CorruptArchive) as err:
         upgraded_line(b'{"_index": "cloudify_events", "_type": "e", "_id": "x", "_source": {}}', 9, STEPS_32_34)
     assert (err.value.member, err.value.line) == ("es_data", 9)
+
+
+_EVENT = b'{"_index": "cloudify_events", "_type": "cloudify_event", "_id": "e1", "_score": 0.0, "_source": '
+TRICKY_LINES = [
+    _EVENT + b'{"@timestamp": "2015-12-01T23:59:59.999Z", "message": {"text": "x"}}}',
+    # compact separators: the event is re-serialised
+    b'{"_index":"cloudify_events","_type":"cloudify_log","_id":"e2","_source":{"@timestamp":"2015-12-01T01:00:00Z"}}',
+    # the last of repeated keys counts, in the source and at the top level
+    _EVENT + b'{"@timestamp": "2015-12-01T10:00:00Z", "@timestamp": "2016-01-02T10:00:00Z"}}',
+    _EVENT + b'{"@timestamp": "2015-12-01T10:00:00Z"}, "_id": "e3", "_type": "cloudify_log"}',
+    # a nested @timestamp is not the event's; its own zoned timestamp is
+    _EVENT + b'{"context": {"@timestamp": "2015-01-01T00:00:00Z"}, "timestamp": "2015-12-01 23:30:00.000-0200"}}',
+    # an escape spelling @timestamp, or another key of the line
+    _EVENT + b'{"\\u0040timestamp": "2015-12-01T10:00:00Z"}}',
+    _EVENT + b'{"@timestamp": "2015-12-01T10:00:00Z"}, "\\u005findex": "cloudify_events"}',
+    # what msgspec refuses and Python's json takes (NaN, 1e400, integers past 64 bits)
+    _EVENT + b'{"@timestamp": "2015-12-01T10:00:00Z", "v": NaN}}',
+    _EVENT + b'{"@timestamp": "2015-12-01T10:00:00Z", "v": 1e400, "w": 123456789012345678901234567890}}',
+    _EVENT + b'{"@timestamp": 1448964000000, "timestamp": "2015-12-01 10:00:00.000+0000"}}',
+    # events that cannot be placed, and lines that are not hits
+    _EVENT + b'{"timestamp": "2015-12-01 10:00:00"}}',
+    _EVENT + b'{"message": "no time"}}',
+    _EVENT + b'["2015-12-01T10:00:00Z"]}',
+    _EVENT + b'{"@timestamp": "2015-12-01T10:00:00Z", "m": "\xff"}}',
+    _EVENT + b'{"@timestamp": "2015-12-01T10:00:00Z", "d": ' + b"[" * 300 + b"]" * 300 + b"}}",
+    b'{"_index": "cloudify_events", "_type": "", "_id": "e4", "_source": {"@timestamp": "2015-12-01T10:00:00Z"}}',
+    b'{"_index": "cloudify_events", "_type": "cloudify_event", "_id": 5, "_source": {}}',
+    b'{"_index": "cloudify_events", "_type": "cloudify_event", "_id": "e6", "_source": {"@timestamp": "2015-12-01T10:00:00Z"}',
+    # events already in their day, storage documents kept or changed by a step
+    b'{"_index": "logstash-2015.12.01", "_type": "cloudify_log", "_id": "l1", "_source": {"x": 1.50}}',
+    b'{"_index": "logstash-2015.12.01", "_type": "cloudify_log", "_id": "l2", "_source": {"x": NaN}}',
+    b'{"_index": "logstash-2015.12.01", "_type": "cloudify_log", "_id": "l3", "_source": "text"}',
+    b'{"_index": "cloudify_storage", "_type": "execution", "_id": "x1", "_source": {"status": "terminated"}}',
+    b'{"_index": "cloudify_storage", "_type": "node_instance", "_id": "n1", "_source": {"id": "n1"}}',
+    b'{"_index": "cloudify_storage", "_type": "widget", "_id": "w1", "_source": {"f": 1.50}}',
+]
+
+
+def _answer(upgrade: Any, line: bytes, lineno: int) -> Any:
+    """What `upgrade(line, lineno)` gives, or the error it raises, as a comparable value."""
+    try:
+        return upgrade(line, lineno)
+    except CorruptArchive as exc:
+        return ("refused", exc.member, exc.line, exc.reason)
+
+
+def _generated_lines() -> list[bytes]:
+    from pipelines.sample.generate import snapshot_hits
+
+    return [
+        json.dumps(h).encode()
+        for version in (Version.V3_2, Version.V3_3)
+        for h in snapshot_hits(ManagerSpec(version=version, events=40, logs=40))
+    ]
+
+
+_STAMPED = Step(
+    Version.V3_3, Version.V3_4, "stamps logstash events", "stamps logstash events",
+    lambda h: {**h, "_source": {**h["_source"], "stamped": True}} if h["_index"] != "cloudify_storage" else h,
+    lambda m: m, lambda a: a, touches=lambda index, doc_type: index != "cloudify_storage",
+)
+"""A later step that touches where 3.2's events land: the first step's move alone is not the
+answer for them then."""
+
+
+@pytest.mark.parametrize(
+    "steps",
+    [plan(Version.V3_2, Version.V3_4), plan(Version.V3_2, Version.V3_3), plan(Version.V3_3, Version.V3_4),
+     plan(Version.V3_4, Version.V3_4), [STEPS[0], _STAMPED]],
+    ids=["3.2-3.4", "3.2-3.3", "3.3-3.4", "3.4-3.4", "later-step-touches-the-day"],
+)
+def test_line_upgrade_gives_the_full_ways_answer_for_every_line(steps: list[Step], monkeypatch: Any) -> None:
+    """The short ways of `LineUpgrade` (a line kept, an event moved) give exactly what parsing
+    the line and applying every step gives, the same bytes, key and flag, or the same error
+    naming the same line; and they are taken, not just present."""
+    import transforms.upgrade as upgrade_module
+
+    lines = TRICKY_LINES + _generated_lines()
+    expected = [_answer(lambda ln, n: upgraded_in_full(ln, n, steps), line, n) for n, line in enumerate(lines)]
+    full_calls: list[bytes] = []
+
+    def full(line: bytes, lineno: int | None, steps_: Any) -> Any:
+        full_calls.append(line)
+        return upgraded_in_full(line, lineno, steps_)
+
+    monkeypatch.setattr(upgrade_module, "upgraded_in_full", full)
+    upgrade = LineUpgrade(steps)
+    assert [_answer(upgrade, line, n) for n, line in enumerate(lines)] == expected
+    generated_events = [ln for ln in lines[len(TRICKY_LINES):] if b'"cloudify_storage"' not in ln[:40]]
+    short = [ln for ln in generated_events if ln not in full_calls]
+    if steps[-1] is _STAMPED:
+        assert short == []
+    else:  # every generated event and log takes a short way: moved (3.2) or kept (3.3)
+        assert short == generated_events and len(short) == 2 * (40 + 40)
+
+
+def test_line_upgrade_moves_an_event_by_its_own_time_splicing_only_the_index() -> None:
+    line = TRICKY_LINES[0]
+    assert LineUpgrade(STEPS_32_34)(line, 1) == (
+        line.replace(b'"cloudify_events"', b'"logstash-2015.12.01"', 1),
+        ("logstash-2015.12.01", "cloudify_event", "e1"),
+        True,
+    )
+    # the last @timestamp counts, as in the parsed document
+    assert LineUpgrade(STEPS_32_34)(TRICKY_LINES[2], 2)[1] == ("logstash-2016.01.02", "cloudify_event", "e1")
+    # a zoned local time is placed in its UTC day
+    assert LineUpgrade(STEPS_32_34)(TRICKY_LINES[4], 3)[1] == ("logstash-2015.12.02", "cloudify_event", "e1")
 
 
 def test_keep_one_is_order_independent() -> None:

@@ -865,3 +865,61 @@ def test_a_step_module_without_touches_touches_everything_and_a_bad_one_is_refus
     with pytest.raises(BrokenChain) as err:
         step_from_module(SimpleNamespace(**vars(_module(V2, V3)), touches="no"))
     assert err.value.kind == "invalid" and "touches must be callable" in str(err.value)
+
+
+# --- moves: the hits a step changes in their index alone ----------------------------------------
+def test_only_the_32_step_declares_a_move_and_it_is_the_events_daily_index() -> None:
+    moves = {step.name: step.move for step in EVERY_STEP}
+    move = moves.pop("3.2 -> 3.3")
+    assert set(moves.values()) == {None}
+    assert move is not None and move.fields == ("@timestamp", "timestamp")
+    assert {(i, t) for i in INDICES for t in TYPES if move.applies(i, t)} == {
+        ("cloudify_events", t) for t in TYPES
+    }
+    assert move.index("2015-12-01T23:59:59Z", None) == "logstash-2015.12.01"
+    assert move.index(None, "2015-12-01 23:30:00.000-0200") == "logstash-2015.12.02"
+    assert move.index(None, "2015-12-01 10:00:00") is None  # a zone-less local time
+
+
+def test_a_step_that_moves_a_hit_changes_its_index_alone_as_its_move_says() -> None:
+    """`IndexMove` is a promise a job relies on to read an event's time fields alone: checked
+    here against hits of every kind, and not vacuously."""
+    hits = _hits_of_every_kind() + [
+        hit(t, s, "cloudify_events")
+        for t in ("cloudify_event", "cloudify_log")
+        for s in ({"@timestamp": "2015-12-01T10:00:00Z", "timestamp": "2016-01-01 00:00:00+0000"},
+                  {"@timestamp": "not a time", "timestamp": "2016-01-01 00:00:00+0000"},
+                  {"timestamp": "2016-01-01 00:00:00"}, {"@timestamp": ["x"]})
+    ]
+    checked = 0
+    for step in EVERY_STEP:
+        if step.move is None:
+            continue
+        for h in hits:
+            if not step.move.applies(h["_index"], h["_type"]):
+                continue
+            assert step.touches(h["_index"], h["_type"]), step.name
+            values = [h["_source"].get(name) for name in step.move.fields]
+            index = step.move.index(*values)
+            if index is None:
+                with pytest.raises(CorruptArchive):
+                    step.upgrade_hit(h)
+            else:
+                after = step.upgrade_hit(h)
+                assert list(after) == list(h) and after["_index"] == index
+                assert all(after[k] is v for k, v in h.items() if k != "_index")
+            checked += 1
+    assert checked > 40
+
+
+def test_a_step_module_declaring_part_of_a_move_is_refused() -> None:
+    parts = {"moves_index": lambda i, t: True, "MOVE_FIELDS": ("t",), "moved_index": lambda t: "x"}
+    step = step_from_module(SimpleNamespace(**vars(_module(V2, V3)), **parts))
+    assert step.move is not None and step.move.fields == ("t",) and step.move.index(1) == "x"
+    partial = {k: v for k, v in parts.items() if k != "moved_index"}
+    with pytest.raises(BrokenChain) as err:
+        step_from_module(SimpleNamespace(**vars(_module(V2, V3)), **partial))
+    assert err.value.kind == "invalid" and "without moved_index" in str(err.value)
+    with pytest.raises(BrokenChain) as err:
+        step_from_module(SimpleNamespace(**vars(_module(V2, V3)), **{**parts, "MOVE_FIELDS": "t"}))
+    assert err.value.kind == "invalid" and "MOVE_FIELDS a tuple of names" in str(err.value)

@@ -11,6 +11,13 @@ and may define `touches(index, doc_type) -> bool`: whether `upgrade_hit` can cha
 index and type at all. A job passes the hits no step touches through without decoding their
 `_source` (`touched`); a module without it touches everything (the safe reading).
 
+A module may also declare that it only moves some hits to another index, read from a few
+`_source` fields: `moves_index(index, doc_type) -> bool` (for those hits `upgrade_hit` changes
+`_index` alone), `MOVE_FIELDS` (the top-level `_source` fields it reads) and
+`moved_index(*values) -> str | None` (the new index from their values, missing ones as None;
+None where `upgrade_hit` refuses the hit), which its `upgrade_hit` itself uses. A job may then
+decode only those fields of such a hit (`IndexMove`, `Step.move`); all three or none.
+
 They never mutate their input, return the very same object when nothing changes, and only add
 what is missing (so each step is idempotent and unknown types/fields pass through).
 
@@ -53,6 +60,7 @@ __all__ = [
     "plan",
     "upgrade_hit",
     "touched",
+    "IndexMove",
     "upgrade_metadata",
     "upgrade_agents",
     "step_changes",
@@ -97,6 +105,18 @@ def _touches_everything(index: str, doc_type: str) -> bool:
 
 
 @dataclass(frozen=True)
+class IndexMove:
+    """A step's promise about the hits of the (index, type)s `applies` to: `upgrade_hit(hit)` is
+    `{**hit, "_index": index(*values)}`, where `values` are the hit's `_source` fields named in
+    `fields` (None when missing), and raises CorruptArchive where `index` gives None. Nothing
+    else of such a hit changes, so a job may decode just those fields to know its new line."""
+
+    applies: Callable[[str, str], bool]
+    fields: tuple[str, ...]
+    index: Callable[..., str | None]
+
+
+@dataclass(frozen=True)
 class Step:
     """One version step, built from its module."""
 
@@ -114,6 +134,8 @@ class Step:
     touches: Callable[[str, str], bool] = field(default=_touches_everything, repr=False)
     """Whether `upgrade_hit` can change a hit of this (index, type): False is a promise that
     it returns every such hit as the very same object."""
+    move: IndexMove | None = field(default=None, repr=False)
+    """The hits this step only moves to another index, if it declares any (`IndexMove`)."""
 
     @property
     def name(self) -> str:
@@ -147,7 +169,29 @@ def step_from_module(module: Any) -> Step:
         raise BrokenChain("invalid", f"{name}: touches must be callable")
     summary = changelog.splitlines()[0].strip()
     hit, metadata, agents = functions
-    return Step(source, target, summary, changelog, hit, metadata, agents, touches=touches)
+    return Step(source, target, summary, changelog, hit, metadata, agents, touches=touches,
+                move=_move_of(module, name))
+
+
+_MOVE_PARTS = ("moves_index", "MOVE_FIELDS", "moved_index")
+
+
+def _move_of(module: Any, name: str) -> IndexMove | None:
+    """The module's `IndexMove` (all of `_MOVE_PARTS`), None when it declares none of them."""
+    present = [part for part in _MOVE_PARTS if hasattr(module, part)]
+    if not present:
+        return None
+    if len(present) < len(_MOVE_PARTS):
+        missing = ", ".join(part for part in _MOVE_PARTS if part not in present)
+        raise BrokenChain("invalid", f"{name} declares {', '.join(present)} without {missing}")
+    applies, fields, index = (getattr(module, part) for part in _MOVE_PARTS)
+    if not (callable(applies) and callable(index)) or not (
+        isinstance(fields, tuple) and fields and all(isinstance(f, str) for f in fields)
+    ):
+        raise BrokenChain(
+            "invalid", f"{name}: moves_index and moved_index must be callable, MOVE_FIELDS a tuple of names"
+        )
+    return IndexMove(applies, fields, index)
 
 
 def build_chain(modules: Iterable[Any]) -> tuple[Step, ...]:

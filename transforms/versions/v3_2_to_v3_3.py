@@ -39,7 +39,7 @@ from core.model import (
     Version,
     broker_config_from_flat,
     daily_index,
-    event_day,
+    event_day_of,
     metadata_version,
 )
 
@@ -47,6 +47,9 @@ __all__ = [
     "SOURCE",
     "TARGET",
     "touches",
+    "MOVE_FIELDS",
+    "moves_index",
+    "moved_index",
     "upgrade_hit",
     "upgrade_metadata",
     "upgrade_agents",
@@ -70,10 +73,30 @@ def upgrade_execution(doc: Doc) -> Doc:
     return _with_missing(doc, {"is_system_workflow": False})
 
 
+MOVE_FIELDS = ("@timestamp", "timestamp")
+"""The `_source` fields an event's daily index is read from (`moved_index`)."""
+
+
+def moves_index(index: str, doc_type: str) -> bool:
+    """Whether `upgrade_hit` changes hits of this (index, type) in their `_index` alone, to
+    `moved_index` of their `MOVE_FIELDS` (or refuses them when that is None): every hit in
+    `cloudify_events`."""
+    return index == EVENTS_INDEX
+
+
+def moved_index(at_timestamp: object, timestamp: object) -> str | None:
+    """The daily index of an event whose `@timestamp` and `timestamp` are these; None when
+    neither gives a usable time."""
+    day = event_day_of(at_timestamp, timestamp)
+    return None if day is None else daily_index(day)
+
+
 def _move_event(hit: Hit) -> Hit:
     source = hit.get("_source")
-    day = event_day(source) if isinstance(source, dict) else None
-    if day is None:
+    index = (
+        moved_index(*(source.get(name) for name in MOVE_FIELDS)) if isinstance(source, dict) else None
+    )
+    if index is None:
         # The daily index must come from the event's own time. Falling back to "today" (what the
         # 3.3 restore does) or any other guess would silently misfile the event into a day it
         # does not belong to, where curator rotation and day-based queries treat it wrongly,
@@ -83,7 +106,7 @@ def _move_event(hit: Hit) -> Hit:
             None,
             f"event {hit.get('_type')}/{hit.get('_id')} has no parseable @timestamp or timestamp",
         )
-    return {**hit, "_index": daily_index(day)}
+    return {**hit, "_index": index}
 
 
 def touches(index: str, doc_type: str) -> bool:
