@@ -111,7 +111,11 @@ class CreateConfig:
     slices: int | None = None
     """Parallel reads per index: scroll slices (Elasticsearch ≥ 5, OpenSearch); default
     max(2, number of Beam workers). 1.x/2.x servers are read one part per shard instead."""
-    page_size: int = 1000
+    page_size: int = 5000
+    """Hits a scroll page holds (on 1.x divided over the shards a part reads). Each page costs the
+    server a round trip: reading the 100k-document bench manager from 1.7 on its own took
+    0.93-0.99 s with pages of 1,000, 0.78-0.83 s with 2,500, 0.68-0.71 s with 5,000; its create
+    2.5-3.2 s against 3.0-3.6 s, for about 12 MB more peak memory (at most 6 pages held)."""
     status_timeout: float = 120.0
     """How long to keep trying to record a failed snapshot status on the server."""
     progress: bool = True
