@@ -217,7 +217,10 @@ def _parse_utc_day(value: object, *, naive_is_utc: bool) -> date | None:
         if not naive_is_utc:
             return None
         return moment.date()
-    return moment.astimezone(UTC).date()
+    try:
+        return moment.astimezone(UTC).date()
+    except OverflowError:  # a time whose UTC day is outside the calendar (year 1 or 9999)
+        return None
 
 
 _UTC_ISO = re.compile(r"\d{4}-\d\d-\d\dT([01]\d|2[0-3]):[0-5]\d:[0-5]\d(\.\d+)?Z", re.ASCII)

@@ -528,7 +528,7 @@ def test_line_upgrade_gives_the_full_ways_answer_for_every_line(steps: list[Step
     short = [ln for ln in generated_events if ln not in full_calls]
     if steps[-1] is _STAMPED:
         assert short == []
-    else:  # every generated event and log takes a short way: moved (3.2) or kept (3.3)
+    else:  # every generated event and log takes a short way: moved (3.2's, by a 3.2 plan) or kept
         assert short == generated_events and len(short) == 2 * (40 + 40)
 
 

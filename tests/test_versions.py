@@ -920,6 +920,21 @@ def test_a_step_module_declaring_part_of_a_move_is_refused() -> None:
     with pytest.raises(BrokenChain) as err:
         step_from_module(SimpleNamespace(**vars(_module(V2, V3)), **partial))
     assert err.value.kind == "invalid" and "without moved_index" in str(err.value)
+    for bad in ({"MOVE_FIELDS": "t"}, {"MOVE_FIELDS": ()}, {"MOVE_FIELDS": ("t", "t")},
+                {"MOVE_FIELDS": ("",)}, {"moves_index": "events"}):
+        with pytest.raises(BrokenChain) as err:
+            step_from_module(SimpleNamespace(**vars(_module(V2, V3)), **{**parts, **bad}))
+        assert err.value.kind == "invalid" and "distinct non-empty names" in str(err.value), bad
     with pytest.raises(BrokenChain) as err:
-        step_from_module(SimpleNamespace(**vars(_module(V2, V3)), **{**parts, "MOVE_FIELDS": "t"}))
-    assert err.value.kind == "invalid" and "MOVE_FIELDS a tuple of names" in str(err.value)
+        step_from_module(SimpleNamespace(**vars(_module(V2, V3)), **{**parts, "MOVE_FIELDS": ("t", "u")}))
+    assert err.value.kind == "invalid" and "one argument per MOVE_FIELDS name" in str(err.value)
+
+
+@pytest.mark.parametrize("source", [{"timestamp": "0001-01-01 00:00:00.000+0100"},
+                                    {"@timestamp": "9999-12-31T23:00:00-01:00"}])
+def test_an_event_whose_utc_day_is_outside_the_calendar_cannot_be_placed(source: dict[str, Any]) -> None:
+    """Its UTC day would be in year 0 or 10000: refused as an event with no usable time (with
+    its document named), not an OverflowError from the middle of a job."""
+    assert s32.moved_index(source.get("@timestamp"), source.get("timestamp")) is None
+    with pytest.raises(CorruptArchive, match="has no parseable @timestamp or timestamp"):
+        s32.upgrade_hit(hit("cloudify_event", source, "cloudify_events"))

@@ -5,13 +5,17 @@
                                                        ShardInfo (each (index, type, id) once)
 
 `UpgradeShards` is the convert hot path: one DoFn call per staged shard reads its lines, applies
-the pure step functions of `transforms.versions` (`upgraded_line`) and writes the upgraded shard
-file itself. Documents never become Beam elements: Beam's per-element cost on the FnApiRunner
-(~10 µs for each of read, upgrade, write, digest) was more than the work itself. It emits only a
-`ShardInfo` and the 8-byte key digests of the shard, packed. A line no step changes is written
-as it was read, byte for byte; a changed line is `json.dumps` of the upgraded hit, except a
-3.2 event moved to its daily index: its line is the original with only the `_index` value
-replaced, when that provably is the same document (see `upgraded_line`).
+the pure step functions of `transforms.versions` (`LineUpgrade`, the per-line `upgraded_line`)
+and writes the upgraded shard file itself. Documents never become Beam elements: Beam's
+per-element cost on the FnApiRunner (~10 µs for each of read, upgrade, write, digest) was more
+than the work itself. It emits only a `ShardInfo` and the 8-byte key digests of the shard,
+packed. A line no step changes is written as it was read, byte for byte, after a decode of its
+keys alone; a changed line is `json.dumps` of the upgraded hit, except a 3.2 event moved to its
+daily index: its line is the original with only the `_index` value replaced, when that provably
+is the same document (`_moved_line`, `_spliced`), found from its keys and two time fields
+without decoding the rest of its source (`IndexMove`). Upgraded shards are named by their first
+line, so the archive step, which takes shards in path order, keeps es_data's line order (the
+kept copy of a duplicated key, rare, comes first).
 
 Deduplication never moves whole documents through a shuffle (STYLE principle 12). Upgrading
 can make two hits share a key: 3.2's `cloudify_events` hits move to `logstash-<day>`, where a hit
@@ -122,7 +126,8 @@ def upgraded_line(line: bytes, lineno: int | None, steps: Sequence[Step]) -> tup
 
     A hit no step changes keeps its line byte for byte; a changed hit is written as `dump_hit`.
     Pure. Raises `CorruptArchive` naming `lineno` for a line that is not a hit, or that a step
-    refuses (an event with no usable time). `LineUpgrade(steps)` gives the same answers faster.
+    refuses (an event with no usable time). A job upgrading many lines makes one
+    `LineUpgrade(steps)` and calls it per line (it learns per (index, type) which way to go).
     """
     return LineUpgrade(steps)(line, lineno)
 
@@ -167,6 +172,7 @@ class LineUpgrade:
         self._decoder = _line_decoder(self._move.fields if self._move else ())
         self._ways: dict[tuple[str, str], str] = {}
         self._lands: dict[tuple[str, str], bool] = {}
+        """Per (index, type) an event lands in: whether no later step touches it."""
 
     def _way(self, key: tuple[str, str]) -> str:
         way = _KEEP if not touched(self._steps, *key) else _FULL
@@ -174,12 +180,6 @@ class LineUpgrade:
             way = _MOVE
         self._ways[key] = way
         return way
-
-    def _lands_untouched(self, key: tuple[str, str]) -> bool:
-        """Whether no step after the first touches hits of (index, type) `key`."""
-        untouched = not touched(self._steps[1:], *key)
-        self._lands[key] = untouched
-        return untouched
 
     def __call__(self, line: bytes, lineno: int | None) -> tuple[bytes, HitKey, bool]:
         head = checked_line(line, self._decoder)
@@ -198,23 +198,18 @@ class LineUpgrade:
         """The full way's answer for a hit the first step only moves, or None when it is not
         provable here. By the `IndexMove` promise the first step gives the hit with only
         `_index` changed, to the move's `index` of its fields; no later step touches it where
-        it lands (checked); and `_moved_line`'s conditions on the line hold (checked), so the
-        full way would write this very line."""
+        it lands (checked); and the line can be spliced (`_spliced`, the same condition the
+        full way's `_moved_line` ends with), so the full way would write this very line."""
         assert self._move is not None
         index = self._move.index(*msgspec.structs.astuple(head.source))
         if index is None:
             return None  # the full way refuses the hit, naming its line
         lands = (index, head.type)
-        if not (self._lands.get(lands) or self._lands_untouched(lands)):
-            return None
-        prefix = _index_prefix(head.index)
-        if (
-            not line.startswith(prefix)
-            or line.count(b'"_index"') != 1
-            or _ESCAPED_LETTER.search(line)
-        ):
-            return None
-        return _index_prefix(index) + line[len(prefix) :], (index, head.type, head.id), True
+        untouched = self._lands.get(lands)
+        if untouched is None:
+            untouched = self._lands[lands] = not touched(self._steps[1:], *lands)
+        moved = _spliced(line, head.index, index) if untouched else None
+        return None if moved is None else (moved, (index, head.type, head.id), True)
 
 
 @functools.lru_cache(maxsize=16)
@@ -247,20 +242,26 @@ def _moved_line(line: bytes, hit: Hit, upgraded: Hit) -> bytes | None:
     (`json.dumps(hit)`), the result is byte for byte `json.dumps(upgraded)`; for any other line
     it parses to `upgraded` and keeps the rest of the line as it was. Proof obligations, all
     checked: `upgraded` differs from `hit` only in the value of `_index` (same keys, same order,
-    the other values the same objects); the line starts with `{"_index": <old value as json.dumps
-    writes it>, ` (so that is the top-level key); `"_index"` occurs once in the line (no other
-    key of that name: inside a JSON string a quote is always escaped) and no `\\u0040`-`\\u007f`
-    escape could spell another one (json.dumps escapes non-ASCII text, never those).
+    the other values the same objects), and `_spliced`'s own.
     """
     if list(upgraded) != list(hit):
         return None
     for k, v in hit.items():
         if upgraded[k] is not v and k != "_index":
             return None
-    prefix = _index_prefix(hit["_index"])
+    return _spliced(line, hit["_index"], upgraded["_index"])
+
+
+def _spliced(line: bytes, old: str, new: str) -> bytes | None:
+    """`line` with its top-level `_index` value `old` replaced by `new`, when the line provably
+    holds that key once: it starts with `{"_index": <old as json.dumps writes it>, ` (so that is
+    the top-level key), `"_index"` occurs once in the line (no other key of that name: inside a
+    JSON string a quote is always escaped) and no `\\u0040`-`\\u007f` escape could spell another
+    one (json.dumps escapes non-ASCII text, never those); else None."""
+    prefix = _index_prefix(old)
     if not line.startswith(prefix) or line.count(b'"_index"') != 1 or _ESCAPED_LETTER.search(line):
         return None
-    return _index_prefix(upgraded["_index"]) + line[len(prefix) :]
+    return _index_prefix(new) + line[len(prefix) :]
 
 
 @functools.lru_cache(maxsize=4096)
@@ -306,8 +307,9 @@ class _UpgradeShardFn(beam.DoFn):
 
     def process(self, shard: Shard) -> Iterator[Any]:
         # named by its first es_data line: the archive step takes shards in path order, so the
-        # converted es_data keeps the source's line order, whatever the workers' (a fresh
-        # suffix: a retried shard never overwrites the first try's file)
+        # converted es_data keeps the source's line order, whatever the workers' (but for the
+        # kept copies of duplicated keys, written apart); a fresh suffix: a retried shard never
+        # overwrites the first try's file
         path = FileSystems.join(
             self._staging, f"upgraded-{shard.first_line:012d}-{uuid.uuid4().hex}.jsonl"
         )

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import inspect
 import pkgutil
 import re
 from collections.abc import Callable, Iterable, Sequence
@@ -185,12 +186,26 @@ def _move_of(module: Any, name: str) -> IndexMove | None:
         missing = ", ".join(part for part in _MOVE_PARTS if part not in present)
         raise BrokenChain("invalid", f"{name} declares {', '.join(present)} without {missing}")
     applies, fields, index = (getattr(module, part) for part in _MOVE_PARTS)
-    if not (callable(applies) and callable(index)) or not (
-        isinstance(fields, tuple) and fields and all(isinstance(f, str) for f in fields)
-    ):
+    names_ok = (
+        isinstance(fields, tuple)
+        and fields
+        and all(isinstance(f, str) and f for f in fields)
+        and len(set(fields)) == len(fields)
+    )
+    if not (callable(applies) and callable(index)) or not names_ok:
         raise BrokenChain(
-            "invalid", f"{name}: moves_index and moved_index must be callable, MOVE_FIELDS a tuple of names"
+            "invalid",
+            f"{name}: moves_index and moved_index must be callable, MOVE_FIELDS a tuple of "
+            "distinct non-empty names",
         )
+    try:
+        inspect.signature(index).bind(*fields)
+    except TypeError:
+        raise BrokenChain(
+            "invalid", f"{name}: moved_index does not take one argument per MOVE_FIELDS name"
+        ) from None
+    except ValueError:  # a builtin without a signature: taken on trust
+        pass
     return IndexMove(applies, fields, index)
 
 
