@@ -232,6 +232,9 @@ _ACCEPT = {"accept": "application/json"}
 _LENIENT = {"ignore_unavailable": "true", "allow_no_indices": "true"}
 INDICES_PER_PART = 5
 """At most this many indices in one part of a 1.x/2.x read (see `SearchClient.partitions`)."""
+MIN_PAGE_HITS = 1000
+"""The fewest hits a page sized by bytes (`scan_pages(page_bytes=…)`) is cut to (or `page_size`,
+if smaller): the page every read used before pages were sized by bytes."""
 _MATCH_ALL: dict[str, Any] = {"match_all": {}}
 
 
@@ -832,13 +835,17 @@ class SearchClient:
         page_size: int = 1000,
         keep_alive: str = "5m",
         source: bool = True,
+        page_bytes: int | None = None,
     ) -> Generator[list[RawHit], None, None]:
         """Every matching document of a logical index (or pattern), a scroll page at a time, as
         `RawHit`s in logical names whose `source` is the server's own `_source` bytes (never
         parsed here: a caller parses what it needs).
 
-        With `partition` (from `partitions()`) only that part is read. Missing indices yield
-        nothing. The scroll is cleared when the iterator finishes, fails or is closed. Scroll
+        With `partition` (from `partitions()`) only that part is read. With `page_bytes`, larger
+        documents get fewer hits a page: about `page_bytes` of the read's stored bytes per
+        document (`stored_bytes_per_document`: compressed, so a page of very compressible
+        documents holds a few times that much JSON), never more than `page_size` hits nor fewer
+        than `MIN_PAGE_HITS`. Missing indices yield nothing. The scroll is cleared when the iterator finishes, fails or is closed. Scroll
         continuations are never retried (a repeated request would skip a page), and a page on
         which any shard failed is an error, never a short read: both raise `SearchServerError`.
         """
@@ -861,13 +868,15 @@ class SearchClient:
                 params["preference"] = f"_shards:{partition.id}"
         # a part may read one group of the pattern's indices (`partitions`), named as they are
         read = partition.indices if partition is not None and partition.indices else index
+        if page_bytes is not None:
+            body["size"] = self._page_for_bytes(read, doc_types, page_size, page_bytes)
         if dialect.scan_search_type:
             # 1.x scan pages hold `size` hits *per shard read*: one per index the read matches
             # (a part reads shard N of every daily logstash index), so a fixed size would let a
             # page grow with the manager's age: 5 daily indices made a 5,000-hit page of a
             # 1,000 one, and a year of them 365,000. `partitions` keeps a part to at most
             # INDICES_PER_PART indices, so a shard is asked for at least page_size / 5.
-            body["size"] = max(1, page_size // self._shards_read(read, params))
+            body["size"] = max(1, body["size"] // self._shards_read(read, params))
         typed = self.layout is Layout.TYPED
         for page in self._scroll(self._target(read, doc_types), body, params, keep_alive):
             if typed:
@@ -880,6 +889,33 @@ class SearchClient:
                     hits.append(RawHit(logical_index, doc_type, hit.id, hit.source))
             if hits:
                 yield hits
+
+    def _page_for_bytes(
+        self, index: str, doc_types: Sequence[str] | None, page_size: int, page_bytes: int
+    ) -> int:
+        """Hits a page of about `page_bytes` holds (see `scan_pages`)."""
+        per_document = self.stored_bytes_per_document(index, doc_types)
+        if per_document is None:
+            return page_size
+        return min(page_size, max(MIN_PAGE_HITS, int(page_bytes // per_document)))
+
+    def stored_bytes_per_document(
+        self, index: str, doc_types: Sequence[str] | None = None
+    ) -> float | None:
+        """The primary shards' bytes on disk per document of a logical index (or pattern), from
+        `_stats`: sources (compressed) and index structures together, a whole-index estimate of
+        how large a document is (a small index's fixed overhead makes it larger); None when no
+        index or document matches. On 1.x/2.x the figure is the whole index's, all its types."""
+        types = None if self.layout is Layout.TYPED else doc_types
+        status, body = self.request(
+            "GET", self._target(index, types) + "/_stats/docs,store", params=_LENIENT, ok=(404,)
+        )
+        if status != 200 or not isinstance(body, dict):
+            return None
+        primaries = (body.get("_all") or {}).get("primaries") or {}
+        documents = (primaries.get("docs") or {}).get("count") or 0
+        stored = (primaries.get("store") or {}).get("size_in_bytes") or 0
+        return stored / documents if documents > 0 and stored > 0 else None
 
     def _shards_read(self, index: str, params: dict[str, Any]) -> int:
         """How many shards a search of the logical index (or pattern) with `params` (its

@@ -112,10 +112,15 @@ class CreateConfig:
     """Parallel reads per index: scroll slices (Elasticsearch ≥ 5, OpenSearch); default
     max(2, number of Beam workers). 1.x/2.x servers are read one part per shard instead."""
     page_size: int = 5000
-    """Hits a scroll page holds (on 1.x divided over the shards a part reads). Each page costs the
-    server a round trip: reading the 100k-document bench manager from 1.7 on its own took
-    0.93-0.99 s with pages of 1,000, 0.78-0.83 s with 2,500, 0.68-0.71 s with 5,000; its create
-    2.5-3.2 s against 3.0-3.6 s, for about 12 MB more peak memory (at most 6 pages held)."""
+    """The most hits a scroll page holds (on 1.x divided over the shards a part reads); larger
+    documents get fewer (`page_bytes`). Each page costs the server a round trip: reading the
+    100k-document bench manager from 1.7 on its own took 0.93-0.99 s with pages of 1,000,
+    0.78-0.83 s with 2,500, 0.68-0.71 s with 5,000; its create 2.5-3.2 s against 3.0-3.6 s."""
+    page_bytes: int = 4 << 20
+    """About how many bytes of documents a page holds (the index's stored bytes per document,
+    `core.search.SearchClient.scan_pages`), never fewer than 1,000 hits: memory bounded by bytes,
+    not only by hits. A reader holds up to 3 pages per scroll queued, one more per scroll thread
+    and the one it works on: about 9 pages, 36 MiB, per worker."""
     status_timeout: float = 120.0
     """How long to keep trying to record a failed snapshot status on the server."""
     progress: bool = True
@@ -128,8 +133,8 @@ class CreateConfig:
             raise ValueError("give exactly one of output and snapshot_id")
         if self.slices is not None and self.slices < 1:
             raise ValueError("slices must be at least 1")
-        if self.page_size < 1:
-            raise ValueError("page_size must be at least 1")
+        if self.page_size < 1 or self.page_bytes < 1:
+            raise ValueError("page_size and page_bytes must be at least 1")
 
 
 @dataclass(frozen=True)
@@ -502,6 +507,7 @@ def _build_pipeline(
         sources,
         parallelism=slices,
         page_size=config.page_size,
+        page_bytes=config.page_bytes,
         pages=True,
     )
     parts = pages | "ToSnapshotParts" >> ToSnapshotParts(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.server
 import json
+import os
 import pickle
 import socket
 import threading
@@ -273,6 +274,46 @@ def test_a_1x_scan_page_stays_near_page_size_over_many_indices(store: SearchClie
         for h in page
     )
     assert read == Counter((h["_index"], h["_type"], h["_id"]) for h in hits)
+
+
+@pytest.mark.server
+@pytest.mark.es8
+def test_pages_sized_by_bytes_hold_fewer_large_documents(
+    search: SearchClient, server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`page_bytes`: a page of large documents holds fewer hits, down to MIN_PAGE_HITS (4 here),
+    a page of small ones `page_size`; the sizes come from the server's `_stats`, and every
+    document is read once either way."""
+    import core.search
+
+    monkeypatch.setattr(core.search, "MIN_PAGE_HITS", 4)
+    large, small = "logstash-2015.12.01", "logstash-2015.12.02"
+    if server == "es1":  # one shard each, as 8.x makes them: one scan size, no division
+        for name in (large, small):
+            search.request("PUT", f"/{name}", {"settings": {"number_of_shards": 1, "number_of_replicas": 0}})
+    hits = [
+        {"_index": index, "_type": "cloudify_log", "_id": f"{index[-2:]}-{n}",
+         "_source": {"n": n, "message": os.urandom(10_000).hex() if index == large else "ok"}}
+        for index in (large, small)
+        for n in range(40)
+    ]
+    assert search.bulk_all(hits, max_docs=20, refresh=True) == BulkResult(len(hits), [])
+    search.request("POST", "/_flush")  # sizes on disk as a long-running manager's are
+    large_bytes = search.stored_bytes_per_document(large)
+    small_bytes = search.stored_bytes_per_document(small)
+    assert large_bytes is not None and small_bytes is not None
+    assert large_bytes > 12_500 > 2_500 > small_bytes, (large_bytes, small_bytes)
+    assert search.stored_bytes_per_document("logstash-1999.01.01") is None
+
+    def pages(index: str, **size: Any) -> list[list[Any]]:
+        return list(search.scan_pages(index, page_size=20, **size))
+
+    assert [len(p) for p in pages(large)] == [20, 20]
+    assert [len(p) for p in pages(large, page_bytes=50_000)] == [4] * 10  # 50,000 / 12,500 < 4
+    assert [len(p) for p in pages(small, page_bytes=50_000)] == [20, 20]  # 50,000 / 2,500 > 20
+    read = Counter(hit_key({"_index": h.index, "_type": h.type, "_id": h.id})
+                   for index in (large, small) for p in pages(index, page_bytes=50_000) for h in p)
+    assert read == Counter(hit_key(h) for h in hits)
 
 
 @pytest.mark.server

@@ -67,7 +67,7 @@ def test_read_from_search_shows_what_it_reads() -> None:
                           ["node"], parallelism=4)
     items = {i.key: i.value for i in DisplayData.create_from(read).items}
     assert items == {"server": "http://127.0.0.1:9200", "index": "cloudify_storage",
-                     "doc_types": "node", "parallelism": 4, "page_size": 1000}
+                     "doc_types": "node", "parallelism": 4, "page_size": 1000, "page_bytes": 0}
 
 
 class Collect:

@@ -139,11 +139,16 @@ class _Scroll(threading.Thread):
     reader."""
 
     def __init__(
-        self, target: SearchTarget, part: ReadPart, page_size: int, pages: queue.Queue[Any]
+        self,
+        target: SearchTarget,
+        part: ReadPart,
+        page_size: int,
+        pages: queue.Queue[Any],
+        page_bytes: int | None = None,
     ) -> None:
         super().__init__(daemon=True, name="cfysnap-scroll")
         self.part, self.pages = part, pages
-        self._target, self._page_size = target, page_size
+        self._target, self._page_size, self._page_bytes = target, page_size, page_bytes
         self._stop = threading.Event()
 
     def run(self) -> None:
@@ -155,6 +160,7 @@ class _Scroll(threading.Thread):
                     query=self.part.query,
                     partition=self.part.partition,
                     page_size=self._page_size,
+                    page_bytes=self._page_bytes,
                 )
                 try:
                     for page in scan:
@@ -187,9 +193,16 @@ class _ReadPartFn(beam.DoFn):
     worker, each page in memory once (at most 3 queued per running scroll)."""
 
     def __init__(
-        self, target: SearchTarget, page_size: int, namespace: str, pages: bool, concurrency: int
+        self,
+        target: SearchTarget,
+        page_size: int,
+        namespace: str,
+        pages: bool,
+        concurrency: int,
+        page_bytes: int | None = None,
     ) -> None:
         self._target, self._page_size, self._namespace = target, page_size, namespace
+        self._page_bytes = page_bytes
         self._pages, self._concurrency = pages, concurrency
 
     def start_bundle(self) -> None:
@@ -197,7 +210,7 @@ class _ReadPartFn(beam.DoFn):
         self._queue = queue.Queue[Any](maxsize=3 * self._concurrency)
 
     def process(self, part: ReadPart) -> Iterator[Any]:
-        scroll = _Scroll(self._target, part, self._page_size, self._queue)
+        scroll = _Scroll(self._target, part, self._page_size, self._queue, self._page_bytes)
         scroll.start()
         self._running.append(scroll)
         while len(self._running) >= self._concurrency:
@@ -262,6 +275,7 @@ class ReadAllFromSearch(beam.PTransform):
         *,
         parallelism: int = 2,
         page_size: int = 1000,
+        page_bytes: int | None = None,
         pages: bool = False,
         concurrency: int = 2,
         counter_namespace: str = READ_NAMESPACE,
@@ -271,18 +285,20 @@ class ReadAllFromSearch(beam.PTransform):
         says of the pipeline's options (with one worker the parts are read where they were
         planned, in the same stage)."""
         super().__init__()
-        if parallelism < 1 or page_size < 1 or concurrency < 1:
+        if parallelism < 1 or page_size < 1 or concurrency < 1 or (page_bytes or 1) < 1:
             raise ValueError(
-                "ReadFromSearch: parallelism, page_size and concurrency must be at least 1"
+                "ReadFromSearch: parallelism, page_size, page_bytes and concurrency must be at "
+                "least 1"
             )
         self._target = target if isinstance(target, SearchTarget) else SearchTarget(target)
-        self._parallelism, self._page_size = parallelism, page_size
+        self._parallelism, self._page_size, self._page_bytes = parallelism, page_size, page_bytes
         self._pages_out, self._concurrency = pages, concurrency
         self._namespace, self._spread = counter_namespace, spread
 
     def expand(self, wholes: beam.PCollection[ReadPart]) -> beam.PCollection[Any]:
         read = _ReadPartFn(
-            self._target, self._page_size, self._namespace, self._pages_out, self._concurrency
+            self._target, self._page_size, self._namespace, self._pages_out, self._concurrency,
+            self._page_bytes,
         )
         parts = wholes | "PlanParts" >> beam.ParDo(_PlanPartsFn(self._target, self._parallelism))
         spread = self._spread
@@ -299,6 +315,7 @@ class ReadAllFromSearch(beam.PTransform):
             "server": DisplayDataItem(str(self._target), label="Search server"),
             "parallelism": DisplayDataItem(self._parallelism, label="Parallelism"),
             "page_size": DisplayDataItem(self._page_size, label="Page size"),
+            "page_bytes": DisplayDataItem(self._page_bytes or 0, label="Page bytes (0: by hits)"),
         }
 
 
@@ -310,7 +327,8 @@ class ReadFromSearch(beam.PTransform):
     `doc_types`: only these types (None: all). `query`: a query in the server's own DSL (None:
     all documents). The other keywords are `ReadAllFromSearch`'s: `parallelism` (slices to ask a
     sliced-scroll server for; 1.x and 2.x are split by shard instead), `page_size` (hits per
-    scroll page), `pages`, `concurrency` (scrolls read at once by each worker),
+    scroll page), `page_bytes` (fewer hits a page for larger documents, see
+    `core.search.SearchClient.scan_pages`), `pages`, `concurrency` (scrolls read at once by each worker),
     `counter_namespace`.
     """
 
