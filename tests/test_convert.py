@@ -524,6 +524,9 @@ def test_line_upgrade_gives_the_full_ways_answer_for_every_line(steps: list[Step
     monkeypatch.setattr(upgrade_module, "upgraded_in_full", full)
     upgrade = LineUpgrade(steps)
     assert [_answer(upgrade, line, n) for n, line in enumerate(lines)] == expected
+    widget, logstash_log = (next(ln for ln in TRICKY_LINES if f'"_id": "{i}"'.encode() in ln) for i in ("w1", "l1"))
+    assert widget not in full_calls  # a type no step touches: kept after its keys' decode
+    assert (logstash_log in full_calls) == (steps[-1] is _STAMPED)
     generated_events = [ln for ln in lines[len(TRICKY_LINES):] if b'"cloudify_storage"' not in ln[:40]]
     short = [ln for ln in generated_events if ln not in full_calls]
     if steps[-1] is _STAMPED:
