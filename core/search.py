@@ -845,9 +845,10 @@ class SearchClient:
         documents get fewer hits a page: about `page_bytes` of the read's stored bytes per
         document (`stored_bytes_per_document`: compressed, so a page of very compressible
         documents holds a few times that much JSON), never more than `page_size` hits nor fewer
-        than `MIN_PAGE_HITS`. Missing indices yield nothing. The scroll is cleared when the iterator finishes, fails or is closed. Scroll
-        continuations are never retried (a repeated request would skip a page), and a page on
-        which any shard failed is an error, never a short read: both raise `SearchServerError`.
+        than `MIN_PAGE_HITS`. Missing indices yield nothing. The scroll is cleared when the
+        iterator finishes, fails or is closed. Scroll continuations are never retried (a
+        repeated request would skip a page), and a page on which any shard failed is an error,
+        never a short read: both raise `SearchServerError`.
         """
         dialect = self.dialect
         params: dict[str, Any] = {"scroll": keep_alive, **_LENIENT}

@@ -23,7 +23,7 @@ from core.search import SearchClient, SearchTarget
 from pipelines.sample.generate import ManagerSpec, manager_hits
 from pipelines.sample.load import install_manager, load_manager
 from tests.conftest import REPO, wipe
-from transforms.search_io import ReadFromSearch, WriteToSearch, WrittenBatch
+from transforms.search_io import ReadAllFromSearch, ReadFromSearch, WriteToSearch, WrittenBatch
 
 pytestmark = [pytest.mark.server]
 
@@ -154,3 +154,10 @@ def test_the_readme_example_copies_documents_between_servers(
     search8.refresh()
     copied = list(search8.scan("logstash-*"))
     assert keyed(copied) == keyed(h for h in manager_hits(spec) if h["_type"] == "cloudify_event")
+
+
+@pytest.mark.parametrize("bad", [{"parallelism": 0}, {"page_size": 0}, {"concurrency": 0}, {"page_bytes": 0}])
+def test_read_all_from_search_refuses_a_size_below_one(bad: dict[str, int]) -> None:
+    with pytest.raises(ValueError, match="must be at least 1"):
+        ReadAllFromSearch("http://127.0.0.1:9", **bad)
+    ReadAllFromSearch("http://127.0.0.1:9", page_bytes=None)  # sized by hits alone: fine

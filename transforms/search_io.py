@@ -285,7 +285,7 @@ class ReadAllFromSearch(beam.PTransform):
         says of the pipeline's options (with one worker the parts are read where they were
         planned, in the same stage)."""
         super().__init__()
-        if parallelism < 1 or page_size < 1 or concurrency < 1 or (page_bytes or 1) < 1:
+        if min(parallelism, page_size, concurrency, 1 if page_bytes is None else page_bytes) < 1:
             raise ValueError(
                 "ReadFromSearch: parallelism, page_size, page_bytes and concurrency must be at "
                 "least 1"
