@@ -309,7 +309,9 @@ class _StageFactsFn(beam.DoFn):
     def start_bundle(self) -> None:
         self._files: dict[int, tuple[str, Any]] = {}
 
-    def process(self, facts: list[tuple[str, EncodedFact]]) -> None:
+    # no `-> None`: Beam 2.78 reads it as an output type that is not iterable and
+    # refuses the DoFn; this one emits only in finish_bundle
+    def process(self, facts: list[tuple[str, EncodedFact]]):
         files, encode = self._files, _FACT_ENCODER.encode
         try:
             for deployment, fact in facts:
@@ -367,7 +369,9 @@ class _WriteFragmentsFn(beam.DoFn):
         self._out: Any = None
         self._path = ""
 
-    def process(self, fragment: str) -> None:
+    # no `-> None`: Beam 2.78 reads it as an output type that is not iterable and
+    # refuses the DoFn; this one emits only in finish_bundle
+    def process(self, fragment: str):
         if self._out is None:
             self._path = FileSystems.join(self._staging, f"agents-{uuid.uuid4().hex}.part")
             self._out = FileSystems.create(self._path)

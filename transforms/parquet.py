@@ -221,7 +221,9 @@ class _WriteParquetPartsFn(beam.DoFn):
         self._open: OrderedDict[Partition, _PartWriter] = OrderedDict()
         self._done: list[PartFile] = []
 
-    def process(self, element: tuple[Partition, Row]) -> None:
+    # no `-> None`: Beam 2.78 reads it as an output type that is not iterable and
+    # refuses the DoFn; this one emits only in finish_bundle
+    def process(self, element: tuple[Partition, Row]):
         partition, row = element
         columns = self._buffers.get(partition)
         if columns is None:

@@ -245,7 +245,9 @@ class _WriteShardFn(beam.DoFn):
         self._counts: Counter[tuple[str, str]] = Counter()
         self._nbytes = 0
 
-    def process(self, element: Hit | LinePage) -> None:
+    # no `-> None`: Beam 2.78 reads it as an output type that is not iterable and
+    # refuses the DoFn; this one emits only in finish_bundle
+    def process(self, element: Hit | LinePage):
         if self._out is None:
             self._path = FileSystems.join(self._staging, f"{self._prefix}-{uuid.uuid4().hex}.jsonl")
             self._out = FileSystems.create(self._path)

@@ -444,7 +444,9 @@ class _WriteLinesFn(beam.DoFn):
         self._counts: Counter[tuple[str, str]] = Counter()
         self._nbytes = 0
 
-    def process(self, key_line: DuplicateLine) -> None:
+    # no `-> None`: Beam 2.78 reads it as an output type that is not iterable and
+    # refuses the DoFn; this one emits only in finish_bundle
+    def process(self, key_line: DuplicateLine):
         key, line = key_line
         if self._out is None:
             self._path = FileSystems.join(self._staging, f"kept-{uuid.uuid4().hex}.jsonl")
