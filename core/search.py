@@ -42,10 +42,12 @@ import base64
 import fnmatch
 import functools
 import json
+import operator
 import random
 import re
 import time
 import urllib.parse
+from collections import Counter
 from collections.abc import Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -73,6 +75,7 @@ from core.text import plural
 
 __all__ = [
     "RawHit",
+    "RawPage",
     "Layout",
     "SearchTarget",
     "TLS",
@@ -312,6 +315,34 @@ class RawHit(msgspec.Struct, gc=False):
     type: str | None = msgspec.field(name="_type", default=None)
     id: str = msgspec.field(name="_id", default="")
     source: msgspec.Raw = msgspec.field(name="_source", default=msgspec.Raw(b"{}"))
+
+
+_INDEX, _TYPE, _SOURCE = (operator.attrgetter(f) for f in ("index", "type", "source"))
+
+
+class RawPage(list[RawHit]):
+    """One scroll page: its `RawHit`s in the server's order, and what two steps of a read ask of
+    every page, each worked out once, in C-level loops: the documents per (index, type)
+    (`counts`, the read's counters and the lines' counts alike) and about how many bytes it
+    holds (`nbytes`, what Beam samples of the elements it passes on). A page is never changed
+    once made, so `counts` is kept after its first call."""
+
+    __slots__ = ("_counts",)
+
+    def counts(self) -> Counter[tuple[str, str | None]]:
+        """How many documents of each (index, type) the page holds."""
+        try:
+            return self._counts
+        except AttributeError:
+            self._counts: Counter[tuple[str, str | None]] = Counter(
+                zip(map(_INDEX, self), map(_TYPE, self), strict=True)
+            )
+            return self._counts
+
+    @property
+    def nbytes(self) -> int:
+        """The sources' bytes, and about 64 a hit for its index, type and id."""
+        return sum(map(len, map(_SOURCE, self))) + 64 * len(self)
 
 
 class _Hits(msgspec.Struct, gc=False):
@@ -836,10 +867,10 @@ class SearchClient:
         keep_alive: str = "5m",
         source: bool = True,
         page_bytes: int | None = None,
-    ) -> Generator[list[RawHit], None, None]:
+    ) -> Generator[RawPage, None, None]:
         """Every matching document of a logical index (or pattern), a scroll page at a time, as
-        `RawHit`s in logical names whose `source` is the server's own `_source` bytes (never
-        parsed here: a caller parses what it needs).
+        a `RawPage` of `RawHit`s in logical names whose `source` is the server's own `_source`
+        bytes (never parsed here: a caller parses what it needs).
 
         With `partition` (from `partitions()`) only that part is read. With `page_bytes`, larger
         documents get fewer hits a page: about `page_bytes` of the read's stored bytes per
@@ -881,7 +912,7 @@ class SearchClient:
         typed = self.layout is Layout.TYPED
         for page in self._scroll(self._target(read, doc_types), body, params, keep_alive):
             if typed:
-                yield page
+                yield RawPage(page)
                 continue
             hits = []
             for hit in page:  # physical "<index>-<type>" names → logical ones
@@ -889,7 +920,7 @@ class SearchClient:
                 if logical_index and fnmatch.fnmatchcase(logical_index, index):
                     hits.append(RawHit(logical_index, doc_type, hit.id, hit.source))
             if hits:
-                yield hits
+                yield RawPage(hits)
 
     def _page_for_bytes(
         self, index: str, doc_types: Sequence[str] | None, page_size: int, page_bytes: int

@@ -65,3 +65,40 @@ def test_beams_worker_processes_get_the_same_thresholds() -> None:
                          capture_output=True, text=True, check=True, timeout=60,
                          env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"})
     assert json.loads(run.stdout) == list(GC_THRESHOLD)
+
+
+def test_a_view_is_made_once_and_shares_its_values_with_every_other() -> None:
+    """`CfysnapOptions.view_as` hands back the view it made first: values set through any view
+    are seen through every other and through a later call, and a deep copy (what
+    `beam.Pipeline` keeps) has views of its own, over its own values."""
+    import copy
+
+    from apache_beam.options.pipeline_options import (
+        DebugOptions,
+        DirectOptions,
+        StandardOptions,
+        TypeOptions,
+    )
+
+    from core.options import CfysnapOptions, beam_options
+
+    options = beam_options(["--direct_num_workers=3", "--experiments=a"])
+    assert isinstance(options, CfysnapOptions)
+    standard = options.view_as(StandardOptions)
+    assert options.view_as(StandardOptions) is standard
+    assert options.view_as(DirectOptions).direct_num_workers == 3
+    assert options.view_as(DebugOptions).experiments == ["a"]
+    options.view_as(TypeOptions).pipeline_type_check = False
+    assert options.view_as(TypeOptions).pipeline_type_check is False
+    assert options.get_all_options()["pipeline_type_check"] is False
+    standard.streaming = True
+    assert options.view_as(StandardOptions).streaming is True
+
+    copied = copy.deepcopy(options)
+    copied.view_as(StandardOptions).streaming = False
+    copied.view_as(DirectOptions).direct_num_workers = 5
+    assert copied.view_as(StandardOptions) is not standard
+    assert (copied.view_as(StandardOptions).streaming, options.view_as(StandardOptions).streaming) == (False, True)
+    assert (copied.view_as(DirectOptions).direct_num_workers, options.view_as(DirectOptions).direct_num_workers) == (5, 3)
+    assert options.get_all_options()["direct_num_workers"] == 3
+    assert copied.get_all_options()["direct_num_workers"] == 5

@@ -161,3 +161,37 @@ def test_read_all_from_search_refuses_a_size_below_one(bad: dict[str, int]) -> N
     with pytest.raises(ValueError, match="must be at least 1"):
         ReadAllFromSearch("http://127.0.0.1:9", **bad)
     ReadAllFromSearch("http://127.0.0.1:9", page_bytes=None)  # sized by hits alone: fine
+
+
+def test_a_raw_page_counts_once_estimates_from_lengths_and_codes_round_trip() -> None:
+    """`RawPage.counts` (what the read's counters and the lines' counts use) is the documents
+    per (index, type), worked out once; `RawPageCoder` gives the page back as it was and sizes
+    it by the lengths of its sources, asking no hit for an estimate of its own."""
+    import apache_beam as beam
+    import msgspec
+
+    from core.search import RawHit, RawPage
+    from transforms.search_io import RawPageCoder
+
+    page = RawPage([
+        RawHit("logstash-2015.12.01", "cloudify_event", "e1", msgspec.Raw(b'{"a": 1}')),
+        RawHit("logstash-2015.12.01", "cloudify_log", "l1", msgspec.Raw(b'{"message": {"text": "x\\ny"}}')),
+        RawHit("logstash-2015.12.02", "cloudify_event", "e\u00e92", msgspec.Raw(b"{}")),
+        RawHit("logstash-2015.12.01", "cloudify_event", "e3", msgspec.Raw(b'{"b": [1, 2]}')),
+    ])
+    counts = page.counts()
+    assert counts == {("logstash-2015.12.01", "cloudify_event"): 2,
+                      ("logstash-2015.12.01", "cloudify_log"): 1,
+                      ("logstash-2015.12.02", "cloudify_event"): 1}
+    assert page.counts() is counts  # kept, not counted again
+    assert page.nbytes == 8 + 29 + 2 + 13 + 4 * 64
+
+    coder = beam.coders.registry.get_coder(RawPage)
+    assert isinstance(coder, RawPageCoder)
+    back = coder.decode(coder.encode(page))
+    assert isinstance(back, RawPage)
+    assert [(h.index, h.type, h.id, bytes(h.source)) for h in back] == [
+        (h.index, h.type, h.id, bytes(h.source)) for h in page
+    ]
+    assert coder.estimate_size(page) == page.nbytes
+    assert coder.get_impl().estimate_size(page) == page.nbytes  # what Beam's counters sample

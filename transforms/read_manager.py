@@ -27,7 +27,7 @@ import msgspec
 from core.archive import CREDENTIALS_PREFIX, es_data_page, unsafe_member_reason
 from core.errors import JobFailed, UnsafePath
 from core.model import STORAGE_INDEX, Hit, credentials_dir_name, is_compute_node
-from core.search import RawHit, SearchTarget
+from core.search import RawHit, RawPage, SearchTarget
 from transforms.agents import page_agent_facts
 from transforms.search_io import READ_NAMESPACE, ReadAllFromSearch, ReadPart
 from transforms.shards import ArchiveMember, LinePage
@@ -54,7 +54,7 @@ Source = tuple[str, tuple[str, ...] | None]
 """(logical index or pattern, types to read or None for all)."""
 
 
-_INDEX, _TYPE = operator.attrgetter("index"), operator.attrgetter("type")
+_INDEX = operator.attrgetter("index")
 
 
 class ReadManagerDocuments(beam.PTransform):
@@ -103,7 +103,7 @@ class _SnapshotPartsFn(beam.DoFn):
     def __init__(self, types: frozenset[str], storage_ids: frozenset[str], keys: bool) -> None:
         self._types, self._ids, self._keys = types, storage_ids, keys
 
-    def process(self, page: list[RawHit]) -> Iterator[Any]:
+    def process(self, page: RawPage) -> Iterator[Any]:
         types, ids = self._types, self._ids
         kept: list[RawHit] = page
         dropped: list[RawHit] = []
@@ -115,11 +115,15 @@ class _SnapshotPartsFn(beam.DoFn):
             for hit in page:
                 excluded = hit.index == STORAGE_INDEX and (hit.type in types or hit.id in ids)
                 (dropped if excluded else kept).append(hit)
+            if not dropped:
+                kept = page
         for key, n in Counter(f"{hit.index}/{hit.type}" for hit in dropped).items():
             beam.metrics.Metrics.counter(DROPPED_NAMESPACE, key).inc(n)
         if kept:
-            counts = Counter(zip(map(_INDEX, kept), map(str, map(_TYPE, kept)), strict=True))
-            yield LinePage(es_data_page(kept), tuple(sorted(counts.items())))
+            # a page's own counts (the read counted with them) unless some of it was left out
+            counts = page.counts() if kept is page else RawPage(kept).counts()
+            lines = sorted(((index, str(doc_type)), n) for (index, doc_type), n in counts.items())
+            yield LinePage(es_data_page(kept), tuple(lines))
         if not storage:
             return
         facts = list(page_agent_facts(page))
@@ -149,7 +153,7 @@ class ToSnapshotParts(beam.PTransform):
         super().__init__()
         self._types, self._ids, self._keys = frozenset(types), frozenset(storage_ids), keys
 
-    def expand(self, pages: beam.PCollection[list[RawHit]]) -> SnapshotParts:
+    def expand(self, pages: beam.PCollection[RawPage]) -> SnapshotParts:
         parts = pages | "PageToParts" >> beam.ParDo(
             _SnapshotPartsFn(self._types, self._ids, self._keys)
         ).with_outputs("facts", "keys", main="lines")
