@@ -740,3 +740,22 @@ def test_a_3_2_1_manager_gets_the_3_2_1_tools_agents_through_convert_and_restore
                for a in runtime)
     assert verify.run(verify.VerifyConfig(archive=out, target=search.url, fs_root=tmp_path / "target",
                                           credentials_dir=tmp_path / "creds")).ok
+
+
+def test_line_pages_travel_with_their_own_coder() -> None:
+    """`ToSnapshotParts`' lines are `LinePage`s coded by `LinePageCoder`: the lines and counts
+    come back as they were, and Beam's size samples read the lines' length instead of
+    pickling them."""
+    import apache_beam as beam
+
+    from transforms.read_manager import ToSnapshotParts
+    from transforms.shards import LinePage, LinePageCoder
+
+    p = beam.Pipeline()
+    parts = p | beam.Create([]) | ToSnapshotParts(["provider_context"])
+    coder = beam.coders.registry.get_coder(parts.lines.element_type)
+    assert isinstance(coder, LinePageCoder)
+    page = LinePage(b'{"_index": "a"}\n{"_index": "b"}\n',
+                    ((("cloudify_storage", "node"), 1), (("logstash-2015.12.01", "cloudify_log"), 1)))
+    assert coder.decode(coder.encode(page)) == page
+    assert coder.get_impl().estimate_size(page) == len(page.data) + 2 * 64

@@ -156,7 +156,7 @@ class ToSnapshotParts(beam.PTransform):
     def expand(self, pages: beam.PCollection[RawPage]) -> SnapshotParts:
         parts = pages | "PageToParts" >> beam.ParDo(
             _SnapshotPartsFn(self._types, self._ids, self._keys)
-        ).with_outputs("facts", "keys", main="lines")
+        ).with_output_types(LinePage).with_outputs("facts", "keys", main="lines")
         return SnapshotParts(parts.lines, parts.facts, parts.keys)
 
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import apache_beam as beam
+import msgspec
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.utils.windowed_value import WindowedValue
@@ -91,6 +92,31 @@ class LinePage:
 
     data: bytes
     counts: tuple[tuple[tuple[str, str], int], ...]
+
+
+class LinePageCoder(beam.coders.Coder):
+    """`LinePage`s between stages and workers: msgpack of the lines and the counts. Beam samples
+    the size of the pages it passes on by encoding them with its default coder, which pickled
+    the page's megabytes of lines to measure it; the estimate here is their length."""
+
+    def encode(self, page: LinePage) -> bytes:
+        return msgspec.msgpack.encode((page.data, page.counts))
+
+    def decode(self, data: bytes) -> LinePage:
+        lines, counts = msgspec.msgpack.decode(data)
+        return LinePage(lines, tuple(((index, doc_type), n) for (index, doc_type), n in counts))
+
+    def is_deterministic(self) -> bool:
+        return True
+
+    def estimate_size(self, page: LinePage) -> int:
+        return len(page.data) + 64 * len(page.counts)
+
+    def to_type_hint(self) -> Any:
+        return LinePage
+
+
+beam.coders.registry.register_coder(LinePage, LinePageCoder)
 
 
 @dataclass(frozen=True)
@@ -284,7 +310,7 @@ class WriteShards(beam.PTransform):
         super().__init__()
         self._staging, self._prefix = staging, prefix
 
-    def expand(self, hits: beam.PCollection[Hit]) -> beam.PCollection[ShardInfo]:
+    def expand(self, hits: beam.PCollection[Hit | LinePage]) -> beam.PCollection[ShardInfo]:
         return hits | "WriteShardFiles" >> beam.ParDo(_WriteShardFn(self._staging, self._prefix))
 
 
