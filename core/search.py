@@ -48,7 +48,7 @@ import re
 import time
 import urllib.parse
 from collections import Counter
-from collections.abc import Generator, Iterable, Iterator, Sequence
+from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from json.encoder import encode_basestring_ascii  # type: ignore[attr-defined]
@@ -325,11 +325,12 @@ class RawPage(list[RawHit]):
     every page, each worked out once, in C-level loops: the documents per (index, type)
     (`counts`, the read's counters and the lines' counts alike) and about how many bytes it
     holds (`nbytes`, what Beam samples of the elements it passes on). A page is never changed
-    once made, so `counts` is kept after its first call."""
+    once made (a step that leaves hits out makes a new one), so `counts` is kept after its
+    first call, and handed out read-only."""
 
     __slots__ = ("_counts",)
 
-    def counts(self) -> Counter[tuple[str, str | None]]:
+    def counts(self) -> Mapping[tuple[str, str | None], int]:
         """How many documents of each (index, type) the page holds."""
         try:
             return self._counts

@@ -759,3 +759,29 @@ def test_line_pages_travel_with_their_own_coder() -> None:
                     ((("cloudify_storage", "node"), 1), (("logstash-2015.12.01", "cloudify_log"), 1)))
     assert coder.decode(coder.encode(page)) == page
     assert coder.get_impl().estimate_size(page) == len(page.data) + 2 * 64
+
+
+def test_a_page_as_a_plain_list_gives_the_same_lines_and_counts() -> None:
+    """`ToSnapshotParts`' DoFn takes the read's `RawPage`s, whose counts it reuses, and plain
+    lists of hits alike: the same lines and counts, excluded documents counted out."""
+    import msgspec
+
+    from core.search import RawHit, RawPage
+    from transforms.read_manager import _SnapshotPartsFn
+    from transforms.shards import LinePage
+
+    hits = [
+        RawHit("cloudify_storage", "blueprint", "bp", msgspec.Raw(b'{"id": "bp"}')),
+        RawHit("logstash-2015.12.01", "cloudify_event", "e1", msgspec.Raw(b'{"a": 1}')),
+        RawHit("cloudify_storage", "provider_context", "CONTEXT", msgspec.Raw(b"{}")),
+    ]
+    fn = _SnapshotPartsFn(frozenset({"provider_context"}), frozenset(), keys=False)
+    for page in (RawPage(hits), list(hits), RawPage(hits[:2]), list(hits[:2])):
+        lines = [out for out in fn.process(page) if isinstance(out, LinePage)]
+        assert lines == [LinePage(
+            b'{"_index": "cloudify_storage", "_type": "blueprint", "_id": "bp", "_score": 0.0, '
+            b'"_source": {"id": "bp"}}\n'
+            b'{"_index": "logstash-2015.12.01", "_type": "cloudify_event", "_id": "e1", '
+            b'"_score": 0.0, "_source": {"a": 1}}\n',
+            ((("cloudify_storage", "blueprint"), 1), (("logstash-2015.12.01", "cloudify_event"), 1)),
+        )], type(page)

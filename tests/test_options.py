@@ -102,3 +102,27 @@ def test_a_view_is_made_once_and_shares_its_values_with_every_other() -> None:
     assert (copied.view_as(DirectOptions).direct_num_workers, options.view_as(DirectOptions).direct_num_workers) == (5, 3)
     assert options.get_all_options()["direct_num_workers"] == 3
     assert copied.get_all_options()["direct_num_workers"] == 5
+
+
+def test_the_views_are_neither_pickled_nor_copied() -> None:
+    """The cached views stay with their options object: pickling (what Beam's `__getstate__`
+    gives) leaves them out, so options viewed as a class defined anywhere still pickle, and
+    the copy makes views of its own with the same values."""
+    import pickle
+
+    from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions
+
+    from core.options import beam_options
+
+    class _LocalOptions(PipelineOptions):
+        @classmethod
+        def _add_argparse_args(cls, parser) -> None:  # noqa: ANN001
+            parser.add_argument("--local_flag", default="x")
+
+    options = beam_options(["--direct_num_workers=3", "--local_flag=y"])
+    assert options.view_as(_LocalOptions).local_flag == "y"
+    restored = pickle.loads(pickle.dumps(options))
+    assert "_views" not in restored.__dict__
+    assert restored.view_as(DirectOptions).direct_num_workers == 3
+    assert restored.get_all_options()["local_flag"] == "y"
+    assert "_views" in options.__dict__  # the original keeps its own

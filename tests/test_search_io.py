@@ -195,3 +195,18 @@ def test_a_raw_page_counts_once_estimates_from_lengths_and_codes_round_trip() ->
     ]
     assert coder.estimate_size(page) == page.nbytes
     assert coder.get_impl().estimate_size(page) == page.nbytes  # what Beam's counters sample
+
+
+def test_read_all_from_search_gives_pages_coded_as_raw_pages() -> None:
+    """The pages of `ReadAllFromSearch(pages=True)` are typed `RawPage`, so Beam codes and
+    sizes them with `RawPageCoder` (graph only: nothing is read)."""
+    import apache_beam as beam
+
+    from core.search import RawPage
+    from transforms.search_io import RawPageCoder, ReadAllFromSearch, ReadPart
+
+    p = beam.Pipeline()
+    pages = (p | beam.Create([ReadPart("cloudify_storage", None, None)], reshuffle=False)
+             | ReadAllFromSearch("http://127.0.0.1:1", pages=True))
+    assert pages.element_type is RawPage
+    assert isinstance(beam.coders.registry.get_coder(pages.element_type), RawPageCoder)

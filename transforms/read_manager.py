@@ -121,7 +121,9 @@ class _SnapshotPartsFn(beam.DoFn):
             beam.metrics.Metrics.counter(DROPPED_NAMESPACE, key).inc(n)
         if kept:
             # a page's own counts (the read counted with them) unless some of it was left out
-            counts = page.counts() if kept is page else RawPage(kept).counts()
+            # (or it came as a plain list of hits)
+            whole = kept is page and isinstance(page, RawPage)
+            counts = page.counts() if whole else RawPage(kept).counts()
             lines = sorted(((index, str(doc_type)), n) for (index, doc_type), n in counts.items())
             yield LinePage(es_data_page(kept), tuple(lines))
         if not storage:
