@@ -157,14 +157,20 @@ class Partition:
     indices: str | None = None
     """For a "shard" part of a pattern matching many indices: the few (comma-separated) indices
     this part reads, instead of all the read addresses (see `partitions`)."""
+    shards: int | None = field(default=None, compare=False)
+    """For a "shard" part planned by `partitions`: how many shards it reads (each of its indices
+    that has shard `id`), what its 1.x scan pages are divided by. A planning note, not part of
+    what is read (equality ignores it); None: `scan_pages` asks the server."""
 
     def __post_init__(self) -> None:
         if self.kind not in ("slice", "shard"):
             raise ValueError(f"Partition: kind must be 'slice' or 'shard', not {self.kind!r}")
         if not 0 <= self.id < self.of:
             raise ValueError(f"Partition: id {self.id} not in [0, {self.of})")
-        if self.indices is not None and self.kind != "shard":
-            raise ValueError("Partition: only a shard part names its indices")
+        if (self.indices is not None or self.shards is not None) and self.kind != "shard":
+            raise ValueError("Partition: only a shard part names its indices and shards")
+        if self.shards is not None and self.shards < 1:
+            raise ValueError(f"Partition: shards must be at least 1, not {self.shards}")
 
     def __str__(self) -> str:
         where = f" of {self.indices}" if self.indices else ""
@@ -829,15 +835,27 @@ class SearchClient:
             for copy in copies:
                 name = str(copy.get("index", ""))
                 shards[name] = max(shards.get(name, 0), int(copy.get("shard", 0)) + 1)
+        # each part also says how many shards it reads: its scroll then divides its page size
+        # without asking `_search_shards` again
         if len(shards) <= INDICES_PER_PART:
             most = max(shards.values(), default=0)
-            return [Partition("shard", i, most) for i in range(most)] if most > 1 else []
+            if most <= 1:
+                return []
+            return [
+                Partition("shard", i, most, shards=sum(1 for n in shards.values() if n > i))
+                for i in range(most)
+            ]
         names = sorted(shards)
         parts = []
         for start in range(0, len(names), INDICES_PER_PART):
             group = names[start : start + INDICES_PER_PART]
             most = max(shards[name] for name in group)
-            parts += [Partition("shard", i, most, ",".join(group)) for i in range(most)]
+            parts += [
+                Partition(
+                    "shard", i, most, ",".join(group), sum(1 for name in group if shards[name] > i)
+                )
+                for i in range(most)
+            ]
         return parts
 
     def scan(
@@ -909,7 +927,8 @@ class SearchClient:
             # page grow with the manager's age: 5 daily indices made a 5,000-hit page of a
             # 1,000 one, and a year of them 365,000. `partitions` keeps a part to at most
             # INDICES_PER_PART indices, so a shard is asked for at least page_size / 5.
-            body["size"] = max(1, body["size"] // self._shards_read(read, params))
+            planned = partition.shards if partition is not None else None
+            body["size"] = max(1, body["size"] // (planned or self._shards_read(read, params)))
         typed = self.layout is Layout.TYPED
         for page in self._scroll(self._target(read, doc_types), body, params, keep_alive):
             if typed:

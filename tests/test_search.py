@@ -262,7 +262,9 @@ def test_a_1x_scan_page_stays_near_page_size_over_many_indices(store: SearchClie
     assert search.bulk_all(hits, max_docs=200, refresh=True) == BulkResult(400, [])
     parts = search.partitions("logstash-*", None, 2)
     assert parts == [Partition("shard", i, 5) for i in range(5)]
-    for part in [*parts, None]:
+    assert [part.shards for part in parts] == [4] * 5  # planned: no _search_shards per scroll
+    unplanned = [Partition("shard", i, 5) for i in range(5)]  # the server is asked instead
+    for part in [*parts, *unplanned, None]:
         pages = list(search.scan_pages("logstash-*", partition=part, page_size=20))
         assert pages, f"{part}: no pages"
         # a part reads 4 shards (5 hits each), the whole read 20 (1 each): 20-hit pages
@@ -339,6 +341,7 @@ def test_a_1x_read_of_many_indices_is_split_into_groups_of_five(store: SearchCli
     assert parts == [Partition("shard", i, 2, first) for i in range(2)] + [
         Partition("shard", i, 2, rest) for i in range(2)
     ]
+    assert [part.shards for part in parts] == [5, 5, 2, 2]
     read: Counter[tuple[str, str, str]] = Counter()
     for part in parts:
         pages = list(search.scan_pages("logstash-*", partition=part, page_size=10))
@@ -705,3 +708,22 @@ def test_a_malformed_hit_error_does_not_show_its_source() -> None:
     with pytest.raises(ValueError) as err:
         client.bulk([hit])
     assert str(err.value) == "bulk: hit without _index (keys: ['_id', '_source', '_type'])"
+
+
+def test_each_planned_part_says_how_many_shards_it_reads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Indices of different shard counts: part N reads shard N of each index that has one, and
+    says so (`Partition.shards`), for its scroll to divide its page by; equality ignores it."""
+    from core.search import Dialect, ServerInfo
+
+    client = SearchClient("http://127.0.0.1:1")
+    es17 = Dialect.of(ServerInfo("elasticsearch", (1, 7, 6)))
+    monkeypatch.setattr(SearchClient, "dialect", property(lambda self: es17))
+    groups = [[{"index": "a", "shard": i}] for i in range(5)] + [[{"index": "b", "shard": i}] for i in range(2)]
+    monkeypatch.setattr(SearchClient, "_shard_groups", lambda self, index, params: groups)
+    parts = client.partitions("*", None, 2)
+    assert parts == [Partition("shard", i, 5) for i in range(5)]
+    assert [part.shards for part in parts] == [2, 2, 1, 1, 1]
+    with pytest.raises(ValueError, match="only a shard part"):
+        Partition("slice", 0, 2, shards=1)
+    with pytest.raises(ValueError, match="at least 1"):
+        Partition("shard", 0, 2, shards=0)
