@@ -23,6 +23,7 @@ from core.search import (
     Dialect,
     Layout,
     Partition,
+    RawPage,
     SearchClient,
     ServerInfo,
     _error_reason,
@@ -267,6 +268,7 @@ def test_a_1x_scan_page_stays_near_page_size_over_many_indices(store: SearchClie
     for part in [*parts, *unplanned, None]:
         pages = list(search.scan_pages("logstash-*", partition=part, page_size=20))
         assert pages, f"{part}: no pages"
+        assert all(type(page) is RawPage for page in pages)
         # a part reads 4 shards (5 hits each), the whole read 20 (1 each): 20-hit pages
         assert max(len(page) for page in pages) == 20, (part, [len(p) for p in pages])
     read = Counter(
@@ -713,8 +715,6 @@ def test_a_malformed_hit_error_does_not_show_its_source() -> None:
 def test_each_planned_part_says_how_many_shards_it_reads(monkeypatch: pytest.MonkeyPatch) -> None:
     """Indices of different shard counts: part N reads shard N of each index that has one, and
     says so (`Partition.shards`), for its scroll to divide its page by; equality ignores it."""
-    from core.search import Dialect, ServerInfo
-
     client = SearchClient("http://127.0.0.1:1")
     es17 = Dialect.of(ServerInfo("elasticsearch", (1, 7, 6)))
     monkeypatch.setattr(SearchClient, "dialect", property(lambda self: es17))
