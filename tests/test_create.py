@@ -785,3 +785,25 @@ def test_a_page_as_a_plain_list_gives_the_same_lines_and_counts() -> None:
             b'"_score": 0.0, "_source": {"a": 1}}\n',
             ((("cloudify_storage", "blueprint"), 1), (("logstash-2015.12.01", "cloudify_event"), 1)),
         )], type(page)
+
+
+def test_to_snapshot_parts_takes_plain_lists_of_hits_in_a_pipeline() -> None:
+    """A pipeline of its own may hand `ToSnapshotParts` plain lists of hits (not the read's
+    `RawPage`s): the graph takes them and the lines come out the same."""
+    import apache_beam as beam
+    import msgspec
+    from apache_beam.testing.test_pipeline import TestPipeline
+    from apache_beam.testing.util import assert_that, equal_to
+
+    from core.search import RawHit
+    from transforms.read_manager import ToSnapshotParts
+    from transforms.shards import LinePage
+
+    page = [RawHit("logstash-2015.12.01", "cloudify_log", "l1", msgspec.Raw(b'{"m": 1}'))]
+    with TestPipeline(runner="FnApiRunner") as p:
+        parts = p | beam.Create([page], reshuffle=False).with_output_types(list[RawHit]) | ToSnapshotParts([])
+        assert_that(parts.lines, equal_to([LinePage(
+            b'{"_index": "logstash-2015.12.01", "_type": "cloudify_log", "_id": "l1", '
+            b'"_score": 0.0, "_source": {"m": 1}}\n',
+            ((("logstash-2015.12.01", "cloudify_log"), 1),),
+        )]))

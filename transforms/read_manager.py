@@ -103,7 +103,7 @@ class _SnapshotPartsFn(beam.DoFn):
     def __init__(self, types: frozenset[str], storage_ids: frozenset[str], keys: bool) -> None:
         self._types, self._ids, self._keys = types, storage_ids, keys
 
-    def process(self, page: RawPage) -> Iterator[Any]:
+    def process(self, page: RawPage | list[RawHit]) -> Iterator[Any]:
         types, ids = self._types, self._ids
         kept: list[RawHit] = page
         dropped: list[RawHit] = []
@@ -122,8 +122,10 @@ class _SnapshotPartsFn(beam.DoFn):
         if kept:
             # a page's own counts (the read counted with them) unless some of it was left out
             # (or it came as a plain list of hits)
-            whole = kept is page and isinstance(page, RawPage)
-            counts = page.counts() if whole else RawPage(kept).counts()
+            if isinstance(page, RawPage) and kept is page:
+                counts = page.counts()
+            else:
+                counts = RawPage(kept).counts()
             lines = sorted(((index, str(doc_type)), n) for (index, doc_type), n in counts.items())
             yield LinePage(es_data_page(kept), tuple(lines))
         if not storage:
@@ -155,7 +157,7 @@ class ToSnapshotParts(beam.PTransform):
         super().__init__()
         self._types, self._ids, self._keys = frozenset(types), frozenset(storage_ids), keys
 
-    def expand(self, pages: beam.PCollection[RawPage]) -> SnapshotParts:
+    def expand(self, pages: beam.PCollection[RawPage | list[RawHit]]) -> SnapshotParts:
         parts = pages | "PageToParts" >> beam.ParDo(
             _SnapshotPartsFn(self._types, self._ids, self._keys)
         ).with_output_types(LinePage).with_outputs("facts", "keys", main="lines")
