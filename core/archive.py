@@ -661,15 +661,15 @@ def line_too_long(member: str, lineno: int, max_line: int = MAX_LINE_BYTES) -> C
 
 
 def buffered_lines(
-    raw: IO[bytes], name: str = ES_DATA, max_line: int | None = None
+    raw: IO[bytes], name: str = ES_DATA, max_line: int | None = None, first: int = 1
 ) -> Iterator[bytes]:
     """The lines of a binary stream, newline included, read in 1 MiB blocks (zip members' own
     readline is slow). A line longer than `max_line` (default MAX_LINE_BYTES) raises
     CorruptArchive(name, lineno) after reading at most that much of it: memory stays bounded
-    whatever the member holds."""
+    whatever the member holds. `first`: the number of the stream's first line."""
     max_line = max_line or MAX_LINE_BYTES
     reader = io.BufferedReader(raw, COPY_CHUNK)  # type: ignore[arg-type,type-var]
-    readline, lineno = reader.readline, 0
+    readline, lineno = reader.readline, first - 1
     while line := readline(max_line + 1):
         lineno += 1
         if len(line) > max_line:

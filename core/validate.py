@@ -22,14 +22,15 @@ import json
 import tempfile
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from core.archive import (
     AGENTS,
+    COPY_CHUNK,
     CREDENTIALS_PREFIX,
     ES_DATA,
     MANIFEST,
@@ -44,6 +45,7 @@ from core.archive import (
 )
 from core.digests import repeated
 from core.errors import CorruptArchive, DamagedMember, UnsupportedVersion
+from core.forked import Forked, fork_is_safe
 from core.model import parse_version
 from core.text import plural
 
@@ -54,6 +56,7 @@ __all__ = [
     "limit_problems",
     "refuse",
     "MAX_PROBLEMS",
+    "SplitSink",
 ]
 
 MAX_PROBLEMS = 1000
@@ -134,12 +137,18 @@ class _DuplicateFinder:
             self._files[i].write(np.array(self._pending[i], dtype=np.int64).tobytes())
             self._pending[i] = []
 
-    def repeated(self) -> set[int]:
-        found: set[int] = set()
+    def close(self) -> None:
         for i, f in enumerate(self._files):
             self._flush(i)
             f.close()
-            found.update(int(d) for d in repeated(np.fromfile(f.name, dtype=np.int64)))
+
+    @staticmethod
+    def repeated_in(folders: Sequence[Path]) -> set[int]:
+        """The digests seen more than once by the (closed) finders of `folders` together."""
+        found: set[int] = set()
+        for i in range(_BUCKETS):
+            digests = np.concatenate([np.fromfile(f / f"b{i}", dtype=np.int64) for f in folders])
+            found.update(int(d) for d in repeated(digests))
         return found
 
 
@@ -149,14 +158,19 @@ def validate_archive(
     on_line: Callable[[int], None] | None = None,
     on_hit: Callable[[int, EsDataLine], None] | None = None,
     limits: ArchiveLimits | None = None,
+    split: bool = False,
 ) -> list[Problem]:
     """Every problem found in the archive at `path` (empty list: valid). Never raises for bad input.
 
     `on_line(n)` is called every 10,000 es_data lines (progress). `on_hit(lineno, line)` is called
     with every es_data line that parses (an `EsDataLine`: keys, and the source as bytes), so a caller can gather its own facts in the same pass
     (meaningful only when the result is empty). `limits`: `ArchiveLimits()` by default.
+
+    `split`: a large es_data may be checked in two parts side by side, the second in a forked
+    child (`_split_point`: only without `on_line`, and where `on_hit`, if any, is a `SplitSink`);
+    the result is the same.
     """
-    return list(_problems(Path(path), on_line, on_hit, limits or ArchiveLimits()))
+    return list(_problems(Path(path), on_line, on_hit, limits or ArchiveLimits(), split))
 
 
 def _problems(
@@ -164,6 +178,7 @@ def _problems(
     on_line: Callable[[int], None] | None,
     on_hit: Callable[[int, EsDataLine], None] | None,
     limits: ArchiveLimits,
+    split: bool = False,
 ) -> Iterator[Problem]:
     try:
         snap = SnapshotReader(path)  # limits are reported as problems below
@@ -172,7 +187,7 @@ def _problems(
         return
     with snap:
         count = 0
-        for problem in _check_archive(snap, on_line, on_hit, limits):
+        for problem in _check_archive(snap, on_line, on_hit, limits, split):
             count += 1
             if count > MAX_PROBLEMS:
                 yield Problem(str(path), None, f"more than {MAX_PROBLEMS} problems; stopped listing")
@@ -185,6 +200,7 @@ def _check_archive(
     on_line: Callable[[int], None] | None,
     on_hit: Callable[[int, EsDataLine], None] | None = None,
     limits: ArchiveLimits = ArchiveLimits(),  # noqa: B008 - frozen, shared safely
+    split: bool = False,
 ) -> Iterator[Problem]:
     infos = snap.infos()
     seen_names: set[str] = set()
@@ -227,7 +243,7 @@ def _check_archive(
     if not snap.has(ES_DATA):
         yield Problem(ES_DATA, None, "es_data is missing")
     else:
-        yield from _check_es_data(snap, digests, on_line, on_hit)
+        yield from _check_es_data(snap, digests, on_line, on_hit, split)
 
     if manifest is not None:
         yield from _check_manifest(manifest, digests, infos)
@@ -301,38 +317,232 @@ def _check_es_data(
     digests: dict[str, tuple[int, str]],
     on_line: Callable[[int], None] | None,
     on_hit: Callable[[int, EsDataLine], None] | None = None,
+    split: bool = False,
 ) -> Iterator[Problem]:
-    lines = 0
+    """Every line of es_data checked (and handed to `on_hit`), its size and sha256 into
+    `digests` when it reads to the end; then the keys found twice, named. With `split`, a large
+    es_data is checked in two parts side by side (see `_split_point`)."""
+    at = _split_point(snap, on_line, on_hit) if split else None
+    duplicated: set[int] = set()
     with tempfile.TemporaryDirectory(prefix="cfysnap-validate-") as tmp:
-        finder = _DuplicateFinder(Path(tmp))
+        later: Forked[_Part] | None = None
+        if at is not None:
+            sink = on_hit.later() if isinstance(on_hit, SplitSink) else None
+            path, start = snap.path, at
+
+            def second_part(into: Path) -> _Part:
+                return _later_part(path, start, sink, into)
+
+            later = Forked(second_part, Path(tmp) / "later")
         try:
-            with snap.open(ES_DATA) as member:
-                raw = _HashingReader(member)
-                for lineno, line in enumerate(buffered_lines(raw), 1):  # type: ignore[arg-type]
-                    lines = lineno
-                    if on_line and lineno % 10_000 == 0:
-                        on_line(lineno)
-                    if not line.strip():
-                        continue
-                    try:
-                        parsed = parse_line(line, lineno)
-                    except CorruptArchive as exc:
-                        yield Problem(ES_DATA, lineno, exc.reason)
-                        continue
-                    finder.add(_key_hash((parsed.index, parsed.type, parsed.id)))
-                    if on_hit is not None:
-                        on_hit(lineno, parsed)
-        except DamagedMember as exc:
-            reason = f"cannot be read to the end ({exc.cause})"
-            yield Problem(ES_DATA, lines + 1 if lines else None, reason)
-            return
-        except CorruptArchive as exc:  # a line over the size cap
-            yield Problem(exc.member, exc.line, exc.reason)
-            return
-        digests[ES_DATA] = (raw.size, raw.sha.hexdigest())
-        duplicated = finder.repeated()
+            first = _Part(folder=Path(tmp))
+            finder = _DuplicateFinder(first.folder)
+            yield from _first_part(snap, at, finder, on_line, on_hit, first)
+            finder.close()
+            if first.stopped:
+                return
+            parts = [first]
+            if later is not None:
+                part = later.result(lambda: second_part(Path(tmp) / "here"))
+                yield from part.problems
+                if part.stopped:
+                    return
+                if isinstance(on_hit, SplitSink) and part.sink is not None:
+                    on_hit.absorb(part.sink)
+                parts.append(part)
+            assert parts[-1].digest is not None
+            digests[ES_DATA] = parts[-1].digest
+            duplicated = _DuplicateFinder.repeated_in([p.folder for p in parts])
+        finally:
+            if later is not None:
+                later.stop()
     if duplicated:
         yield from _name_duplicates(snap, duplicated)
+
+
+# ------------------------------------------------------------------- es_data in two parts
+SPLIT_BYTES = 16 * _MiB
+"""es_data (inflated, as the zip's directory says) from this size on is checked in two parts
+side by side, when the caller asks for it (`validate_archive(split=True)`, a restore's check)."""
+
+
+@runtime_checkable
+class SplitSink(Protocol):
+    """An `on_hit` that a two-part check can split: `later()` is an empty sink for the lines of
+    the second part (fed in a forked child, then pickled back); `absorb(later)` adds what that
+    one gathered, as if this sink had been handed every line, in order."""
+
+    def __call__(self, lineno: int, line: EsDataLine) -> None: ...
+
+    def later(self) -> SplitSink: ...
+
+    def absorb(self, later: SplitSink) -> None: ...
+
+
+@dataclass
+class _Part:
+    """What one part of the es_data pass found."""
+
+    folder: Path
+    """Where its duplicate finder's bucket files are."""
+    problems: list[Problem] = field(default_factory=list)
+    lines: int = 0
+    """The last line it read."""
+    stopped: bool = False
+    """It could not go on (a damaged member, an over-long line): nothing after counts."""
+    digest: tuple[int, str] | None = None
+    """es_data's (size, sha256): only the part that reads to the end has it."""
+    sink: SplitSink | None = None
+
+
+def _split_point(
+    snap: SnapshotReader,
+    on_line: Callable[[int], None] | None,
+    on_hit: Callable[[int, EsDataLine], None] | None,
+) -> int | None:
+    """The byte of the inflated es_data at which its second part begins: the lines starting
+    before it are this process's, the rest a forked child's (its own inflate of the member
+    skips to the first line starting at or after it, counting lines as it goes, and reads on to
+    the end: the sha256 and the zip's CRC). None (one pass) for es_data under SPLIT_BYTES, a
+    caller that follows progress line by line or gathers facts it cannot split, or where no
+    child can be forked (`core.forked.fork_is_safe`): a pass in two parts in one process only
+    costs more. The parts together give what one pass gives: the same problems, in line order,
+    and a pass that cannot go on stops where one pass would (a damaged stream is reported at
+    about the line where it fails to inflate in either)."""
+    if on_line is not None or (on_hit is not None and not isinstance(on_hit, SplitSink)):
+        return None
+    size = next(i.file_size for i in snap.infos() if i.filename == ES_DATA)
+    if size < SPLIT_BYTES or not fork_is_safe():
+        return None
+    return size // 2
+
+
+def _first_part(
+    snap: SnapshotReader,
+    at: int | None,
+    finder: _DuplicateFinder,
+    on_line: Callable[[int], None] | None,
+    on_hit: Callable[[int, EsDataLine], None] | None,
+    out: _Part,
+) -> Iterator[Problem]:
+    """The lines that start before byte `at` (all of them when None), read from the start."""
+    offset = 0  # where the next line starts
+
+    def numbered(raw: IO[bytes]) -> Iterator[tuple[int, bytes]]:
+        nonlocal offset
+        for lineno, line in enumerate(buffered_lines(raw), 1):
+            if at is not None and offset >= at:
+                return
+            offset += len(line)
+            out.lines = lineno
+            yield lineno, line
+
+    try:
+        with snap.open(ES_DATA) as member:
+            raw = _HashingReader(member)
+            yield from _checked(numbered(raw), finder, on_line, on_hit)  # type: ignore[arg-type]
+    except CorruptArchive as exc:  # DamagedMember, or a line over the size cap
+        if at is None or offset < at:  # else past this part: the second one reports it
+            out.stopped = True
+            yield _read_problem(exc, out.lines)
+        return
+    if at is None:
+        out.digest = (raw.size, raw.sha.hexdigest())
+
+
+def _later_part(path: Path, at: int, sink: SplitSink | None, folder: Path) -> _Part:
+    """The lines that start at byte `at` or later (`_split_point`), in their own pass over
+    the archive; the duplicate finder's buckets and the outcome in `folder`."""
+    folder.mkdir(mode=0o700, exist_ok=True)
+    out = _Part(folder=folder, sink=sink)
+    finder = _DuplicateFinder(folder)
+
+    def numbered(lines: Iterator[bytes], first: int) -> Iterator[tuple[int, bytes]]:
+        for lineno, line in enumerate(lines, first):
+            out.lines = lineno
+            yield lineno, line
+
+    try:
+        with SnapshotReader(path) as snap, snap.open(ES_DATA) as member:
+            raw = _HashingReader(member)
+            out.lines, rest = _skip_lines_before(raw, at)
+            stream = _Prepended(rest, raw)
+            first = out.lines + 1
+            lines = numbered(buffered_lines(stream, first=first), first)  # type: ignore[arg-type]
+            for problem in _checked(lines, finder, None, sink):
+                out.problems.append(problem)
+                if len(out.problems) > MAX_PROBLEMS:  # the caller stops listing there
+                    out.stopped = True
+                    break
+            else:
+                out.digest = (raw.size, raw.sha.hexdigest())
+    except CorruptArchive as exc:
+        out.stopped = True
+        out.problems.append(_read_problem(exc, out.lines))
+    finder.close()
+    return out
+
+
+def _skip_lines_before(raw: io.RawIOBase, at: int) -> tuple[int, bytes]:
+    """Read `raw` up to the first line that starts at byte `at` or later: the number of lines
+    before it, and what was read past its start."""
+    newlines, pos = 0, 0
+    while block := raw.read(COPY_CHUNK):
+        end = pos + len(block)
+        if end >= at:
+            i = block.find(b"\n", max(at - 1 - pos, 0))
+            if i >= 0:
+                return newlines + block.count(b"\n", 0, i + 1), block[i + 1 :]
+        newlines += block.count(b"\n")
+        pos = end
+    return newlines, b""
+
+
+class _Prepended(io.RawIOBase):
+    """`head`, then the rest of `raw`."""
+
+    def __init__(self, head: bytes, raw: io.RawIOBase) -> None:
+        self._head, self._raw = memoryview(head), raw
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if self._head:
+            n = min(len(buffer), len(self._head))
+            buffer[:n] = self._head[:n]
+            self._head = self._head[n:]
+            return n
+        return self._raw.readinto(buffer)  # type: ignore[no-any-return]
+
+
+def _checked(
+    lines: Iterator[tuple[int, bytes]],
+    finder: _DuplicateFinder,
+    on_line: Callable[[int], None] | None,
+    on_hit: Callable[[int, EsDataLine], None] | None,
+) -> Iterator[Problem]:
+    """Each line parsed (a problem for one that does not), its key's digest to `finder`."""
+    for lineno, line in lines:
+        if on_line and lineno % 10_000 == 0:
+            on_line(lineno)
+        if not line.strip():
+            continue
+        try:
+            parsed = parse_line(line, lineno)
+        except CorruptArchive as exc:
+            yield Problem(ES_DATA, lineno, exc.reason)
+            continue
+        finder.add(_key_hash((parsed.index, parsed.type, parsed.id)))
+        if on_hit is not None:
+            on_hit(lineno, parsed)
+
+
+def _read_problem(exc: CorruptArchive, lines: int) -> Problem:
+    """The problem of a pass that cannot go on after line `lines`."""
+    if isinstance(exc, DamagedMember):
+        return Problem(ES_DATA, lines + 1 if lines else None, f"cannot be read to the end ({exc.cause})")
+    return Problem(exc.member, exc.line, exc.reason)  # a line over the size cap
 
 
 def _name_duplicates(snap: SnapshotReader, duplicated: set[int]) -> Iterator[Problem]:

@@ -25,15 +25,10 @@ Beam's `FileSystems`: the archive, `staging` and the journal must be paths every
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import pickle
 import shutil
-import signal
-import sys
 import tempfile
-import threading
 import time
 import uuid
 from collections import Counter
@@ -48,6 +43,7 @@ from core.archive import CREDENTIALS_PREFIX, SnapshotReader, safe_target_path
 from core.crypto import ArchiveKey
 from core.digests import file_sha256
 from core.errors import CfysnapError, JobFailed, RestoreRefused, job_error
+from core.forked import Forked
 from core.fs import FileSystems
 from core.journal import Journal, JournalState
 from core.manager import collect_evidence
@@ -56,7 +52,13 @@ from core.progress import Progress
 from core.search import Layout, SearchClient, SearchTarget
 from core.text import plural
 from core.validate import ArchiveLimits, limit_problems, refuse, validate_archive
-from transforms.restore_plan import ArchivePlan, Batching, RestoreContext, restore_context
+from transforms.restore_plan import (
+    ArchivePlan,
+    Batching,
+    PlanPass,
+    RestoreContext,
+    restore_context,
+)
 from transforms.versions import plan
 
 __all__ = [
@@ -190,8 +192,8 @@ def check_archive(
 ) -> tuple[RestoreContext, ArchivePlan]:
     """The members' sizes first (from the zip's directory: a zip bomb is refused before anything
     is inflated), the small members next (version gate, agents, key paths), then ONE pass over
-    es_data that validates it and gathers the plan; a corrupt archive is reported before a
-    newer one. agents.json's index is made in the local folder `workdir`."""
+    es_data (in two parts side by side when it is large) that validates it and gathers the
+    plan; a corrupt archive is reported before a newer one. agents.json's index is made in the local folder `workdir`."""
     limits = limits or ArchiveLimits()
     with SnapshotReader(archive) as reader:
         refuse(limit_problems(reader, limits), archive)
@@ -206,7 +208,7 @@ def check_archive(
     archive_plan = ArchivePlan()
     agents = ctx.agents if ctx is not None else {}
     problems = validate_archive(
-        archive, on_hit=lambda lineno, hit: archive_plan.add(lineno, hit, agents), limits=limits
+        archive, on_hit=PlanPass(archive_plan, agents), limits=limits, split=True
     )
     refuse(problems, archive)
     if refused is not None:
@@ -222,94 +224,30 @@ def _import_runner() -> None:
 
 
 class _CheckAlongside:
-    """`check(folder)` (`check_archive`) in a forked child while the parent goes on importing
-    Beam: the check takes one core for ~0.65 s per 100k documents, Beam's import ~0.3 s of the
-    other, and nothing is written before both are done.
-
-    Forked only where that is safe: a POSIX system, no Python thread but this one, and no Beam
-    loaded (nor so its gRPC threads, which `threading` does not see); otherwise the check simply
-    runs here, first. (numpy's BLAS pool may hold native threads; it re-initialises itself in a
-    forked child, as every `multiprocessing` fork pool relies on, and the check uses no BLAS.)
-    SIGINT is blocked while forking, and stays blocked in the child, which the parent kills if
-    it is interrupted (`stop`). The child writes its outcome to a file and leaves with
-    `os._exit`, so nothing of the parent's (buffers, temporary folders, atexit) is flushed or
-    removed twice: the result (the context, its agent index in a folder of its own, and the
-    plan), or the refusal (a `CfysnapError`, picklable), which the parent raises. For anything
-    else (the child died, the fork failed) the parent runs the check itself.
-    """
+    """`check(folder)` (`check_archive`) in a forked child (`core.forked.Forked`, in the folder
+    `workdir/check`) while the parent goes on importing Beam: the check takes one core for
+    ~1.2 s per 100k documents (its es_data pass split over two processes, `core.validate`),
+    Beam's import ~0.6 s of the other, and nothing is written before both are done. The child's
+    refusal (a `CfysnapError`) is raised by the parent; where no child could be forked, or it
+    delivered nothing, the check simply runs here (in `workdir`)."""
 
     def __init__(
         self, check: Callable[[Path], tuple[RestoreContext, ArchivePlan]], workdir: Path
     ) -> None:
         self._check, self._workdir = check, workdir
-        self._pid: int | None = None
-        self._result = workdir / "check" / "result.pickle"
-        if hasattr(os, "fork") and threading.active_count() == 1 and "apache_beam" not in sys.modules:
-            self._fork()
+        self._job = Forked(check, workdir / "check")
 
-    def _fork(self) -> None:
-        try:
-            self._result.parent.mkdir(mode=0o700)
-            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-        except OSError:
-            return  # the check runs here instead
-        try:
-            self._pid = os.fork()
-        except OSError:
-            self._pid = None
-        if self._pid == 0:  # pragma: no cover - the forked child
-            try:
-                self._child()
-            finally:
-                os._exit(1)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
-
-    def _child(self) -> None:  # pragma: no cover - runs in the forked child
-        code = 1
-        try:
-            try:
-                outcome: tuple[str, Any] = ("result", self._check(self._result.parent))
-            except CfysnapError as exc:
-                outcome = ("refused", exc)
-            temp = self._result.with_suffix(".partial")
-            with open(temp, "wb") as out:
-                pickle.dump(outcome, out)
-            os.rename(temp, self._result)
-            code = 0
-        except BaseException:  # noqa: BLE001, S110 - the parent then checks itself
-            pass
-        finally:
-            os._exit(code)
+    @property
+    def forked(self) -> bool:
+        return self._job.forked
 
     def result(self) -> tuple[RestoreContext, ArchivePlan]:
         """The check's result, or its refusal raised."""
-        outcome: tuple[str, Any] | None = None
-        if self._pid is not None:
-            try:
-                _, status = os.waitpid(self._pid, 0)
-                delivered = os.waitstatus_to_exitcode(status) == 0
-            except ChildProcessError:  # reaped elsewhere (SIGCHLD ignored): the file says
-                delivered = True
-            self._pid = None
-            if delivered:
-                with contextlib.suppress(OSError, pickle.UnpicklingError, EOFError):
-                    with open(self._result, "rb") as f:
-                        outcome = pickle.load(f)  # noqa: S301 - written by our own child, just now
-        if outcome is None:
-            return self._check(self._workdir)
-        kind, value = outcome
-        if kind == "refused":
-            raise value
-        return value  # type: ignore[no-any-return]
+        return self._job.result(lambda: self._check(self._workdir))
 
     def stop(self) -> None:
         """Kill and reap a child still running (the parent was interrupted)."""
-        if self._pid is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self._pid, signal.SIGKILL)
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(self._pid, 0)
-            self._pid = None
+        self._job.stop()
 
 
 def trusted_batches(journal: Journal, state: JournalState, client: SearchClient) -> JournalState:

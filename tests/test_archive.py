@@ -342,3 +342,112 @@ def test_es_data_page_is_each_hits_line_and_reserialises_sources_spanning_lines(
            "_source": {"id": "n2", "y": "a\nb"}}
     assert mixed.splitlines()[1] == dump_hit(hit).encode()
     assert es_data_page([]) == b""
+
+
+# ------------------------------------------------------------ validate: es_data in two parts
+_SPLIT = r"""
+import json, sys, tempfile
+from pathlib import Path
+sys.path.insert(0, sys.argv[2])
+import core.archive, core.validate as V
+from core.forked import Forked
+from core.model import Version
+from pipelines.restore import check_archive
+CAP = core.archive.MAX_LINE_BYTES
+forks = []
+_fork = Forked._fork
+def counted(self):
+    _fork(self); forks.append(self.forked)
+Forked._fork = counted
+def both(path):
+    core.archive.MAX_LINE_BYTES = 300  # a line over the cap, without writing 64 MiB
+    V.SPLIT_BYTES = 10**12
+    one = [str(p) for p in V.validate_archive(path)]
+    V.SPLIT_BYTES = 1  # every es_data: two parts, split at half its bytes
+    before = len(forks)
+    two = [str(p) for p in V.validate_archive(path, split=True)]
+    return {"one": one, "two": two, "forked": forks[before:]}
+def plans(path):
+    core.archive.MAX_LINE_BYTES, out = CAP, []
+    for size in (10**12, 1):
+        V.SPLIT_BYTES = size
+        with tempfile.TemporaryDirectory() as d:
+            ctx, plan = check_archive(Path(path), Version.V3_4, Path(d) / "c", None, Path(d))
+            out.append([sorted([*k, n] for k, n in plan.expected.items()), plan.blueprint_ids,
+                        plan.deployment_ids, plan.agents_matched])
+    return {"one": out[0], "two": out[1]}
+cases = json.loads(sys.argv[1])
+print(json.dumps({name: (plans(path) if name == "plan" else both(path)) for name, path in cases.items()}))
+"""
+
+
+def _lines(n: int, **replace: str) -> list[str]:
+    lines = [dump_hit({**HIT, "_id": f"bp{i}", "_source": {"id": f"bp{i}", "n": "x" * 20}})
+             for i in range(1, n + 1)]
+    for lineno, text in replace.items():
+        lines[int(lineno[1:]) - 1] = text
+    return lines
+
+
+def test_a_check_in_two_parts_finds_what_one_pass_finds(tmp_path: Path) -> None:
+    """`validate_archive(split=True)`: the second half of es_data checked in a forked child.
+    For each kind of problem, in either half, across the halves (a duplicate, the manifest's
+    sha256), the same problems in the same order as one pass; a pass that cannot go on (a line
+    over the cap, a stream failing its CRC) stops where one pass stops; and a restore's plan
+    gathered in two parts is the plan of one pass."""
+    def archive(name: str, lines: list[str], **members: bytes | str) -> str:
+        return str(raw_zip(tmp_path / f"{name}.zip",
+                           good_members(es_data="\n".join(lines) + "\n", **members)))
+
+    cases = {
+        "valid": archive("valid", _lines(40)),
+        "bad lines": archive("bad", _lines(40, l3="{not json", l36='{"_index": "x"}')),
+        "duplicate across": archive("dup", _lines(40, l38=_lines(2)[1])),
+        "long line late": archive("long", _lines(40, l30="[" + " " * 400 + "]", l35="{bad")),
+        "long line early": archive("early", _lines(40, l5="[" + " " * 400 + "]", l35="{bad")),
+    }
+    # the manifest's sha256 of es_data, which only the second part reads to the end
+    with SnapshotWriter(tmp_path / "signed.zip") as w:
+        w.write_json("metadata.json", META_33)
+        w.write_hits([json.loads(line) for line in _lines(40)])
+        w.write_json("agents.json", {})
+    tampered = tmp_path / "tampered.zip"
+    with zipfile.ZipFile(tmp_path / "signed.zip") as src, zipfile.ZipFile(tampered, "w") as dst:
+        for info in src.infolist():
+            data = src.read(info)
+            dst.writestr(info.filename, data.replace(b'"bp40"', b'"bq40"') if info.filename == "es_data" else data)
+    cases["signed"], cases["tampered"] = str(tmp_path / "signed.zip"), str(tampered)
+    # a bit flipped in a stored es_data: every line parses, the CRC fails at the end
+    crc = tmp_path / "crc.zip"
+    with zipfile.ZipFile(crc, "w", zipfile.ZIP_STORED) as z:
+        z.writestr("metadata.json", json.dumps(META_33))
+        z.writestr("es_data", "\n".join(_lines(40)) + "\n")
+    data = crc.read_bytes()
+    at = data.index(b'"bp20"')
+    crc.write_bytes(data[:at] + b'"bq20"' + data[at + 6:])
+    cases["crc"] = str(crc)
+    cases["plan"] = str(write_sample(tmp_path / "plan.zip", Version.V3_2))
+    run = subprocess.run([sys.executable, "-c", _SPLIT, json.dumps(cases), str(ROOT)],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    out = json.loads(run.stdout.strip().splitlines()[-1])
+    for name, got in out.items():
+        assert got["one"] == got["two"], name
+    assert all(out[name]["forked"] == [True] for name in cases if name != "plan")
+    assert out["valid"]["two"] == [] and out["signed"]["two"] == []
+    assert out["bad lines"]["two"] == ["es_data:3: not valid JSON (Expecting property name enclosed in double quotes)",
+                                       "es_data:36: missing or non-string _type"]
+    assert out["duplicate across"]["two"] == [
+        "es_data:38: duplicate document cloudify_storage/blueprint/bp2 (first at line 2)"]
+    assert out["long line late"]["two"] == ["es_data:30: line longer than 0 MiB"]
+    assert out["long line early"]["two"] == ["es_data:5: line longer than 0 MiB"]
+    assert out["tampered"]["two"] == ["es_data: sha256 does not match manifest.json"]
+    # (the whole member inflates in one read here: no line is known to have been read)
+    assert out["crc"]["two"] == ["es_data: cannot be read to the end (Bad CRC-32 for file 'es_data')"]
+    expected, blueprints, deployments, matched = out["plan"]["two"]
+    assert matched > 0 and blueprints and deployments and sum(n for *_, n in expected) > 100
+
+
+def write_sample(path: Path, version: Version) -> Path:
+    write_sample_archive(ManagerSpec(version=version, events=30, logs=30), path)
+    return path

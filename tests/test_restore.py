@@ -643,7 +643,7 @@ def check(folder):
         raise CorruptArchive("es_data", 7, "not valid JSON", "/a.zip")
     return {"context": folder.name}, SimpleNamespace(problem=None, expected={"a": 1})
 checking = _CheckAlongside(check, work)
-forked = checking._pid is not None
+forked = checking.forked
 import apache_beam  # what the parent does meanwhile
 try:
     ctx, plan = checking.result()
@@ -753,7 +753,7 @@ def facts(ctx, plan):
 with tempfile.TemporaryDirectory() as a, tempfile.TemporaryDirectory() as b:
     checking = _CheckAlongside(
         lambda folder: check_archive(archive, Version.V3_4, creds, None, folder), Path(a))
-    forked = checking._pid is not None
+    forked = checking.forked
     through_child = facts(*checking.result())
     here = facts(*check_archive(archive, Version.V3_4, creds, None, Path(b)))
 print(json.dumps({"forked": forked, "child": through_child, "here": here}))

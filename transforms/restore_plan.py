@@ -25,7 +25,7 @@ from transforms.agent_index import AgentIndex
 from transforms.restore_docs import Agent, AgentWarning, key_target, restore_hit, restored_line_key
 from transforms.versions import DowngradeRefused, plan, upgrade_agents, upgrade_hit
 
-__all__ = ["Batching", "ArchivePlan", "RestoreContext", "restore_context"]
+__all__ = ["Batching", "ArchivePlan", "PlanPass", "RestoreContext", "restore_context"]
 
 
 @dataclass(frozen=True)
@@ -68,14 +68,44 @@ class ArchivePlan:
                 self.blueprint_ids.append(doc_id)
             elif doc_type == "deployment":
                 self.deployment_ids.append(doc_id)
-            elif doc_type == "node_instance" and doc_id in agents:
-                entry_dep, agent = agents[doc_id]
-                if agent and line.hit()["_source"].get("deployment_id") == entry_dep:
-                    self.agents_matched += 1
+            elif doc_type == "node_instance":
+                found = agents.get(doc_id)  # one lookup: the index is an SQLite file
+                if found is not None and found[1]:
+                    if line.hit()["_source"].get("deployment_id") == found[0]:
+                        self.agents_matched += 1
+
+    def merge(self, later: ArchivePlan) -> None:
+        """Add what `later` found in the es_data lines after this plan's."""
+        self.expected.update(later.expected)
+        self.blueprint_ids += later.blueprint_ids
+        self.deployment_ids += later.deployment_ids
+        self.agents_matched += later.agents_matched
+        self.problem = self.problem or later.problem
 
     def raise_problem(self) -> None:
         if self.problem is not None:
             raise self.problem
+
+
+@dataclass
+class PlanPass:
+    """`ArchivePlan.add` as the `on_hit` of the archive's check (`core.validate`), one that
+    can be split (`SplitSink`): the check may hand the second half of es_data to a forked child,
+    whose plan comes back pickled and is merged in line order."""
+
+    plan: ArchivePlan
+    agents: Mapping[str, tuple[str, Agent]]
+
+    def __call__(self, lineno: int, line: EsDataLine) -> None:
+        self.plan.add(lineno, line, self.agents)
+
+    def later(self) -> PlanPass:
+        # a handle of its own for the child: an open SQLite connection must not cross a fork
+        agents = AgentIndex(self.agents.path) if isinstance(self.agents, AgentIndex) else self.agents
+        return PlanPass(ArchivePlan(), agents)
+
+    def absorb(self, later: PlanPass) -> None:
+        self.plan.merge(later.plan)
 
 
 @dataclass(frozen=True)
