@@ -255,8 +255,8 @@ def restore_hit(
     new = source
     if hit["_type"] == "node" and hit["_id"] in key_paths:
         new = rewrite_key_path(source, key_paths[hit["_id"]])
-    elif hit["_type"] == "node_instance" and hit["_id"] in agents:
-        deployment, agent = agents[hit["_id"]]
-        if source.get("deployment_id") == deployment:
-            new = merge_agent(source, agent)
+    elif hit["_type"] == "node_instance":
+        found = agents.get(hit["_id"])  # one lookup: `agents` is an SQLite file
+        if found is not None and source.get("deployment_id") == found[0]:
+            new = merge_agent(source, found[1])
     return hit if new is source else {**hit, "_source": new}
