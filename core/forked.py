@@ -10,7 +10,8 @@ Forked only where that is safe: a POSIX system, no Python thread but this one, a
 loaded (nor so its gRPC threads, which `threading` does not see). numpy's BLAS pool may hold
 native threads; it re-initialises itself in a forked child, as every `multiprocessing` fork
 pool relies on. SIGINT is blocked while forking and stays blocked in the child, which the
-caller kills if it is interrupted (`stop`).
+caller kills if it is interrupted (`stop`); on Linux the child is also killed by the kernel
+when the caller dies (`PR_SET_PDEATHSIG`), so a killed caller leaves no orphan behind.
 
 The child runs `call(folder)` (`folder` made for it, mode 0700: what it writes there can be
 a snapshot's secrets), pickles the outcome into the folder and leaves with `os._exit`: nothing
@@ -22,6 +23,7 @@ died, the fork failed, the outcome cannot be read) makes `result` run `here()` i
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import pickle
 import signal
@@ -36,6 +38,7 @@ from core.errors import CfysnapError
 __all__ = ["Forked", "fork_is_safe"]
 
 T = TypeVar("T")
+_PR_SET_PDEATHSIG = 1
 
 
 def fork_is_safe() -> bool:
@@ -45,6 +48,19 @@ def fork_is_safe() -> bool:
         and threading.active_count() == 1
         and "apache_beam" not in sys.modules
     )
+
+
+def _die_with(parent: int) -> None:  # pragma: no cover - runs in the forked child
+    """On Linux, have the kernel kill this child when its parent dies (a parent killed outright
+    never calls `stop`, nor would a child's own children be stopped): no orphan goes on."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # it died before the line above
+        os._exit(1)
 
 
 class Forked(Generic[T]):
@@ -68,12 +84,14 @@ class Forked(Generic[T]):
             signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         except OSError:
             return  # `result` runs the call here instead
+        parent = os.getpid()
         try:
             self._pid = os.fork()
         except OSError:
             self._pid = None
         if self._pid == 0:  # pragma: no cover - the forked child
             try:
+                _die_with(parent)
                 self._child()
             finally:
                 os._exit(1)
