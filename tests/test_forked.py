@@ -1,8 +1,10 @@
-"""`core.forked.Forked`: a call in a forked child (its result, refusal and fallback are tested
-through the restore's check, tests/test_restore.py); here, a child never outlives its caller."""
+"""`core.forked.Forked`: a call in a forked child (what `core.validate` checks the second half
+of a large es_data with): its value, its refusal, the caller's own run when it fails, no fork
+where Beam is loaded, and no child outliving its caller."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -56,3 +58,66 @@ def test_a_forked_child_dies_with_its_caller(tmp_path: Path) -> None:
     finally:
         caller.kill()
         caller.wait()
+
+
+_OUTCOMES = """
+import json, os, sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[3])
+from core.forked import Forked
+work = Path(sys.argv[1])
+def call(folder):
+    with open(work / "calls", "a") as f:
+        f.write(f"{os.getpid()} {folder.name}\\n")
+    if sys.argv[2] == "fail":
+        raise ValueError("the call failed")
+    if sys.argv[2] == "refuse":
+        from core.errors import CorruptArchive
+        raise CorruptArchive("es_data", 7, "not valid JSON", "/a.zip")
+    return {"value": folder.name, "mode": oct(folder.stat().st_mode & 0o777)}
+job = Forked(call, work / "child")
+forked = job.forked
+try:
+    out = {"value": job.result(lambda: call(work))}
+except Exception as exc:
+    out = {"error": f"{type(exc).__name__}: {exc}"}
+finally:
+    job.stop()
+print(json.dumps({"forked": forked, "pid": os.getpid(), **out}))
+"""
+
+
+@pytest.mark.parametrize("outcome", ["pass", "refuse", "fail"])
+def test_a_forked_call_hands_back_its_value_or_refusal_and_runs_here_when_it_fails(
+    tmp_path: Path, outcome: str
+) -> None:
+    """In a process with one thread and no Beam, the call runs in a forked child, in a folder of
+    its own (0700); its value, or its refusal (a CfysnapError), comes back to the caller. When
+    the child delivers nothing (here: the call fails otherwise), the caller runs `here()` and
+    its error is raised."""
+    run = subprocess.run([sys.executable, "-c", _OUTCOMES, str(tmp_path), outcome, str(ROOT)],
+                         capture_output=True, text=True, timeout=120, check=True)
+    out = json.loads(run.stdout.strip().splitlines()[-1])
+    calls = [line.split() for line in (tmp_path / "calls").read_text().splitlines()]
+    assert out["forked"] is True
+    assert int(calls[0][0]) != out["pid"] and calls[0][1] == "child"  # the child, in its folder
+    if outcome == "pass":
+        assert out["value"] == {"value": "child", "mode": "0o700"} and len(calls) == 1
+    elif outcome == "refuse":  # raised by the caller as the child found it, not run again
+        assert out["error"] == "CorruptArchive: /a.zip: es_data:7: not valid JSON"
+        assert len(calls) == 1
+    else:
+        assert out["error"] == "ValueError: the call failed"
+        assert [[int(calls[1][0]), calls[1][1]]] == [[out["pid"], tmp_path.name]]  # here
+
+
+def test_no_fork_where_beam_is_loaded() -> None:
+    """Beam's gRPC threads are invisible to `threading`: with Beam imported (as in this test
+    process) nothing is forked and the call runs here."""
+    import apache_beam  # noqa: F401
+
+    from core.forked import Forked, fork_is_safe
+
+    assert not fork_is_safe()
+    job = Forked(lambda folder: 1, Path("/nonexistent/never-made"))
+    assert not job.forked and job.result(lambda: 2) == 2

@@ -624,69 +624,11 @@ def test_the_split_cuts_shards_at_exact_line_counts_across_blocks(
     assert sorted(p.name for p in staging.iterdir()) == ["in-000000.jsonl", "in-000001.jsonl"]
 
 
-# ------------------------------------------------------------------ the check beside the import
-_CHECK_ALONGSIDE = """
-import json, os, sys
-from pathlib import Path
-from types import SimpleNamespace
-sys.path.insert(0, sys.argv[3])
-from pipelines.restore import _CheckAlongside
-beam_before = "apache_beam" in sys.modules
-work = Path(sys.argv[1])
-def check(folder):
-    with open(work / "calls", "a") as f:
-        f.write(f"{os.getpid()} {folder.name}\\n")
-    if sys.argv[2] == "fail":
-        raise ValueError("the check failed")
-    if sys.argv[2] == "refuse":
-        from core.errors import CorruptArchive
-        raise CorruptArchive("es_data", 7, "not valid JSON", "/a.zip")
-    return {"context": folder.name}, SimpleNamespace(problem=None, expected={"a": 1})
-checking = _CheckAlongside(check, work)
-forked = checking.forked
-import apache_beam  # what the parent does meanwhile
-try:
-    ctx, plan = checking.result()
-    out = {"ctx": ctx, "expected": plan.expected}
-except Exception as exc:
-    out = {"error": f"{type(exc).__name__}: {exc}"}
-finally:
-    checking.stop()
-print(json.dumps({"beam_before": beam_before, "forked": forked, "pid": os.getpid(), **out}))
-"""
-
-
-@pytest.mark.parametrize("outcome", ["pass", "refuse", "fail"])
-def test_the_check_runs_in_a_forked_child_and_a_refusal_is_raised_by_the_parent(
-    tmp_path: Path, outcome: str
-) -> None:
-    """In a process without Beam (the command line's), `check_archive` runs in a forked child
-    while the parent imports Beam; its result, or its refusal (a CfysnapError), comes back to
-    the parent. When the child delivers nothing (here: the check fails otherwise), the parent
-    runs the check itself and raises its error."""
-    run = subprocess.run([sys.executable, "-c", _CHECK_ALONGSIDE, str(tmp_path), outcome, str(REPO)],
-                         capture_output=True, text=True, timeout=120, check=True)
-    out = json.loads(run.stdout.strip().splitlines()[-1])
-    calls = [line.split() for line in (tmp_path / "calls").read_text().splitlines()]
-    assert out["beam_before"] is False and out["forked"] is True
-    child = [int(calls[0][0]), calls[0][1]]
-    assert child[0] != out["pid"] and child[1] == "check"  # the child, in its own folder
-    if outcome == "pass":
-        assert out["ctx"] == {"context": "check"} and out["expected"] == {"a": 1}
-        assert len(calls) == 1
-    elif outcome == "refuse":  # raised by the parent as the child found it, not checked again
-        assert out["error"] == "CorruptArchive: /a.zip: es_data:7: not valid JSON"
-        assert len(calls) == 1
-    else:
-        assert out["error"] == "ValueError: the check failed"
-        assert [[int(calls[1][0]), calls[1][1]]] == [[out["pid"], tmp_path.name]]  # the parent's
-
-
 @pytest.mark.server
 def test_the_command_line_refuses_a_bad_line_and_changes_nothing(
     target: SearchClient, tmp_path: Path
 ) -> None:
-    """Through the command line (the check forked beside Beam's import): the bad line's number
+    """Through the command line: the bad line's number
     and reason, exit 1, and the target exactly as it was."""
     good = sample(tmp_path)
     with SnapshotReader(good) as snap:
@@ -734,42 +676,6 @@ def test_the_split_refuses_a_line_longer_than_the_cap_naming_it(
     got = [Path(s.path).read_bytes()
            for s in shards._SplitEsData(str(staging), 100, max_line=12).process(str(archive))]
     assert got == [b'{"a": 1}\n' + b"y" * 11 + b"\n"]
-
-
-_REAL_CHECK = """
-import json, sys, tempfile
-from pathlib import Path
-sys.path.insert(0, sys.argv[3])
-from core.model import Version
-from pipelines.restore import _CheckAlongside, check_archive
-archive, creds = Path(sys.argv[1]), Path(sys.argv[2])
-def facts(ctx, plan):
-    return {"source": ctx.source.value, "target": ctx.target.value, "keys": ctx.key_paths,
-            "agents": {k: list(v) for k, v in sorted(dict(ctx.agents).items())},
-            "warnings": [str(w) for w in ctx.agent_warnings],
-            "expected": sorted([list(k) + [n] for k, n in plan.expected.items()]),
-            "blueprints": plan.blueprint_ids, "deployments": plan.deployment_ids,
-            "matched": plan.agents_matched}
-with tempfile.TemporaryDirectory() as a, tempfile.TemporaryDirectory() as b:
-    checking = _CheckAlongside(
-        lambda folder: check_archive(archive, Version.V3_4, creds, None, folder), Path(a))
-    forked = checking.forked
-    through_child = facts(*checking.result())
-    here = facts(*check_archive(archive, Version.V3_4, creds, None, Path(b)))
-print(json.dumps({"forked": forked, "child": through_child, "here": here}))
-"""
-
-
-def test_the_forked_check_hands_back_the_same_context_and_plan(tmp_path: Path) -> None:
-    """The real `check_archive` through the child (its agent index reopened by path in the
-    parent) gives what the same check gives in-process."""
-    archive = sample(tmp_path, Version.V3_2)
-    run = subprocess.run([sys.executable, "-c", _REAL_CHECK, str(archive), str(tmp_path / "creds"),
-                          str(REPO)], capture_output=True, text=True, timeout=120, check=True)
-    out = json.loads(run.stdout.strip().splitlines()[-1])
-    assert out["forked"] is True
-    assert out["child"] == out["here"]
-    assert out["here"]["matched"] > 0 and out["here"]["agents"] and out["here"]["keys"]
 
 
 def test_an_event_without_a_time_on_the_short_way_names_its_line(tmp_path: Path) -> None:
