@@ -198,19 +198,25 @@ def es_major(url: str) -> int:
 
 
 # ------------------------------------------------------------------------------------ jobs
-def bench_create(url: str, name: str, fs_root: Path, work: Path, docs: int, rounds: int) -> list[Result]:
+def elasticdump_dump(url: str, dump_dir: Path) -> list[str]:
+    """multielasticdump's tuned dump of the manager's indices at `url` into `dump_dir`."""
     major = es_major(url)
+    pattern = "^(cloudify_storage|logstash-.*)$" if major < 7 else "^(cloudify_storage|logstash-).*$"
+    dump_args = [str(elasticdump()), "--direction=dump", f"--match={pattern}", f"--input={url}",
+                 f"--output={dump_dir}", "--limit=5000", "--parallel=2", "--includeType=data"]
+    if major >= 8:
+        dump_args.append("--openSearchServerless=true")  # its GET / version check: 405 here
+    return dump_args
+
+
+def bench_create(url: str, name: str, fs_root: Path, work: Path, docs: int, rounds: int) -> list[Result]:
     dump_dir = work / "elasticdump"
 
     def clean_dump() -> None:
         shutil.rmtree(dump_dir, ignore_errors=True)
         dump_dir.mkdir()
 
-    pattern = "^(cloudify_storage|logstash-.*)$" if major < 7 else "^(cloudify_storage|logstash-).*$"
-    dump_args = [str(elasticdump()), "--direction=dump", f"--match={pattern}", f"--input={url}",
-                 f"--output={dump_dir}", "--limit=5000", "--parallel=2", "--includeType=data"]
-    if major >= 8:
-        dump_args.append("--openSearchServerless=true")  # its GET / version check: 405 here
+    dump_args = elasticdump_dump(url, dump_dir)
     create = [*CLI, "create", "--es", url, "--fs-root", str(fs_root), "--output",
               str(work / "cfysnap.zip"), "--force"]
     return side_by_side("create", name, docs, [
@@ -229,6 +235,10 @@ def bench_restore(url: str, name: str, archive: Path, work: Path, docs: int, rou
     major = es_major(url)
     ndjson = work / "bulk"
     subprocess.run([PY, str(PLAIN), "bulk-files", str(archive), str(ndjson), str(major)], check=True)
+    if major < 8 and not (work / "elasticdump").exists():  # a run without the create job
+        (work / "elasticdump").mkdir()
+        subprocess.run(elasticdump_dump(url, work / "elasticdump"), check=True,
+                       capture_output=True)
 
     def fresh() -> None:
         fresh_target(url)
