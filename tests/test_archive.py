@@ -346,7 +346,7 @@ def test_es_data_page_is_each_hits_line_and_reserialises_sources_spanning_lines(
 
 # ------------------------------------------------------------ validate: es_data in two parts
 _SPLIT = r"""
-import json, sys, tempfile
+import json, os, sys, tempfile
 from pathlib import Path
 sys.path.insert(0, sys.argv[2])
 import core.archive, core.validate as V
@@ -368,14 +368,16 @@ def both(path):
     two = [str(p) for p in V.validate_archive(path, split=True)]
     return {"one": one, "two": two, "forked": forks[before:]}
 def plans(path):
-    core.archive.MAX_LINE_BYTES, out = CAP, []
-    for size in (10**12, 1):
+    core.archive.MAX_LINE_BYTES, out, calls = CAP, [], []
+    meanwhile = lambda: calls.append(os.getpid())
+    for size in (10**12, 1):  # one pass, then two (this process's share an eighth: meanwhile)
         V.SPLIT_BYTES = size
         with tempfile.TemporaryDirectory() as d:
-            ctx, plan = check_archive(Path(path), Version.V3_4, Path(d) / "c", None, Path(d))
+            ctx, plan = check_archive(Path(path), Version.V3_4, Path(d) / "c", None, Path(d),
+                                      meanwhile=meanwhile)
             out.append([sorted([*k, n] for k, n in plan.expected.items()), plan.blueprint_ids,
                         plan.deployment_ids, plan.agents_matched])
-    return {"one": out[0], "two": out[1]}
+    return {"one": out[0], "two": out[1], "meanwhile": calls == [os.getpid()], "forked": forks}
 cases = json.loads(sys.argv[1])
 print(json.dumps({name: (plans(path) if name == "plan" else both(path)) for name, path in cases.items()}))
 """
@@ -394,7 +396,7 @@ def test_a_check_in_two_parts_finds_what_one_pass_finds(tmp_path: Path) -> None:
     For each kind of problem, in either half, across the halves (a duplicate, the manifest's
     sha256), the same problems in the same order as one pass; a pass that cannot go on (a line
     over the cap, a stream failing its CRC) stops where one pass stops; and a restore's plan
-    gathered in two parts is the plan of one pass."""
+    gathered in two parts is the plan of one pass, its `meanwhile` work done once, here."""
     def archive(name: str, lines: list[str], **members: bytes | str) -> str:
         return str(raw_zip(tmp_path / f"{name}.zip",
                            good_members(es_data="\n".join(lines) + "\n", **members)))
@@ -434,6 +436,7 @@ def test_a_check_in_two_parts_finds_what_one_pass_finds(tmp_path: Path) -> None:
     for name, got in out.items():
         assert got["one"] == got["two"], name
     assert all(out[name]["forked"] == [True] for name in cases if name != "plan")
+    assert out["plan"]["forked"][-1] is True
     assert out["valid"]["two"] == [] and out["signed"]["two"] == []
     assert out["bad lines"]["two"] == ["es_data:3: not valid JSON (Expecting property name enclosed in double quotes)",
                                        "es_data:36: missing or non-string _type"]
@@ -444,6 +447,7 @@ def test_a_check_in_two_parts_finds_what_one_pass_finds(tmp_path: Path) -> None:
     assert out["tampered"]["two"] == ["es_data: sha256 does not match manifest.json"]
     # (the whole member inflates in one read here: no line is known to have been read)
     assert out["crc"]["two"] == ["es_data: cannot be read to the end (Bad CRC-32 for file 'es_data')"]
+    assert out["plan"]["meanwhile"] is True  # called once, here, only by the split check
     expected, blueprints, deployments, matched = out["plan"]["two"]
     assert matched > 0 and blueprints and deployments and sum(n for *_, n in expected) > 100
 
