@@ -559,6 +559,7 @@ def test_hits_passed_on_unread_are_the_hits_a_full_parse_would_write(
     from transforms.restore import RestoreDocuments
     from transforms.restore_docs import restore_reads_source
     from transforms.restore_plan import restore_context
+    from transforms.search_io import HitPage
     from transforms.shards import Shard
     from transforms.versions import touched
 
@@ -570,7 +571,10 @@ def test_hits_passed_on_unread_are_the_hits_a_full_parse_would_write(
     shard.write_bytes(b"\n" + b"".join(line + b"\n" for line in lines))  # a blank line first
     fn = RestoreDocuments(ctx)._fn
     fn.setup()
-    out = list(fn.process(Shard(str(shard), 0)))
+    pages = list(fn.process(Shard(str(shard), 0)))
+    assert [type(p) for p in pages] == [HitPage]  # one page: fewer lines than a page holds
+    assert pages[0].nbytes == sum(len(line) + 1 for line in lines)
+    out = [item for page in pages for item in page]
     assert [n for n, _ in out] == list(range(1, len(lines) + 1))
     steps = plan(version, target_version)
     short = 0
@@ -699,6 +703,6 @@ def test_an_event_without_a_time_on_the_short_way_names_its_line(tmp_path: Path)
     assert (err.value.member, err.value.line) == (ES_DATA, 43)
     assert err.value.reason == "event cloudify_event/e9 has no parseable @timestamp or timestamp"
     shard.write_bytes(good)  # no newline at the end
-    [(line, hit)] = list(fn.process(Shard(str(shard), 7)))
+    [[(line, hit)]] = list(fn.process(Shard(str(shard), 7)))
     assert (line, hit["_index"], hit["_id"], bytes(hit["_source"])) == (
         7, "logstash-2015.12.01", "l1", b'{"@timestamp": "2015-12-01T10:00:00.000Z"}')

@@ -210,3 +210,43 @@ def test_read_all_from_search_gives_pages_coded_as_raw_pages() -> None:
              | ReadAllFromSearch("http://127.0.0.1:1", pages=True))
     assert pages.element_type is RawPage
     assert isinstance(beam.coders.registry.get_coder(pages.element_type), RawPageCoder)
+
+
+def test_write_to_search_takes_pages_of_hits_in_order(search: SearchClient) -> None:
+    """`HitPage`s of tagged hits are written as their hits one by one would be: each with its
+    `_id`, batches bounded across pages, every tag back with its batch, in the page's order."""
+    from transforms.search_io import HitPage
+
+    install_manager(search, Version.V3_4)
+    Collect.batches.clear()
+    hits = list(enumerate(plugins(25)))
+    pages = [HitPage(hits[:7], nbytes=700), HitPage(hits[7:], nbytes=1800)]
+    with BeamPipeline() as p:
+        _ = (p | beam.Create(pages, reshuffle=False)
+             | WriteToSearch(SearchTarget(search.url), max_docs=10, tagged=True,
+                             on_batch=Collect()))
+    search.refresh()
+    stored = {h["_id"]: h["_source"] for h in search.scan("cloudify_storage", ["plugin"])}
+    assert stored == {h["_id"]: h["_source"] for _, h in hits}
+    assert [list(b.tags) for b in Collect.batches] == [
+        list(range(0, 10)), list(range(10, 20)), list(range(20, 25))]
+
+
+def test_a_hit_page_codes_round_trip_and_is_sized_by_its_own_count() -> None:
+    """`HitPageCoder` gives a page back as it was (dict and archive-bytes sources alike) and
+    sizes it by the page's `nbytes`, pickling nothing to measure it."""
+    import msgspec
+
+    from transforms.search_io import HitPage, HitPageCoder
+
+    page = HitPage([(3, {"_index": "cloudify_storage", "_type": "plugin", "_id": "p",
+                         "_source": {"id": "p"}}),
+                    (4, {"_index": "logstash-2015.12.01", "_type": "cloudify_log", "_id": "l",
+                         "_source": msgspec.Raw(b'{"message": "x"}')})], nbytes=123)
+    coder = beam.coders.registry.get_coder(HitPage)
+    assert isinstance(coder, HitPageCoder)
+    back = coder.decode(coder.encode(page))
+    assert type(back) is HitPage and back.nbytes == 123
+    assert back[0] == page[0] and back[1][0] == 4
+    assert bytes(back[1][1]["_source"]) == b'{"message": "x"}'
+    assert coder.get_impl().estimate_size(page) == 123  # what Beam's counters sample

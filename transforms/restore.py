@@ -1,7 +1,7 @@
 """The restore's Beam side: the transforms that write what a restore's plan says
 (`transforms.restore_plan`, re-exported here) (spec §6, §7.2).
 
-    archive ─SplitEsDataIntoShards─▶ Shard ─RestoreDocuments(context)─▶ (line, restored hit)
+    archive ─SplitEsDataIntoShards─▶ Shard ─RestoreDocuments(context)─▶ pages of (line, hit)
             (skip loaded lines · upgrade · restore changes, one fused step) ─BulkLoad─▶ batches
 
 - `ArchivePlan`, `RestoreContext`, `restore_context`, `Batching`: see `transforms.restore_plan`.
@@ -29,7 +29,7 @@ from core.search import SearchTarget
 from transforms.agent_index import AgentIndex
 from transforms.restore_docs import restore_hit, restore_line, restore_reads_source
 from transforms.restore_plan import ArchivePlan, Batching, RestoreContext, restore_context
-from transforms.search_io import WriteToSearch, WrittenBatch
+from transforms.search_io import HitPage, WriteToSearch, WrittenBatch
 from transforms.shards import Shard, SplitEsDataIntoShards
 from transforms.versions import plan, touched, upgrade_hit
 
@@ -46,6 +46,9 @@ __all__ = [
 
 NumberedHit = tuple[int, Hit]
 """A hit and its es_data line number (the journal records loaded batches by line)."""
+PAGE = 1000
+"""Restored hits handed on at once (a `HitPage`): Beam's cost of each element it passes on is
+paid a page at a time (measured at 100k documents: the restore's CPU 7.8-8.0 -> 7.3-7.7 s)."""
 
 
 # ------------------------------------------------------------------------------- transforms
@@ -84,7 +87,22 @@ class _RestoreShardFn(beam.DoFn):
         i = bisect.bisect_right(self._starts, line) - 1
         return i >= 0 and line <= self._ends[i]
 
-    def process(self, shard: Shard) -> Iterator[NumberedHit]:
+    def process(self, shard: Shard) -> Iterator[HitPage]:
+        """The shard's restored hits, `PAGE` at a time (`HitPage`s of `NumberedHit`s)."""
+        page, nbytes = HitPage(), 0
+        for item, size in self.restored(shard):
+            page.append(item)
+            nbytes += size
+            if len(page) >= PAGE:
+                page.nbytes = nbytes
+                yield page
+                page, nbytes = HitPage(), 0
+        if page:
+            page.nbytes = nbytes
+            yield page
+
+    def restored(self, shard: Shard) -> Iterator[tuple[NumberedHit, int]]:
+        """Each restored hit of the shard, with its es_data line's length."""
         steps, key_paths, skip = self._steps, self._key_paths, bool(self._starts)
         agents, short = self._agents, self._short
         n = 0
@@ -100,7 +118,7 @@ class _RestoreShardFn(beam.DoFn):
                         way = short.get(key)
                         if way or (way is None and self._learn_way(key)):
                             n += 1
-                            yield lineno, restore_line(parts)
+                            yield (lineno, restore_line(parts)), len(line)
                             continue
                     read, raw = parse_hit_with_source(line, lineno)
                     hit = upgrade_hit(read, steps)
@@ -111,14 +129,14 @@ class _RestoreShardFn(beam.DoFn):
                     # unchanged: the archive's bytes go to the server, not a json.dumps of them
                     hit = {**hit, "_source": msgspec.Raw(raw)}
                 n += 1
-                yield lineno, hit
+                yield (lineno, hit), len(line)
         self._read.inc(n)
 
 
 class RestoreDocuments(beam.PTransform):
-    """`Shard` → `(es_data line, hit as restored)`: lines of batches the journal records as
-    loaded are skipped (resume); the rest are upgraded from `ctx.source` to `ctx.target` and given
-    the restore's own changes (event index by own day, `ctx.key_paths`, agents.json merged into
+    """`Shard` → `HitPage`s of `(es_data line, hit as restored)`: lines of batches the journal
+    records as loaded are skipped (resume); the rest are upgraded from `ctx.source` to
+    `ctx.target` and given the restore's own changes (event index by own day, `ctx.key_paths`, agents.json merged into
     node instances: `ctx.agents`, an `AgentIndex` every worker reads, pickled as its path).
     The line number stays with each hit: the journal records loaded batches by line."""
 
@@ -127,7 +145,7 @@ class RestoreDocuments(beam.PTransform):
         plan(ctx.source, ctx.target)  # bad versions fail here, not mid-pipeline
         self._fn = _RestoreShardFn(ctx, sorted(loaded_lines))
 
-    def expand(self, shards: beam.PCollection[Shard]) -> beam.PCollection[NumberedHit]:
+    def expand(self, shards: beam.PCollection[Shard]) -> beam.PCollection[HitPage]:
         return shards | "ParseUpgradeRestore" >> beam.ParDo(self._fn)
 
 

@@ -20,7 +20,8 @@ Output elements are hits in the shape of a 3.x snapshot's es_data line,
 names whatever the server's layout. A Beam counter per "index/type" (namespace given by
 `counter_namespace`) counts what was read, so a job can reconcile it with what it wrote.
 
-`WriteToSearch` writes hits (or `(tag, hit)` pairs, `tagged=True`) with the bulk API:
+`WriteToSearch` writes hits (or `(tag, hit)` pairs, `tagged=True`), one an element or a
+`HitPage` of them an element (Beam's per-element cost paid a page at a time), with the bulk API:
 - each hit is serialised once (`SearchClient.bulk_entry`): those bytes bound the batch and are
   the request body. A batch is bounded by `max_docs` documents AND `max_bytes` of request body
   (a single larger document goes alone);
@@ -39,6 +40,7 @@ Memory: `in_flight` + 1 batches.
 
 from __future__ import annotations
 
+import pickle
 import queue
 import threading
 from collections import Counter, deque
@@ -63,6 +65,7 @@ __all__ = [
     "ReadAllFromSearch",
     "WriteToSearch",
     "WrittenBatch",
+    "HitPage",
     "ReadPart",
     "READ_NAMESPACE",
     "WRITE_NAMESPACE",
@@ -124,6 +127,42 @@ class RawPageCoder(beam.coders.Coder):
 _PACK, _UNPACK = msgspec.msgpack.encode, msgspec.msgpack.decode
 beam.coders.registry.register_coder(RawHit, RawHitCoder)
 beam.coders.registry.register_coder(RawPage, RawPageCoder)
+
+
+class HitPage(list):  # type: ignore[type-arg]
+    """Hits (or `(tag, hit)` pairs) that go to `WriteToSearch` as one element, in order: Beam's
+    bookkeeping of each element it passes on (and its size samples) is paid a page at a time.
+    `nbytes`: about how many bytes the page holds, as its maker knows it (what Beam samples)."""
+
+    __slots__ = ("nbytes",)
+
+    def __init__(self, items: Any = (), nbytes: int = 0) -> None:
+        super().__init__(items)
+        self.nbytes = nbytes
+
+
+class HitPageCoder(beam.coders.Coder):
+    """`HitPage`s between stages and workers: pickled (a hit's source may be a dict or the
+    archive's bytes, `msgspec.Raw`); its size is the page's own `nbytes`, not a pickling."""
+
+    def encode(self, page: HitPage) -> bytes:
+        return pickle.dumps((list(page), page.nbytes), protocol=pickle.HIGHEST_PROTOCOL)
+
+    def decode(self, data: bytes) -> HitPage:
+        items, nbytes = pickle.loads(data)  # noqa: S301 - Beam's own elements, between its stages
+        return HitPage(items, nbytes)
+
+    def is_deterministic(self) -> bool:
+        return False
+
+    def estimate_size(self, page: HitPage) -> int:
+        return page.nbytes
+
+    def to_type_hint(self) -> Any:
+        return HitPage
+
+
+beam.coders.registry.register_coder(HitPage, HitPageCoder)
 
 
 @dataclass(frozen=True)
@@ -427,6 +466,13 @@ class _WriteFn(beam.DoFn):
         self._pending: deque[Future[WrittenBatch]] = deque()
 
     def process(self, element: Any) -> Iterator[WrittenBatch]:
+        if type(element) is HitPage:
+            for item in element:
+                yield from self._add(item)
+        else:
+            yield from self._add(element)
+
+    def _add(self, element: Any) -> Iterator[WrittenBatch]:
         tag, hit = element if self._tagged else (None, element)
         entry = self._client.bulk_entry(hit, op_type=self._op_type)  # serialised once
         if self._entries and (
@@ -492,7 +538,8 @@ class _WriteFn(beam.DoFn):
 
 
 class WriteToSearch(beam.PTransform):
-    """hits `{"_index", "_type", "_id", "_source"}` (or `(tag, hit)`, `tagged=True`) →
+    """hits `{"_index", "_type", "_id", "_source"}` (or `(tag, hit)`, `tagged=True`; or `HitPage`s
+    of either) →
     `WrittenBatch`es: every hit written with its `_id` (`op_type` "index" overwrites, "create"
     refuses an existing id), batches bounded by `max_docs` and `max_bytes`, every response item
     checked. See the module docstring for the contracts."""
