@@ -198,8 +198,8 @@ def es_major(url: str) -> int:
 
 
 # ------------------------------------------------------------------------------------ jobs
-def elasticdump_dump(url: str, dump_dir: Path) -> list[str]:
-    """multielasticdump's tuned dump of the manager's indices at `url` into `dump_dir`."""
+def elasticdump_dump_args(url: str, dump_dir: Path) -> list[str]:
+    """The command of multielasticdump's tuned dump of the manager's indices at `url`."""
     major = es_major(url)
     pattern = "^(cloudify_storage|logstash-.*)$" if major < 7 else "^(cloudify_storage|logstash-).*$"
     dump_args = [str(elasticdump()), "--direction=dump", f"--match={pattern}", f"--input={url}",
@@ -216,7 +216,7 @@ def bench_create(url: str, name: str, fs_root: Path, work: Path, docs: int, roun
         shutil.rmtree(dump_dir, ignore_errors=True)
         dump_dir.mkdir()
 
-    dump_args = elasticdump_dump(url, dump_dir)
+    dump_args = elasticdump_dump_args(url, dump_dir)
     create = [*CLI, "create", "--es", url, "--fs-root", str(fs_root), "--output",
               str(work / "cfysnap.zip"), "--force"]
     return side_by_side("create", name, docs, [
@@ -237,8 +237,12 @@ def bench_restore(url: str, name: str, archive: Path, work: Path, docs: int, rou
     subprocess.run([PY, str(PLAIN), "bulk-files", str(archive), str(ndjson), str(major)], check=True)
     if major < 8 and not (work / "elasticdump").exists():  # a run without the create job
         (work / "elasticdump").mkdir()
-        subprocess.run(elasticdump_dump(url, work / "elasticdump"), check=True,
-                       capture_output=True)
+        try:
+            subprocess.run(elasticdump_dump_args(url, work / "elasticdump"), check=True,
+                           capture_output=True)
+        except BaseException:
+            shutil.rmtree(work / "elasticdump", ignore_errors=True)
+            raise
 
     def fresh() -> None:
         fresh_target(url)

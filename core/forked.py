@@ -95,7 +95,11 @@ class Forked(Generic[T]):
                 self._child()
             finally:
                 os._exit(1)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+        try:  # a Ctrl-C pending since the block is raised here: the child must not outlive it
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+        except BaseException:
+            self.stop()
+            raise
 
     def _child(self) -> None:  # pragma: no cover - runs in the forked child
         code = 1
@@ -125,7 +129,7 @@ class Forked(Generic[T]):
                 delivered = True
             self._pid = None
             if delivered:
-                with contextlib.suppress(OSError, pickle.UnpicklingError, EOFError):
+                with contextlib.suppress(Exception):  # unreadable for any reason: `here()`
                     with open(self._result, "rb") as f:
                         outcome = pickle.load(f)  # noqa: S301 - written by our own child, just now
         if outcome is None:

@@ -97,8 +97,11 @@ def refuse(problems: Sequence[Problem], archive: str | Path) -> None:
 _key_hash = hash
 """A document key's 64-bit digest for the duplicate search: Python's own `hash` of the
 (index, type, id) tuple (SipHash of each string, ~10x faster than blake2b). It differs from one
-process to the next, which is fine: both passes run in this process, and a digest seen twice
-only makes `_name_duplicates` compare the keys themselves (a collision is never reported)."""
+Python process to the next, which is fine: both passes run in this process, and a digest seen
+twice only makes `_name_duplicates` compare the keys themselves (a collision is never
+reported). A split pass's second part runs in a *forked* child, which keeps this process's hash
+seed: its digests and this process's are comparable. (A child started afresh would not be, and
+duplicates across the two parts would go unseen: `core.forked` only ever forks.)"""
 
 
 class _HashingReader(io.RawIOBase):
@@ -227,8 +230,9 @@ def _check_archive(
     # a split pass's second part starts at once, in its child, beside the checks below
     with tempfile.TemporaryDirectory(prefix="cfysnap-validate-") as tmp:
         at = _split_point(snap, on_line, on_hit, meanwhile) if split else None
-        second = _SecondPart(snap, at, on_hit, Path(tmp)) if at is not None else None
+        second: _SecondPart | None = None
         try:
+            second = _SecondPart(snap, at, on_hit, Path(tmp)) if at is not None else None
             yield from _check_members(snap, infos, on_line, on_hit, Path(tmp), second, meanwhile)
         finally:
             if second is not None:
@@ -352,8 +356,10 @@ def _check_es_data(
     pass, `_split_point`), the lines from its byte on are the child's: this part stops there."""
     first = _Part(folder=tmp)
     finder = _DuplicateFinder(tmp)
-    yield from _first_part(snap, second.at if second else None, finder, on_line, on_hit, first)
-    finder.close()
+    try:
+        yield from _first_part(snap, second.at if second else None, finder, on_line, on_hit, first)
+    finally:
+        finder.close()
     if first.stopped:
         return
     parts = [first]
@@ -502,6 +508,19 @@ def _later_part(path: Path, at: int, sink: SplitSink | None, folder: Path) -> _P
     folder.mkdir(mode=0o700, exist_ok=True)
     out = _Part(folder=folder, sink=sink)
     finder = _DuplicateFinder(folder)
+    try:
+        _read_later_part(path, at, sink, finder, out)
+    finally:
+        finder.close()
+    return out
+
+
+def _read_later_part(
+    path: Path, at: int, sink: SplitSink | None, finder: _DuplicateFinder, out: _Part
+) -> None:
+    """`_later_part`'s reading: the archive opened again by path (the same file this process
+    has open: a restore reads it by path again afterwards anyway), its es_data inflated from
+    the start, the lines before `at` skipped."""
 
     def numbered(lines: Iterator[bytes], first: int) -> Iterator[tuple[int, bytes]]:
         for lineno, line in enumerate(lines, first):
@@ -525,8 +544,6 @@ def _later_part(path: Path, at: int, sink: SplitSink | None, folder: Path) -> _P
     except CorruptArchive as exc:
         out.stopped = True
         out.problems.append(_read_problem(exc, out.lines))
-    finder.close()
-    return out
 
 
 def _skip_lines_before(raw: io.RawIOBase, at: int) -> tuple[int, bytes]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 import subprocess
 import sys
 import zipfile
@@ -359,6 +360,12 @@ _fork = Forked._fork
 def counted(self):
     _fork(self); forks.append(self.forked)
 Forked._fork = counted
+_later = V._later_part
+def later_part(*args):  # which process checks the second part: the child, never here
+    with open(sys.argv[3], "a") as f:
+        f.write(f"{os.getpid()}\n")
+    return _later(*args)
+V._later_part = later_part
 def both(path):
     core.archive.MAX_LINE_BYTES = 300  # a line over the cap, without writing 64 MiB
     V.SPLIT_BYTES = 10**12
@@ -373,13 +380,18 @@ def plans(path):
     for size in (10**12, 1):  # one pass, then two (this process's share an eighth: meanwhile)
         V.SPLIT_BYTES = size
         with tempfile.TemporaryDirectory() as d:
-            ctx, plan = check_archive(Path(path), Version.V3_4, Path(d) / "c", None, Path(d),
-                                      meanwhile=meanwhile)
+            try:
+                ctx, plan = check_archive(Path(path), Version.V3_4, Path(d) / "c", None,
+                                          Path(d), meanwhile=meanwhile)
+            except Exception as exc:
+                out.append(f"{type(exc).__name__}: {exc}")
+                continue
             out.append([sorted([*k, n] for k, n in plan.expected.items()), plan.blueprint_ids,
                         plan.deployment_ids, plan.agents_matched])
     return {"one": out[0], "two": out[1], "meanwhile": calls == [os.getpid()], "forked": forks}
 cases = json.loads(sys.argv[1])
-print(json.dumps({name: (plans(path) if name == "plan" else both(path)) for name, path in cases.items()}))
+out = {name: (plans(path) if name.startswith("plan") else both(path)) for name, path in cases.items()}
+print(json.dumps({**out, "main": os.getpid()}))
 """
 
 
@@ -429,14 +441,24 @@ def test_a_check_in_two_parts_finds_what_one_pass_finds(tmp_path: Path) -> None:
     crc.write_bytes(data[:at] + b'"bq20"' + data[at + 6:])
     cases["crc"] = str(crc)
     cases["plan"] = str(write_sample(tmp_path / "plan.zip", Version.V3_2))
-    run = subprocess.run([sys.executable, "-c", _SPLIT, json.dumps(cases), str(ROOT)],
+    # an event the restore cannot place, in the second half: the plan's refusal comes from there
+    no_time = dump_hit({"_index": "logstash-2015.12.01", "_type": "cloudify_event", "_id": "e9",
+                        "_source": {"timestamp": "soon"}})
+    cases["plan refused"] = archive("refused", _lines(40, l38=no_time))
+    pids = tmp_path / "second-part-pids"
+    run = subprocess.run([sys.executable, "-c", _SPLIT, json.dumps(cases), str(ROOT), str(pids)],
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     out = json.loads(run.stdout.strip().splitlines()[-1])
+    main = out.pop("main")
     for name, got in out.items():
         assert got["one"] == got["two"], name
-    assert all(out[name]["forked"] == [True] for name in cases if name != "plan")
+    assert all(out[name]["forked"] == [True] for name in cases if not name.startswith("plan"))
     assert out["plan"]["forked"][-1] is True
+    second = [int(pid) for pid in pids.read_text().split()]
+    assert len(second) == len(cases) and main not in second  # children's, every one
+    assert out["plan refused"]["two"] == (
+        "CorruptArchive: es_data:38: event cloudify_event/e9 has no parseable @timestamp or timestamp")
     assert out["valid"]["two"] == [] and out["signed"]["two"] == []
     assert out["bad lines"]["two"] == ["es_data:3: not valid JSON (Expecting property name enclosed in double quotes)",
                                        "es_data:36: missing or non-string _type"]
@@ -455,3 +477,61 @@ def test_a_check_in_two_parts_finds_what_one_pass_finds(tmp_path: Path) -> None:
 def write_sample(path: Path, version: Version) -> Path:
     write_sample_archive(ManagerSpec(version=version, events=30, logs=30), path)
     return path
+
+
+@pytest.mark.parametrize("case", ["problems", "long line", "stored crc", "deflate damage"])
+def test_a_split_at_any_byte_finds_what_one_pass_finds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, case: str
+) -> None:
+    """The boundary, exhaustively: with 64-byte blocks (so skipping, lines and damage span
+    blocks), a split at 60 offsets across es_data, the second part run in this process (not
+    forked, to try every offset), finds exactly what one pass finds."""
+    import core.archive
+    import core.forked
+    import core.validate as V
+
+    monkeypatch.setattr(core.archive, "COPY_CHUNK", 64)
+    monkeypatch.setattr(V, "COPY_CHUNK", 64)
+    monkeypatch.setattr(core.archive, "MAX_LINE_BYTES", 300)
+    monkeypatch.setattr(core.forked, "fork_is_safe", lambda: False)
+    noise = random.Random(7)  # sources that deflate poorly: damage lands mid-stream, past
+    lines = [dump_hit({**HIT, "_id": f"bp{i}", "_source": {"id": f"bp{i}",  # zipfile's first read
+                       "n": f"{noise.getrandbits(480):0120x}"}}) for i in range(1, 61)]
+    lines[2], lines[43], lines[52] = "{not json", '{"_index": "x"}', lines[1]
+    if case == "long line":
+        lines[47] = "[" + " " * 400 + "]"
+    es_data = ("\n".join(lines) + "\n").encode()
+    path = tmp_path / "a.zip"
+    stored = zipfile.ZIP_STORED if case == "stored crc" else zipfile.ZIP_DEFLATED
+    with zipfile.ZipFile(path, "w", stored) as z:
+        z.writestr("metadata.json", json.dumps(META_33))
+        z.writestr("es_data", es_data)
+    if case in ("stored crc", "deflate damage"):
+        with zipfile.ZipFile(path) as z:
+            info = z.getinfo("es_data")
+        data = bytearray(path.read_bytes())
+        start = info.header_offset + 30 + len(info.filename) + len(info.extra)
+        middle = start + info.compress_size // 2
+        if case == "stored crc":  # a digit of a payload: every line still parses
+            at = data.index(b'"n": "', middle) + 10
+            data[at] = ord("a") if data[at] != ord("a") else ord("b")
+        else:
+            data[middle : middle + 8] = bytes(255 - b for b in data[middle : middle + 8])
+        path.write_bytes(bytes(data))
+    one = [str(p) for p in V.validate_archive(path)]
+    for at in range(1, len(es_data) + 2, len(es_data) // 60):
+        monkeypatch.setattr(V, "_split_point", lambda *_, at=at: at)
+        assert [str(p) for p in V.validate_archive(path, split=True)] == one, at
+    bad = ["es_data:3: not valid JSON (Expecting property name enclosed in double quotes)",
+           "es_data:44: missing or non-string _type"]
+    if case == "problems":
+        assert one == [*bad, "es_data:53: duplicate document cloudify_storage/blueprint/bp2 "
+                             "(first at line 2)"]
+    elif case == "long line":  # the pass stops there: nothing after it is listed
+        assert one == [*bad, "es_data:48: line longer than 0 MiB"]
+    elif case == "stored crc":  # every line parses; the CRC fails once the end is read (the
+        # read runs ahead of the lines checked: reported at the first line not yet checked)
+        assert one[:2] == bad and len(one) == 3
+        assert one[2].endswith(": cannot be read to the end (Bad CRC-32 for file 'es_data')")
+    else:  # the stream fails part way (what it inflates to past there varies): lines before
+        assert one[0] == bad[0] and int(one[-1].split(":")[1]) > 3, one  # it were checked

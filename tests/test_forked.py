@@ -121,3 +121,37 @@ def test_no_fork_where_beam_is_loaded() -> None:
     assert not fork_is_safe()
     job = Forked(lambda folder: 1, Path("/nonexistent/never-made"))
     assert not job.forked and job.result(lambda: 2) == 2
+
+
+_INTERRUPTED = """
+import os, signal, sys, time
+from pathlib import Path
+sys.path.insert(0, sys.argv[2])
+import core.forked
+from core.forked import Forked
+children = []
+_fork = os.fork
+def fork():  # a Ctrl-C arriving while SIGINT is blocked for the fork: pending until unblocked
+    pid = _fork()
+    if pid:
+        children.append(pid)
+        os.kill(os.getpid(), signal.SIGINT)
+    return pid
+core.forked.os.fork = fork
+def slow(folder):
+    time.sleep(120)
+try:
+    Forked(slow, Path(sys.argv[1]) / "child")
+    print("no interrupt")
+except KeyboardInterrupt:
+    print(children[0])
+"""
+
+
+def test_a_ctrl_c_during_the_fork_leaves_no_child(tmp_path: Path) -> None:
+    """A Ctrl-C that arrives while the fork blocks SIGINT is raised once it is unblocked; the
+    child already forked is killed and reaped before the interrupt goes on."""
+    run = subprocess.run([sys.executable, "-c", _INTERRUPTED, str(tmp_path), str(ROOT)],
+                         capture_output=True, text=True, timeout=60, check=True)
+    child = int(run.stdout.strip())
+    assert not _alive(child)

@@ -466,7 +466,7 @@ class _WriteFn(beam.DoFn):
         self._pending: deque[Future[WrittenBatch]] = deque()
 
     def process(self, element: Any) -> Iterator[WrittenBatch]:
-        if type(element) is HitPage:
+        if isinstance(element, list):  # a HitPage (a hit is a dict, a tagged one a tuple)
             for item in element:
                 yield from self._add(item)
         else:
