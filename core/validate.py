@@ -503,24 +503,13 @@ def _first_part(
 
 
 def _later_part(path: Path, at: int, sink: SplitSink | None, folder: Path) -> _Part:
-    """The lines that start at byte `at` or later (`_split_point`), in their own pass over
-    the archive; the duplicate finder's buckets and the outcome in `folder`."""
+    """The lines that start at byte `at` or later (`_split_point`), in their own pass over the
+    archive, opened again by path (the same file the caller has open: a restore reads it by path
+    again afterwards anyway), its es_data inflated from the start, the lines before `at`
+    skipped; the duplicate finder's buckets and the outcome in `folder`."""
     folder.mkdir(mode=0o700, exist_ok=True)
     out = _Part(folder=folder, sink=sink)
     finder = _DuplicateFinder(folder)
-    try:
-        _read_later_part(path, at, sink, finder, out)
-    finally:
-        finder.close()
-    return out
-
-
-def _read_later_part(
-    path: Path, at: int, sink: SplitSink | None, finder: _DuplicateFinder, out: _Part
-) -> None:
-    """`_later_part`'s reading: the archive opened again by path (the same file this process
-    has open: a restore reads it by path again afterwards anyway), its es_data inflated from
-    the start, the lines before `at` skipped."""
 
     def numbered(lines: Iterator[bytes], first: int) -> Iterator[tuple[int, bytes]]:
         for lineno, line in enumerate(lines, first):
@@ -544,6 +533,9 @@ def _read_later_part(
     except CorruptArchive as exc:
         out.stopped = True
         out.problems.append(_read_problem(exc, out.lines))
+    finally:
+        finder.close()
+    return out
 
 
 def _skip_lines_before(raw: io.RawIOBase, at: int) -> tuple[int, bytes]:
