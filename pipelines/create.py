@@ -41,7 +41,8 @@ import shutil
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -61,7 +62,8 @@ from core.model import (
     metadata_version,
 )
 from core.progress import Progress
-from core.search import Layout, SearchClient, SearchTarget
+from core.read_ahead import ReadAhead, whole_reads
+from core.search import SearchClient, SearchTarget
 from core.store import SnapshotStore, Status, archive_path
 from core.text import plural
 
@@ -88,6 +90,8 @@ _LOG = logging.getLogger("cfysnap")
 SNAPSHOTS_FOLDER = "snapshots"
 ACTIVE_EXECUTION_STATUSES = ("pending", "started", "cancelling", "force_cancelling")
 Counts = dict[tuple[str, str], int]
+READ_CONCURRENCY = 2
+"""Scrolls each worker reads at once (the read-ahead's too)."""
 
 
 # ------------------------------------------------------------------------------ config/result
@@ -423,6 +427,50 @@ def _create(
 ) -> CreateSummary:
     sources = _sources(config, source)
     expected = _expected_counts(client, sources)
+    target = replace(config.target, layout=client.layout)
+    with _read_ahead(config, target, sources, beam_args) as ahead:
+        return _run_pipeline(
+            config, source, sources, expected, output, execution_id, beam_args, started, target,
+            ahead,
+        )
+
+
+@contextmanager
+def _read_ahead(
+    config: CreateConfig, target: SearchTarget, sources: Sequence[Source], beam_args: Sequence[str]
+) -> Iterator[str | None]:
+    """The token of a `core.read_ahead.ReadAhead` of the job's reads, running while Beam is
+    imported and the graph built (None where the pipeline reads in other processes)."""
+    if not ReadAhead.fits(beam_args):
+        yield None
+        return
+    with ReadAhead(
+        target,
+        whole_reads(sources),
+        parallelism=_slices(config, workers=1),
+        page_size=config.page_size,
+        page_bytes=config.page_bytes,
+        concurrency=READ_CONCURRENCY,
+    ) as ahead:
+        yield ahead.token
+
+
+def _slices(config: CreateConfig, workers: int) -> int:
+    return config.slices or max(2, workers)
+
+
+def _run_pipeline(
+    config: CreateConfig,
+    source: ManagerFacts,
+    sources: Sequence[Source],
+    expected: Counts,
+    output: Path,
+    execution_id: str | None,
+    beam_args: Sequence[str],
+    started: float,
+    target: SearchTarget,
+    ahead: str | None,
+) -> CreateSummary:
     import apache_beam as beam  # waits, if the import thread is still at it
     from apache_beam.options.pipeline_options import DirectOptions
 
@@ -432,7 +480,7 @@ def _create(
 
     options = beam_options(beam_args)
     workers = options.view_as(DirectOptions).direct_num_workers or 1
-    slices = config.slices or max(2, workers)
+    slices = _slices(config, workers)
     output.parent.mkdir(parents=True, exist_ok=True)
     staging = output.parent / f".{output.name}.staging-{uuid.uuid4().hex[:8]}"
     staging.mkdir(mode=0o700)
@@ -448,7 +496,8 @@ def _create(
             staged_archive,
             execution_id,
             slices,
-            client.layout,
+            target,
+            ahead,
             Encryption.new(config.encrypt_with) if config.encrypt_with is not None else None,
         )
         with Progress("create", total=sum(expected.values()), enabled=config.progress):
@@ -493,22 +542,26 @@ def _build_pipeline(
     staged_archive: Path,
     execution_id: str | None,
     slices: int,
-    layout: Layout,
+    target: SearchTarget,
+    ahead: str | None,
     encryption: Encryption | None,
 ) -> None:
     import apache_beam as beam
 
+    from transforms._beam import Values
     from transforms.agents import BuildAgentsJson
     from transforms.read_manager import ListFileTree, ReadManagerDocuments, ToSnapshotParts
     from transforms.shards import ArchiveMember, WriteShards, WriteSnapshotArchive
 
     pages = p | "ReadManagerDocuments" >> ReadManagerDocuments(
-        replace(config.target, layout=layout),
+        target,
         sources,
         parallelism=slices,
         page_size=config.page_size,
         page_bytes=config.page_bytes,
         pages=True,
+        concurrency=READ_CONCURRENCY,
+        ahead=ahead,
     )
     parts = pages | "ToSnapshotParts" >> ToSnapshotParts(
         NEVER_IN_SNAPSHOT_TYPES,
@@ -527,7 +580,7 @@ def _build_pipeline(
         ip = _agent_defaults(source).manager_ip
         small.append(ArchiveMember("manager.json", data=_json_bytes({"MANAGEMENT_IP": ip})))
     member_sets = [
-        p | "SmallMembers" >> beam.Create(small, reshuffle=False),
+        p | "SmallMembers" >> Values(small),
         agents_member,
         file_members,
     ]

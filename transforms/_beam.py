@@ -17,7 +17,7 @@ from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.timestamp import MIN_TIMESTAMP
 from apache_beam.utils.windowed_value import WindowedValue
 
-__all__ = ["in_global_window", "RunOnce"]
+__all__ = ["in_global_window", "RunOnce", "Values"]
 
 
 def in_global_window(value: Any) -> WindowedValue:
@@ -34,6 +34,18 @@ class RunOnce(beam.PTransform):
     def expand(self, inputs: tuple[beam.PCollection, ...]) -> beam.PCollection:
         return (
             inputs[0].pipeline
-            | "Once" >> beam.Create([None])
+            | "Once" >> beam.Impulse()
             | "Run" >> beam.ParDo(self._fn, *(beam.pvalue.AsList(p) for p in inputs))
         )
+
+
+class Values(beam.PTransform):
+    """PBegin → `values`."""
+
+    def __init__(self, values: Any) -> None:
+        super().__init__()
+        self._values = list(values)
+
+    def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
+        values = self._values
+        return pbegin | "Impulse" >> beam.Impulse() | "Values" >> beam.FlatMap(lambda _: values)

@@ -27,9 +27,11 @@ import msgspec
 from core.archive import CREDENTIALS_PREFIX, es_data_page, unsafe_member_reason
 from core.errors import JobFailed, UnsafePath
 from core.model import STORAGE_INDEX, Hit, credentials_dir_name, is_compute_node
+from core.read_ahead import whole_reads
 from core.search import RawHit, RawPage, SearchTarget
+from transforms._beam import Values
 from transforms.agents import page_agent_facts
-from transforms.search_io import READ_NAMESPACE, ReadAllFromSearch, ReadPart
+from transforms.search_io import READ_NAMESPACE, ReadAllFromSearch
 from transforms.shards import ArchiveMember, LinePage
 
 __all__ = [
@@ -67,13 +69,13 @@ class ReadManagerDocuments(beam.PTransform):
     def __init__(self, target: SearchTarget, sources: Sequence[Source], **read: Any) -> None:
         """`read`: `ReadAllFromSearch`'s keywords (`parallelism`, `page_size`, `pages`, …)."""
         super().__init__()
-        self._reads = [ReadPart(i, tuple(types) if types else None, None) for i, types in sources]
+        self._reads = whole_reads(sources)
         self._read_all = ReadAllFromSearch(target, counter_namespace=READ_NAMESPACE, **read)
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection[Any]:
         # no Reshuffle of these few descriptions (Create's default for more than one): it was
         # two more stages; ReadAllFromSearch spreads the planned parts itself where it pays
-        sources = beam.Create(self._reads, reshuffle=False)
+        sources = Values(self._reads)
         return pbegin | "Sources" >> sources | "ReadAll" >> self._read_all
 
 
@@ -207,7 +209,7 @@ class ListFileTree(beam.PTransform):
         root = self._root
         return (
             pbegin
-            | "FileServerFolders" >> beam.Create(self._folders, reshuffle=False)
+            | "FileServerFolders" >> Values(self._folders)
             | "WalkFolder" >> beam.FlatMap(lambda folder: list_file_tree(root, folder))
         )
 

@@ -12,8 +12,10 @@ layout) comes from `core.search.SearchClient`, chosen from the server's version.
 (index pattern, types) goes to a planning step that asks the server how to split the read
 (`SearchClient.partitions`: sliced scroll on Elasticsearch ≥ 5 and OpenSearch, one part per
 shard on 1.x/2.x), the parts are spread over workers (only those small descriptions are
-shuffled), and each part is read with one scroll, the client opened in `setup()` and closed in
-`teardown()`. The parts of one read cover every document exactly once.
+shuffled), and each part is read with one scroll (`core.read_ahead.Scroll`, a thread of its
+own). The parts of one read cover every document exactly once. Given `ahead=` (the token of a
+`core.read_ahead.ReadAhead` started by the job in the process the pipeline runs in), the reads
+take that read-ahead's plan, queue and running scrolls instead of starting those parts again.
 
 Output elements are hits in the shape of a 3.x snapshot's es_data line,
 `{"_index", "_type", "_id", "_score": 0.0, "_source"}`, with Cloudify's logical index and type
@@ -42,7 +44,6 @@ from __future__ import annotations
 
 import pickle
 import queue
-import threading
 from collections import Counter, deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -54,10 +55,12 @@ import msgspec
 from apache_beam.transforms.display import DisplayDataItem
 from apache_beam.utils.windowed_value import WindowedValue
 
+from core import read_ahead
 from core.digests import batch_digest
 from core.errors import BulkLoadError
 from core.options import spreads_work
-from core.search import Partition, RawHit, RawPage, SearchTarget
+from core.read_ahead import DONE, PAGES_PER_SCROLL, Pages, ReadPart, Scroll, plan_parts
+from core.search import RawHit, RawPage, SearchTarget
 from transforms._beam import in_global_window
 
 __all__ = [
@@ -165,88 +168,16 @@ class HitPageCoder(beam.coders.Coder):
 beam.coders.registry.register_coder(HitPage, HitPageCoder)
 
 
-@dataclass(frozen=True)
-class ReadPart:
-    """One part of a read: a logical index (or pattern), its types (None: all), the query, and
-    which part (None: the whole of it)."""
-
-    index: str
-    doc_types: tuple[str, ...] | None
-    partition: Partition | None
-    query: Any = None
-
-
 class _PlanPartsFn(beam.DoFn):
-    """A `ReadPart` for the whole read → the parts the server splits it into."""
+    """A `ReadPart` for the whole read → the parts the server splits it into (or those a
+    read-ahead in this process planned, `core.read_ahead`)."""
 
-    def __init__(self, target: SearchTarget, parallelism: int) -> None:
-        self._target, self._parallelism = target, parallelism
+    def __init__(self, target: SearchTarget, parallelism: int, ahead: str | None = None) -> None:
+        self._target, self._parallelism, self._ahead = target, parallelism, ahead
 
     def process(self, whole: ReadPart) -> Iterator[ReadPart]:
-        with self._target.connect() as client:
-            partitions = client.partitions(whole.index, whole.doc_types, self._parallelism)
-        if not partitions:
-            yield whole
-            return
-        for partition in partitions:
-            yield ReadPart(whole.index, whole.doc_types, partition, whole.query)
-
-
-class _Scroll(threading.Thread):
-    """One part read by a thread of its own into the reader's queue of pages, as `(scroll,
-    page)` (a scroll's network waits release the GIL: the worker parses, writes and reads the
-    next pages at once). The queue is shared by the running scrolls, so the reader takes
-    whichever page is ready first. A failure is handed over through the queue and raised by the
-    reader."""
-
-    def __init__(
-        self,
-        target: SearchTarget,
-        part: ReadPart,
-        page_size: int,
-        pages: queue.Queue[Any],
-        page_bytes: int | None = None,
-    ) -> None:
-        super().__init__(daemon=True, name="cfysnap-scroll")
-        self.part, self.pages = part, pages
-        self._target, self._page_size, self._page_bytes = target, page_size, page_bytes
-        self._stop = threading.Event()
-
-    def run(self) -> None:
-        try:
-            with self._target.connect() as client:
-                scan = client.scan_pages(
-                    self.part.index,
-                    list(self.part.doc_types) if self.part.doc_types else None,
-                    query=self.part.query,
-                    partition=self.part.partition,
-                    page_size=self._page_size,
-                    page_bytes=self._page_bytes,
-                )
-                try:
-                    for page in scan:
-                        if not self._put(page):
-                            return
-                finally:
-                    scan.close()  # clears the scroll, also when the reader gave up
-            self._put(_DONE)
-        except BaseException as exc:  # noqa: BLE001 - handed to the reader, raised there
-            self._put(exc)
-
-    def _put(self, item: Any) -> bool:
-        while not self._stop.is_set():
-            try:
-                self.pages.put((self, item), timeout=0.5)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def cancel(self) -> None:
-        self._stop.set()
-
-
-_DONE = object()
+        parts = read_ahead.planned(self._ahead, whole)
+        yield from parts if parts is not None else plan_parts(self._target, whole, self._parallelism)
 
 
 class _ReadPartFn(beam.DoFn):
@@ -261,19 +192,26 @@ class _ReadPartFn(beam.DoFn):
         pages: bool,
         concurrency: int,
         page_bytes: int | None = None,
+        ahead: str | None = None,
     ) -> None:
         self._target, self._page_size, self._namespace = target, page_size, namespace
         self._page_bytes = page_bytes
         self._pages, self._concurrency = pages, concurrency
+        self._ahead = ahead
 
     def start_bundle(self) -> None:
-        self._running: list[_Scroll] = []
-        self._queue = queue.Queue[Any](maxsize=3 * self._concurrency)
+        adopted = read_ahead.adopt(self._ahead)  # a read-ahead's queue and scrolls, once
+        if adopted is not None:
+            self._queue, self._running = adopted
+        else:
+            self._running = []
+            self._queue = Pages(PAGES_PER_SCROLL * self._concurrency)
 
     def process(self, part: ReadPart) -> Iterator[Any]:
-        scroll = _Scroll(self._target, part, self._page_size, self._queue, self._page_bytes)
-        scroll.start()
-        self._running.append(scroll)
+        if not read_ahead.started_ahead(self._ahead, part):  # else its pages come adopted
+            scroll = Scroll(self._target, part, self._page_size, self._queue, self._page_bytes)
+            scroll.start()
+            self._running.append(scroll)
         while len(self._running) >= self._concurrency:
             yield from self._drain_some()
 
@@ -290,7 +228,7 @@ class _ReadPartFn(beam.DoFn):
                     scroll, item = self._queue.get(timeout=0.5)
                 except queue.Empty:
                     continue
-                if item is _DONE:
+                if item is DONE:
                     self._running.remove(scroll)
                     return
                 if isinstance(item, BaseException):
@@ -340,10 +278,13 @@ class ReadAllFromSearch(beam.PTransform):
         concurrency: int = 2,
         counter_namespace: str = READ_NAMESPACE,
         spread: bool | None = None,
+        ahead: str | None = None,
     ) -> None:
         """`spread`: reshuffle the parts over workers; by default, as `core.options.spreads_work`
         says of the pipeline's options (with one worker the parts are read where they were
-        planned, in the same stage)."""
+        planned, in the same stage). `ahead`: the token of a `core.read_ahead.ReadAhead` of
+        these reads, started with these keywords in the process the pipeline runs in (its plan
+        and its scrolls are adopted; without it in the process, the read is as without)."""
         super().__init__()
         if min(parallelism, page_size, concurrency, 1 if page_bytes is None else page_bytes) < 1:
             raise ValueError(
@@ -353,14 +294,15 @@ class ReadAllFromSearch(beam.PTransform):
         self._target = target if isinstance(target, SearchTarget) else SearchTarget(target)
         self._parallelism, self._page_size, self._page_bytes = parallelism, page_size, page_bytes
         self._pages_out, self._concurrency = pages, concurrency
-        self._namespace, self._spread = counter_namespace, spread
+        self._namespace, self._spread, self._ahead = counter_namespace, spread, ahead
 
     def expand(self, wholes: beam.PCollection[ReadPart]) -> beam.PCollection[Any]:
         read = _ReadPartFn(
             self._target, self._page_size, self._namespace, self._pages_out, self._concurrency,
-            self._page_bytes,
+            self._page_bytes, self._ahead,
         )
-        parts = wholes | "PlanParts" >> beam.ParDo(_PlanPartsFn(self._target, self._parallelism))
+        plan = _PlanPartsFn(self._target, self._parallelism, self._ahead)
+        parts = wholes | "PlanParts" >> beam.ParDo(plan)
         spread = self._spread
         if spread is None:
             spread = spreads_work(wholes.pipeline.options)
