@@ -44,7 +44,7 @@ from typing import Any
 
 from core.fs import FileSystems
 
-__all__ = ["Journal", "JournalState", "KILL_HOOK_ENV", "merge_ranges"]
+__all__ = ["Journal", "JournalState", "KILL_HOOK_ENV", "line_ranges", "merge_ranges"]
 
 KILL_HOOK_ENV = "CFYSNAP_TEST_KILL_AT"
 _written: Counter[str] = Counter()
@@ -59,6 +59,17 @@ def merge_ranges(ranges: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
         else:
             merged.append((a, b))
     return merged
+
+
+def line_ranges(lines: Iterable[int]) -> list[tuple[int, int]]:
+    """`merge_ranges` of single lines: a batch's es_data lines (a few thousand, mostly one run)
+    as `[first, last]` ranges. One run, the usual batch, is found without a Python loop."""
+    ordered = sorted(set(lines))
+    if not ordered:
+        return []
+    if ordered[-1] - ordered[0] == len(ordered) - 1:  # distinct, and as many as the span holds
+        return [(ordered[0], ordered[-1])]
+    return merge_ranges((n, n) for n in ordered)
 
 
 @dataclass

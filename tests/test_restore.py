@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 from core.archive import AGENTS, ES_DATA, SnapshotReader, SnapshotWriter
 from core.errors import CorruptArchive, RestoreRefused
-from core.journal import Journal, merge_ranges
+from core.journal import Journal, line_ranges, merge_ranges
 from core.model import FILE_FOLDERS, Hit, Version, _parse_utc_day, event_day
 from core.search import Layout, SearchClient
 from pipelines import restore, verify
@@ -192,6 +192,10 @@ def test_journal_replays_events_ignores_torn_files_and_merges_line_ranges(tmp_pa
     for path in (events / "000001-checked.json", events.parent):  # keys and broker hosts
         assert stat.S_IMODE(path.stat().st_mode) == (0o600 if path.is_file() else 0o700)
     assert merge_ranges([(5, 5), (3, 4), (9, 10), (1, 1), (4, 6)]) == [(1, 1), (3, 6), (9, 10)]
+    assert line_ranges(range(7, 2007)) == [(7, 2006)]
+    assert line_ranges([9, 3, 4, 5, 12, 10, 4]) == [(3, 5), (9, 10), (12, 12)]
+    assert line_ranges([3, 3, 5]) == [(3, 3), (5, 5)]  # as many lines as the span, not one run
+    assert line_ranges([]) == []
     resumed = Journal(journal.path)  # a second run appends after what is there
     resumed.append({"event": "finished"})
     assert resumed.replay().finished

@@ -589,7 +589,8 @@ class _FakeHandler(http.server.BaseHTTPRequestHandler):
             if status >= 300:
                 outcome["error"] = {"type": "es_rejected_execution_exception", "reason": "full"}
             items.append({op: outcome})
-        body = json.dumps({"errors": True, "items": items}).encode()
+        errors = any(next(iter(item.values()))["status"] >= 300 for item in items)
+        body = json.dumps({"errors": errors, "items": items}).encode()
         self.send_response(200)
         self.send_header("content-type", "application/json")
         self.send_header("content-length", str(len(body)))
@@ -641,6 +642,29 @@ def test_a_4xx_item_is_not_resent(fake_bulk: FakeBulkServer) -> None:
     assert result.succeeded == 2
     assert [(f.doc_id, f.status) for f in result.failed] == [("a", 400)]
     assert fake_bulk.requests == [["a", "b", "c"], ["b", "c"]]
+
+
+def test_a_bulk_response_counts_as_written_only_when_every_item_says_so() -> None:
+    """The fast reading of a bulk response (statuses only) takes it as all written only when
+    `errors` is false, it has an item for every document sent and each item's status is 2xx;
+    anything else is left to the whole parse, which names what failed."""
+    from core.search import _all_written
+
+    def response(statuses: list[int], errors: bool = False, **extra: object) -> bytes:
+        items = [{"index": {"_id": str(n), "status": s, **extra}} for n, s in enumerate(statuses)]
+        return json.dumps({"took": 3, "errors": errors, "items": items}).encode()
+
+    assert _all_written(response([201, 200, 201]), 3)
+    assert _all_written(response([201], _version=1, _shards={"total": 2}), 1)
+    assert not _all_written(response([201, 200, 201]), 4)  # an item missing
+    assert not _all_written(response([201, 400, 201]), 3)  # `errors` false, an item failed
+    assert not _all_written(response([201, 201], errors=True), 2)
+    assert not _all_written(b'{"items": [{"index": {"status": 201}}]}', 1)  # no `errors`
+    assert not _all_written(b'{"errors": false, "items": [{"index": {}}]}', 1)  # no status
+    assert not _all_written(b'{"errors": false, "items": [{"index": {"status": 201}, '
+                            b'"create": {"status": 201}}]}', 1)
+    assert not _all_written(b"<html><title>502 Bad Gateway</title></html>", 1)
+    assert not _all_written("text", 1)
 
 
 # ------------------------------------------------------------------------ review regressions

@@ -23,7 +23,7 @@ from apache_beam.io.filesystems import FileSystems
 from core import progress
 from core.archive import decode_line, parse_hit_with_source
 from core.errors import CorruptArchive
-from core.journal import Journal, merge_ranges
+from core.journal import Journal, line_ranges
 from core.model import Hit
 from core.search import SearchTarget
 from transforms.agent_index import AgentIndex
@@ -197,7 +197,7 @@ class JournalBatches:
     journal: Journal
 
     def __call__(self, batch: WrittenBatch) -> None:
-        lines = merge_ranges((line, line) for line in batch.tags)
+        lines = line_ranges(batch.tags)
         self.journal.append(
             {
                 "event": "batch",
