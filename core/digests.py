@@ -17,11 +17,12 @@ import hashlib
 import json
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from core.model import HitKey
+
+if TYPE_CHECKING:
+    import numpy as np
 
 __all__ = [
     "key_digest",
@@ -45,6 +46,8 @@ def key_digest(key: HitKey) -> int:
 
 def repeated(digests: np.ndarray) -> np.ndarray:
     """The distinct values that occur more than once in `digests` (int64), sorted."""
+    import numpy as np  # here: importing this module (every job does) needs none of it
+
     if len(digests) < 2:
         return np.empty(0, dtype=np.int64)
     ordered = np.sort(digests)
