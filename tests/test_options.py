@@ -126,3 +126,76 @@ def test_the_views_are_neither_pickled_nor_copied() -> None:
     assert restored.view_as(DirectOptions).direct_num_workers == 3
     assert restored.get_all_options()["local_flag"] == "y"
     assert "_views" in options.__dict__  # the original keeps its own
+
+
+_SPECS_PROBE = """
+import json, sys
+from collections import Counter
+sys.path.insert(0, sys.argv[1])
+import apache_beam as beam
+from apache_beam.coders import VarIntCoder
+from apache_beam.transforms import userstate
+from apache_beam.transforms.userstate import BagStateSpec, TimerSpec, on_timer
+from core.options import beam_options
+
+inspected = []
+real = userstate.get_dofn_specs
+def counting(dofn):
+    inspected.append((type(dofn).__name__, id(dofn)))
+    return real(dofn)
+userstate.get_dofn_specs = counting
+beam_options([])
+beam_options([])  # once per process: not wrapped twice
+
+
+class Stateful(beam.DoFn):
+    BAG = BagStateSpec("bag", VarIntCoder())
+    TIMER = TimerSpec("t", beam.TimeDomain.WATERMARK)
+
+    def process(self, kv, bag=beam.DoFn.StateParam(BAG), t=beam.DoFn.TimerParam(TIMER)):
+        bag.add(kv[1])
+        yield kv
+
+    @on_timer(TIMER)
+    def fire(self):
+        return []
+
+
+class Unhashable(beam.DoFn):
+    __hash__ = None
+
+    def process(self, x):
+        yield x
+
+
+stateful, plain = Stateful(), Unhashable()
+first = userstate.get_dofn_specs(stateful)
+first[0].clear()  # the caller's own copy
+again = userstate.get_dofn_specs(stateful)
+userstate.get_dofn_specs(plain); userstate.get_dofn_specs(plain)
+with beam.Pipeline(options=beam_options([])) as p:
+    _ = p | beam.Create([("k", 1), ("k", 2)]) | beam.ParDo(Stateful())
+print(json.dumps({
+    "again": [sorted(s.name for s in again[0]), sorted(s.name for s in again[1])],
+    "stateful": userstate.is_stateful_dofn(stateful),
+    "stateful_instances": sorted(
+        n for n in Counter(i for name, i in inspected if name == "Stateful").values()),
+    "unhashable": sum(1 for name, _ in inspected if name == "Unhashable"),
+}))
+"""
+
+
+def test_a_dofns_state_and_timer_specs_are_found_once_and_handed_out_as_copies() -> None:
+    """`beam_options` makes Beam inspect a DoFn's methods for state and timers once per DoFn:
+    asked again, it answers the same specs (its own copies each time); a DoFn that cannot be
+    hashed is inspected each time; a stateful DoFn still runs as one."""
+    out = subprocess.run(
+        [sys.executable, "-c", _SPECS_PROBE, str(REPO)], capture_output=True, text=True, check=True
+    )
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["again"] == [["bag"], ["ts-t"]]  # Beam names a timer "ts-<name>"
+    assert result["stateful"] is True
+    # each Stateful instance (ours, the ParDo's, the worker's copies) inspected once, though
+    # Beam asks about six times; the unhashable one each of the two times it was asked
+    assert result["stateful_instances"] and set(result["stateful_instances"]) == {1}
+    assert result["unhashable"] == 2
