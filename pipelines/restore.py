@@ -471,21 +471,11 @@ def _restore(config: RestoreConfig, beam_args: Sequence[str], workdir: Path) -> 
             state = JournalState(started={"archive_sha256": sha})
         done: dict[str, Any] = {}
         try:
-            # the indices are made while the files and keys are written: the server's cluster
-            # state changes and the local disk's writes overlap (0.14 s and 0.13 s at 100k)
-            with ThreadPoolExecutor(1, thread_name_prefix="cfysnap-indices") as pool:
-                indices = pool.submit(create_indices, client, list(archive_plan.expected))
-                try:
-                    summary.files_copied, summary.files_kept = copy_files(
-                        reader, fs_root, state, journal
-                    )
-                    done["files"] = len(summary.files_copied)
-                    summary.keys = write_keys(reader, credentials_dir, state, journal)
-                    done["keys"] = len(summary.keys)
-                finally:
-                    indices_error = indices.exception()  # waits; raised below, after the files'
-                if indices_error is not None:
-                    raise indices_error
+            summary.files_copied, summary.files_kept = copy_files(reader, fs_root, state, journal)
+            done["files"] = len(summary.files_copied)
+            summary.keys = write_keys(reader, credentials_dir, state, journal)
+            done["keys"] = len(summary.keys)
+            create_indices(client, list(archive_plan.expected))
             _load_documents(config, ctx, archive, journal, state, archive_plan, beam_args)
             client.flush()  # durable before the journal says finished (see trusted_batches)
             client.refresh()
