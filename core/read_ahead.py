@@ -15,8 +15,9 @@ is without read-ahead. It holds no more than the reader itself would: `concurren
 time, 3 pages a scroll queued, and it stops starting parts once adopted.
 
 It only serves a reader in the same process: a job starts one only for Beam's in-process runner
-with one worker (`ReadAhead.fits`), and closes it when its pipeline is done. Closing cancels any
-scroll that nothing adopted (its server context cleared) and waits for it.
+with one worker (`ReadAhead.fits`), and closes it when its pipeline is done. Closing cancels
+every scroll it started and waits for it (its server context cleared): after a pipeline that
+read them all they have ended; after one that failed they stop there.
 
 This module imports no Beam (it runs before Beam is imported).
 """
@@ -36,6 +37,7 @@ from core.search import Partition, SearchTarget
 __all__ = [
     "DONE",
     "PAGES_PER_SCROLL",
+    "Adopted",
     "Pages",
     "ReadAhead",
     "ReadPart",
@@ -43,7 +45,6 @@ __all__ = [
     "adopt",
     "plan_parts",
     "planned",
-    "started_ahead",
     "whole_reads",
 ]
 
@@ -164,10 +165,21 @@ class Scroll(threading.Thread):
         self._cancelled.set()
 
 
+@dataclass(frozen=True)
+class Adopted:
+    """What a reader takes over from a read-ahead: the queue its scrolls put pages in, those
+    scrolls (running or done: each one's end is in the queue), and the keys of their parts
+    (not to be started again by the reader that adopted them)."""
+
+    pages: Pages
+    scrolls: list[Scroll]
+    started: frozenset[tuple[Any, ...]]
+
+
 class ReadAhead:
     """The whole reads `wholes`, planned now, their first parts scrolled from `start()` on,
-    `concurrency` at a time, until a reader adopts them (`adopt`) or `close()`. The keywords are
-    those the pipeline's reader is given (they must be: the pages are its pages)."""
+    `concurrency` at a time, until a reader adopts them (`adopt`) or `close()`. The keywords
+    must be the reader's own: a reader given others neither takes the plan nor adopts."""
 
     _open: dict[str, ReadAhead] = {}
     _lock = threading.Lock()
@@ -184,7 +196,7 @@ class ReadAhead:
     ) -> None:
         self.token = uuid.uuid4().hex
         self._target, self._page_size, self._page_bytes = target, page_size, page_bytes
-        self._concurrency = concurrency
+        self._concurrency, self._parallelism = concurrency, parallelism
         self.plan = {whole.key(): plan_parts(target, whole, parallelism) for whole in wholes}
         self.pages = Pages(PAGES_PER_SCROLL * concurrency)
         self.scrolls: list[Scroll] = []
@@ -198,6 +210,14 @@ class ReadAhead:
         """Whether a job run with `beam_args` reads in this process: the default runner
         (in-process, one worker) is the only one given no Beam options at all."""
         return not beam_args
+
+    def planning(self) -> tuple[Any, ...]:
+        """What a reader's planning step must have been given for this plan to be its own."""
+        return (self._target, self._parallelism)
+
+    def reading(self) -> tuple[Any, ...]:
+        """What a reader must have been given for these pages and scrolls to be its own."""
+        return (self._target, self._page_size, self._page_bytes, self._concurrency)
 
     def start(self) -> ReadAhead:
         with ReadAhead._lock:
@@ -228,17 +248,17 @@ class ReadAhead:
                 self._closed.wait(_WATCH)
 
     def close(self) -> None:
-        """Forget it; cancel and wait for the scrolls nothing adopted (their contexts cleared)."""
+        """Forget it; cancel every scroll it started and wait for it (its server context
+        cleared). After a pipeline that read them all they have ended; after one that failed,
+        adopted or not, they stop here, whatever the reader did."""
         with ReadAhead._lock:
             ReadAhead._open.pop(self.token, None)
             self._closed.set()
-            adopted = self._adopted
         self._starter.join()
-        if not adopted:
-            for scroll in self.scrolls:
-                scroll.cancel()
-            for scroll in self.scrolls:
-                scroll.join()
+        for scroll in self.scrolls:
+            scroll.cancel()
+        for scroll in self.scrolls:
+            scroll.join()
 
     def __enter__(self) -> ReadAhead:
         return self.start()
@@ -247,36 +267,27 @@ class ReadAhead:
         self.close()
 
 
-def planned(token: str | None, whole: ReadPart) -> list[ReadPart] | None:
-    """The parts a read-ahead planned for `whole` (None: no read-ahead of it here)."""
+def planned(token: str | None, whole: ReadPart, planning: tuple[Any, ...]) -> list[ReadPart] | None:
+    """The parts the read-ahead `token` planned for `whole`, if it planned with `planning`
+    (`ReadAhead.planning`); None: plan it yourself."""
     if token is None:
         return None
     with ReadAhead._lock:
         ahead = ReadAhead._open.get(token)
-        return None if ahead is None else ahead.plan.get(whole.key())
+        if ahead is None or ahead.planning() != planning:
+            return None
+        return ahead.plan.get(whole.key())
 
 
-def adopt(token: str | None) -> tuple[Pages, list[Scroll]] | None:
-    """The queue and the scrolls of the read-ahead `token`, once (the reader's from now on); it
-    starts no more parts. None: no read-ahead here, or already adopted."""
+def adopt(token: str | None, reading: tuple[Any, ...]) -> Adopted | None:
+    """The read-ahead `token`'s queue, scrolls and started parts, once, for a reader given
+    `reading` (`ReadAhead.reading`); it starts no more parts. None: no read-ahead here, one
+    with other keywords, or one already adopted."""
     if token is None:
         return None
     with ReadAhead._lock:
         ahead = ReadAhead._open.get(token)
-        if ahead is None or ahead._adopted:
+        if ahead is None or ahead._adopted or ahead.reading() != reading:
             return None
         ahead._adopted = True
-        return ahead.pages, list(ahead.scrolls)
-
-
-def started_ahead(token: str | None, part: ReadPart) -> bool:
-    """Whether `part` was started by the read-ahead `token` (its pages come through the adopted
-    queue); answered True once per part."""
-    if token is None:
-        return False
-    with ReadAhead._lock:
-        ahead = ReadAhead._open.get(token)
-        if ahead is None or part.key() not in ahead._started:
-            return False
-        ahead._started.discard(part.key())
-        return True
+        return Adopted(ahead.pages, list(ahead.scrolls), frozenset(ahead._started))

@@ -404,6 +404,8 @@ def _parsed(response: Any) -> Any:
     if isinstance(response, bytes | bytearray | memoryview):
         return _loads_or_text(response)
     return response
+
+
 _JSON_DECODE = msgspec.json.decode
 
 

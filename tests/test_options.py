@@ -197,5 +197,6 @@ def test_a_dofns_state_and_timer_specs_are_found_once_and_handed_out_as_copies()
     assert result["stateful"] is True
     # each Stateful instance (ours, the ParDo's, the worker's copies) inspected once, though
     # Beam asks about six times; the unhashable one each of the two times it was asked
-    assert result["stateful_instances"] and set(result["stateful_instances"]) == {1}
+    assert len(result["stateful_instances"]) >= 2  # ours and the ParDo's, not one per class
+    assert set(result["stateful_instances"]) == {1}
     assert result["unhashable"] == 2

@@ -26,8 +26,6 @@ from pipelines.sample.load import load_manager
 from transforms._beam import Values
 from transforms.search_io import ReadAllFromSearch
 
-pytestmark = [pytest.mark.server]
-
 SOURCES = [("cloudify_storage", None), ("logstash-*", ("cloudify_event",))]
 
 
@@ -63,6 +61,7 @@ def wait_for_no_contexts(client: SearchClient) -> int:
     return n
 
 
+@pytest.mark.server
 def test_the_pipeline_adopts_a_read_started_ahead(
     search: SearchClient, tmp_path: Path, counted_scrolls: list[ReadPart],
     monkeypatch: pytest.MonkeyPatch,
@@ -105,6 +104,7 @@ def test_the_pipeline_adopts_a_read_started_ahead(
     assert wait_for_no_contexts(search) == 0
 
 
+@pytest.mark.server
 def test_a_read_ahead_nothing_adopted_is_cancelled_and_cleared(
     search: SearchClient, tmp_path: Path, counted_scrolls: list[ReadPart]
 ) -> None:
@@ -125,12 +125,23 @@ def test_a_read_ahead_nothing_adopted_is_cancelled_and_cleared(
     held = []
     while ahead.pages.qsize():
         held.append(ahead.pages.get(0)[1])
+    assert not any(isinstance(item, BaseException) for item in held)
     assert 0 < sum(item is not DONE for item in held) <= 6  # never more pages than its bound
     assert wait_for_no_contexts(search) == 0
-    assert read_ahead.adopt(ahead.token) is None  # closed: nothing left to adopt
+    assert read_ahead.adopt(ahead.token, ahead.reading()) is None  # closed: nothing to adopt
 
 
 def test_only_the_in_process_runner_reads_ahead() -> None:
+    """A job given no Beam options runs on the in-process runner with one worker, whose reads
+    are not spread over workers: the only one a read-ahead is started for."""
+    from apache_beam.options.pipeline_options import DirectOptions
+
+    from core.options import DEFAULT_RUNNER, beam_options, spreads_work
+
+    options = beam_options([])
+    assert options.view_as(beam.options.pipeline_options.StandardOptions).runner == DEFAULT_RUNNER
+    assert options.view_as(DirectOptions).direct_running_mode == "in_memory"
+    assert not spreads_work(options)
     assert ReadAhead.fits([])
     assert not ReadAhead.fits(["--direct_num_workers=2", "--direct_running_mode=multi_processing"])
     assert not ReadAhead.fits(["--runner=FlinkRunner"])
@@ -169,5 +180,63 @@ def test_parts_are_told_apart_by_their_query() -> None:
     b = ReadPart("cloudify_storage", None, None, {"b": [1], "term": {"x": 1}})
     c = ReadPart("cloudify_storage", None, None, {"term": {"x": 2}})
     assert a.key() == b.key() != c.key()
-    assert read_ahead.started_ahead(None, a) is False
-    assert read_ahead.planned(None, a) is None and read_ahead.adopt(None) is None
+    assert read_ahead.planned(None, a, ()) is None and read_ahead.adopt(None, ()) is None
+
+
+@pytest.mark.server
+def test_a_reader_with_other_keywords_neither_plans_with_nor_adopts_a_read_ahead(
+    search: SearchClient, tmp_path: Path, counted_scrolls: list[ReadPart]
+) -> None:
+    """A reader whose page size differs from the read-ahead's reads every part itself, once;
+    the read-ahead's own scrolls are stopped when it is closed."""
+    spec = ManagerSpec(version=Version.V3_3, events=300, logs=100, keys_dir=str(tmp_path / "k"))
+    load_manager(spec, search, tmp_path / "fs")
+    expected = sorted(h["_id"] for h in manager_hits(spec)
+                      if h["_index"] == "cloudify_storage" or h["_type"] == "cloudify_event")
+    target = SearchTarget(search.url, layout=search.layout)
+    with ReadAhead(target, whole_reads(SOURCES), parallelism=2, page_size=50,
+                   page_bytes=None, concurrency=2) as ahead:
+        with BeamPipeline() as p:
+            hits = (p | Values(whole_reads(SOURCES))
+                    | ReadAllFromSearch(target, parallelism=2, page_size=60, concurrency=2,
+                                        ahead=ahead.token))
+            assert_that(hits | beam.Map(lambda h: h["_id"]), equal_to(expected))
+        planned = [part for parts in ahead.plan.values() for part in parts]
+        ahead_started = [s.part for s in ahead.scrolls]
+    # the pipeline started every planned part itself, beside what the read-ahead had started
+    assert Counter(p.key() for p in Started.parts) == Counter(
+        [p.key() for p in planned] + [p.key() for p in ahead_started])
+    assert not any(s.is_alive() for s in ahead.scrolls)
+    assert wait_for_no_contexts(search) == 0
+
+
+class Boom(Exception):
+    pass
+
+
+def fail_on_first(hit: Any) -> Any:
+    raise Boom(hit["_id"])
+
+
+@pytest.mark.server
+def test_a_pipeline_that_fails_after_adopting_leaves_no_scroll_behind(
+    search: SearchClient, tmp_path: Path
+) -> None:
+    """A step after the reader fails on the first hit, while adopted scrolls still wait to
+    put pages: the job fails, and once the read-ahead is closed no scroll thread runs and the
+    server holds no scroll context."""
+    spec = ManagerSpec(version=Version.V3_3, events=600, logs=600, keys_dir=str(tmp_path / "k"))
+    load_manager(spec, search, tmp_path / "fs")
+    target = SearchTarget(search.url, layout=search.layout)
+    with pytest.raises(Exception, match="fail_on_first"):  # the step named, as Beam wraps it
+        with ReadAhead(target, whole_reads(SOURCES), parallelism=2, page_size=10,
+                       page_bytes=None, concurrency=2) as ahead:
+            with BeamPipeline() as p:
+                _ = (p | Values(whole_reads(SOURCES))
+                     | ReadAllFromSearch(target, parallelism=2, page_size=10, concurrency=2,
+                                         ahead=ahead.token)
+                     | beam.Map(fail_on_first))
+    assert ahead.scrolls
+    assert not any(s.is_alive() for s in ahead.scrolls)
+    assert not [t for t in threading.enumerate() if t.name == "cfysnap-scroll" and t.is_alive()]
+    assert wait_for_no_contexts(search) == 0

@@ -3,9 +3,10 @@
 - `in_global_window(value)`: what a DoFn yields from `finish_bundle` (which has no element to
   take a window from): the value in the global window, at the minimum timestamp.
 - `RunOnce(fn)`: `fn` called once, after every input PCollection is complete, with each input
-  as a list side input: `process(None, *lists)`. For the steps that assemble one artefact from
-  many small descriptions (an archive from shard infos, a dataset from part files, agents.json
-  from fragment files). Only the descriptions are materialised, never the data.
+  as a list side input: `process(b"", *lists)` (Impulse's element, to be ignored). For the
+  steps that assemble one artefact from many small descriptions (an archive from shard infos,
+  a dataset from part files, agents.json from fragment files). Only the descriptions are
+  materialised, never the data.
 - `Values(values)`: a few small values known when the graph is built, as a PCollection: one
   Impulse and one FlatMap, where `beam.Create` is four transforms (a create's five Creates were
   20 of its 32) and Beam's graph, runner set-up and bundles cost per transform.
@@ -28,7 +29,7 @@ def in_global_window(value: Any) -> WindowedValue:
 
 
 class RunOnce(beam.PTransform):
-    """(PCollection, ...) → the outputs of one `fn.process(None, *inputs as lists)` call."""
+    """(PCollection, ...) → the outputs of one `fn.process(b"", *inputs as lists)` call."""
 
     def __init__(self, fn: beam.DoFn) -> None:
         super().__init__()

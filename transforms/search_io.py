@@ -176,7 +176,7 @@ class _PlanPartsFn(beam.DoFn):
         self._target, self._parallelism, self._ahead = target, parallelism, ahead
 
     def process(self, whole: ReadPart) -> Iterator[ReadPart]:
-        parts = read_ahead.planned(self._ahead, whole)
+        parts = read_ahead.planned(self._ahead, whole, (self._target, self._parallelism))
         yield from parts if parts is not None else plan_parts(self._target, whole, self._parallelism)
 
 
@@ -200,15 +200,20 @@ class _ReadPartFn(beam.DoFn):
         self._ahead = ahead
 
     def start_bundle(self) -> None:
-        adopted = read_ahead.adopt(self._ahead)  # a read-ahead's queue and scrolls, once
+        # a read-ahead's queue and scrolls, once, by the first bundle (with one worker, the
+        # planning step's whole output is one bundle of this step)
+        reading = (self._target, self._page_size, self._page_bytes, self._concurrency)
+        adopted = read_ahead.adopt(self._ahead, reading)
+        self._started: frozenset[Any] = frozenset()
         if adopted is not None:
-            self._queue, self._running = adopted
+            self._queue, self._running = adopted.pages, adopted.scrolls
+            self._started = adopted.started
         else:
             self._running = []
             self._queue = Pages(PAGES_PER_SCROLL * self._concurrency)
 
     def process(self, part: ReadPart) -> Iterator[Any]:
-        if not read_ahead.started_ahead(self._ahead, part):  # else its pages come adopted
+        if part.key() not in self._started:  # else its pages come through the adopted queue
             scroll = Scroll(self._target, part, self._page_size, self._queue, self._page_bytes)
             scroll.start()
             self._running.append(scroll)
@@ -219,6 +224,12 @@ class _ReadPartFn(beam.DoFn):
         while self._running:
             for out in self._drain_some():
                 yield in_global_window(out)
+
+    def teardown(self) -> None:
+        """Scrolls a failed bundle left running (one that failed before it drained any, or
+        while its output was being processed) are cancelled: each clears its context."""
+        for scroll in getattr(self, "_running", ()):
+            scroll.cancel()
 
     def _drain_some(self) -> Iterator[Any]:
         """Pages of the running scrolls, as they come, until one of them ends."""
