@@ -45,6 +45,8 @@ __all__ = [
     "adopt",
     "plan_parts",
     "planned",
+    "planning_key",
+    "reading_key",
     "whole_reads",
 ]
 
@@ -213,11 +215,11 @@ class ReadAhead:
 
     def planning(self) -> tuple[Any, ...]:
         """What a reader's planning step must have been given for this plan to be its own."""
-        return (self._target, self._parallelism)
+        return planning_key(self._target, self._parallelism)
 
     def reading(self) -> tuple[Any, ...]:
         """What a reader must have been given for these pages and scrolls to be its own."""
-        return (self._target, self._page_size, self._page_bytes, self._concurrency)
+        return reading_key(self._target, self._page_size, self._page_bytes, self._concurrency)
 
     def start(self) -> ReadAhead:
         with ReadAhead._lock:
@@ -267,9 +269,21 @@ class ReadAhead:
         self.close()
 
 
+def planning_key(target: SearchTarget, parallelism: int) -> tuple[Any, ...]:
+    """The keywords a plan depends on, as `planned` compares them."""
+    return (target, parallelism)
+
+
+def reading_key(
+    target: SearchTarget, page_size: int, page_bytes: int | None, concurrency: int
+) -> tuple[Any, ...]:
+    """The keywords a reader's pages and scrolls depend on, as `adopt` compares them."""
+    return (target, page_size, page_bytes, concurrency)
+
+
 def planned(token: str | None, whole: ReadPart, planning: tuple[Any, ...]) -> list[ReadPart] | None:
     """The parts the read-ahead `token` planned for `whole`, if it planned with `planning`
-    (`ReadAhead.planning`); None: plan it yourself."""
+    (`planning_key`); None: plan it yourself."""
     if token is None:
         return None
     with ReadAhead._lock:
@@ -281,7 +295,7 @@ def planned(token: str | None, whole: ReadPart, planning: tuple[Any, ...]) -> li
 
 def adopt(token: str | None, reading: tuple[Any, ...]) -> Adopted | None:
     """The read-ahead `token`'s queue, scrolls and started parts, once, for a reader given
-    `reading` (`ReadAhead.reading`); it starts no more parts. None: no read-ahead here, one
+    `reading` (`reading_key`); it starts no more parts. None: no read-ahead here, one
     with other keywords, or one already adopted."""
     if token is None:
         return None

@@ -176,7 +176,8 @@ class _PlanPartsFn(beam.DoFn):
         self._target, self._parallelism, self._ahead = target, parallelism, ahead
 
     def process(self, whole: ReadPart) -> Iterator[ReadPart]:
-        parts = read_ahead.planned(self._ahead, whole, (self._target, self._parallelism))
+        planning = read_ahead.planning_key(self._target, self._parallelism)
+        parts = read_ahead.planned(self._ahead, whole, planning)
         yield from parts if parts is not None else plan_parts(self._target, whole, self._parallelism)
 
 
@@ -202,7 +203,9 @@ class _ReadPartFn(beam.DoFn):
     def start_bundle(self) -> None:
         # a read-ahead's queue and scrolls, once, by the first bundle (with one worker, the
         # planning step's whole output is one bundle of this step)
-        reading = (self._target, self._page_size, self._page_bytes, self._concurrency)
+        reading = read_ahead.reading_key(
+            self._target, self._page_size, self._page_bytes, self._concurrency
+        )
         adopted = read_ahead.adopt(self._ahead, reading)
         self._started: frozenset[Any] = frozenset()
         if adopted is not None:
