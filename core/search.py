@@ -48,26 +48,16 @@ import re
 import time
 import urllib.parse
 from collections import Counter
-from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from json.encoder import encode_basestring_ascii  # type: ignore[attr-defined]
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
-from elastic_transport import (
-    ConnectionError as TransportConnectionError,
-)
-from elastic_transport import (
-    ConnectionTimeout,
-    JsonSerializer,
-    NodeConfig,
-    TlsError,
-    Transport,
-    TransportApiResponse,
-    TransportError,
-)
-from elastic_transport.client_utils import url_to_node_config
+
+if TYPE_CHECKING:
+    from elastic_transport import NodeConfig, Transport, TransportApiResponse
 
 from core.errors import BulkLoadError, SearchServerError
 from core.model import STORAGE_INDEX, Doc, Hit
@@ -409,11 +399,15 @@ def _parsed(response: Any) -> Any:
 _JSON_DECODE = msgspec.json.decode
 
 
-class _RawJson(JsonSerializer):
-    """Requests as JSON; responses as the server's bytes."""
+def _raw_json() -> Any:
+    """A serializer of requests as JSON and responses as the server's bytes."""
+    from elastic_transport import JsonSerializer
 
-    def loads(self, data: bytes) -> Any:
-        return data
+    class RawJson(JsonSerializer):
+        def loads(self, data: bytes) -> Any:
+            return data
+
+    return RawJson()
 
 
 def _loads_or_text(data: Any) -> Any:
@@ -587,6 +581,11 @@ class SearchClient:
         self.timeout = timeout
         self.max_retries = max_retries
         self.retry_backoff = retry_backoff
+        # elastic_transport is imported by the first client, not with this module: a job that
+        # checks an archive before it talks to a server (restore) imports it beside Beam's
+        # import, which shares its dependencies (urllib3, requests), not before its check
+        from elastic_transport.client_utils import url_to_node_config
+
         try:
             self._node_config: NodeConfig = url_to_node_config(
                 url, use_default_ports_for_scheme=True
@@ -648,10 +647,12 @@ class SearchClient:
     def raw_transport(self) -> Transport:
         """A transport whose JSON responses are the server's bytes (scroll pages)."""
         if self._raw_transport is None:
-            self._raw_transport = self._new_transport({"application/json": _RawJson()})
+            self._raw_transport = self._new_transport({"application/json": _raw_json()})
         return self._raw_transport
 
     def _new_transport(self, serializers: dict[str, Any] | None = None) -> Transport:
+        from elastic_transport import Transport
+
         return Transport(
             [self._node_config.replace(request_timeout=self.timeout)],
             max_retries=self.max_retries,
@@ -708,6 +709,9 @@ class SearchClient:
         if retries is not None:
             kwargs["max_retries"] = retries
         transport = self.raw_transport if raw else self.transport
+        from elastic_transport import ConnectionError as TransportConnectionError
+        from elastic_transport import ConnectionTimeout, TlsError, TransportError
+
         try:
             return transport.perform_request(method, target, headers=headers, body=body, **kwargs)
         except ConnectionTimeout:
@@ -1170,7 +1174,7 @@ class SearchClient:
             raise ValueError(f"bulk: op_type must be 'index' or 'create', not {op_type!r}")
         if not hits:
             return BulkResult()
-        return self._bulk_entries([self._entry(hit, op_type) for hit in hits], refresh)
+        return self._bulk_entries([self._entry(op_type, hit) for hit in hits], refresh)
 
     def bulk_all(
         self,
@@ -1189,7 +1193,7 @@ class SearchClient:
         chunk: list[_Entry] = []
         size = 0
         for hit in hits:
-            entry = self._entry(hit, op_type)
+            entry = self._entry(op_type, hit)
             if chunk and (len(chunk) >= max_docs or size + entry.size > max_bytes):
                 result.merge(self._bulk_entries(chunk, refresh))
                 chunk, size = [], 0
@@ -1202,9 +1206,13 @@ class SearchClient:
     def bulk_entry(self, hit: Hit, *, op_type: str = "index") -> _Entry:
         """`hit` serialised once as a bulk item (its two NDJSON lines; `.size` is their length),
         for callers that bound batches by bytes and then send them with `bulk_entries`."""
+        return self.entry_maker(op_type)(hit)
+
+    def entry_maker(self, op_type: str = "index") -> Callable[[Hit], _Entry]:
+        """`bulk_entry` with `op_type` fixed, for a writer that makes one per document."""
         if op_type not in ("index", "create"):
             raise ValueError(f"bulk_entry: op_type must be 'index' or 'create', not {op_type!r}")
-        return self._entry(hit, op_type)
+        return functools.partial(self._entry, op_type)
 
     def bulk_entries(self, entries: Sequence[_Entry], *, refresh: bool | str = False) -> BulkResult:
         """`bulk` for items made by `bulk_entry` (same checks, retries and index creation)."""
@@ -1224,7 +1232,7 @@ class SearchClient:
             self._action_prefixes[key] = prefix
         return prefix
 
-    def _entry(self, hit: Hit, op_type: str) -> _Entry:
+    def _entry(self, op_type: str, hit: Hit) -> _Entry:
         try:
             index, doc_type, doc_id, source = (
                 hit["_index"],
@@ -1238,10 +1246,12 @@ class SearchClient:
         if type(doc_id) is not str:
             doc_id = str(doc_id)
         # a source still the server's or the archive's bytes (msgspec.Raw) is joined as it is
-        body = source if isinstance(source, msgspec.Raw) else json.dumps(source).encode()
-        prefix = self._action_prefix(op_type, index, doc_type)
+        body = source if type(source) is msgspec.Raw else json.dumps(source).encode()
+        prefix = self._action_prefixes.get((op_type, index, doc_type))
+        if prefix is None:
+            prefix = self._action_prefix(op_type, index, doc_type)
         lines = b"".join((prefix, encode_basestring_ascii(doc_id).encode(), b"}}\n", body, b"\n"))
-        return _Entry(index, doc_type, doc_id, lines)
+        return _Entry(index, doc_type, doc_id, lines, len(lines))
 
     def _bulk_entries(
         self, entries: list[_Entry], refresh: bool | str, *, ensure: bool = True
@@ -1349,7 +1359,7 @@ class SearchClient:
             if self.layout is Layout.TYPED:
                 meta["_type"] = hit["_type"]
             line = (json.dumps({"delete": meta}) + "\n").encode("utf-8")
-            chunk.append(_Entry(hit["_index"], hit["_type"], hit["_id"], line))
+            chunk.append(_Entry(hit["_index"], hit["_type"], hit["_id"], line, len(line)))
             if len(chunk) >= 1000:
                 deleted += self._bulk_delete(chunk)
                 chunk = []
@@ -1433,10 +1443,8 @@ class _Entry:
     doc_type: str
     doc_id: str
     lines: bytes
-
-    @property
-    def size(self) -> int:
-        return len(self.lines)
+    size: int
+    """`len(lines)`."""
 
     def error(self, status: int, reason: str) -> BulkItemError:
         return BulkItemError(self.index, self.doc_type, self.doc_id, status, reason)

@@ -222,7 +222,11 @@ def check_archive(
 
 
 def _import_runner() -> None:
-    """Import Beam and the restore's transforms: the first pipeline would, a second later."""
+    """Import Beam and the restore's transforms (the first pipeline would, a second later),
+    and the search client's transport (its first client would: most of its dependencies are
+    Beam's too)."""
+    import elastic_transport.client_utils  # noqa: F401
+
     import transforms.restore  # noqa: F401
 
 

@@ -112,3 +112,14 @@ def test_the_checks_can_fail(tmp_path: Path) -> None:
     good = tmp_path / "good.py"
     good.write_text("from core.model import Version\nfrom transforms.shards import WriteShards\n")
     assert violations("pipelines.create.good", good) == []
+
+
+def test_a_restore_checks_its_archive_before_it_imports_a_search_transport() -> None:
+    # elastic_transport (0.12 s) is imported by the first client, or beside Beam's import
+    # (`pipelines.restore._import_runner`), not before the check the command starts with
+    import subprocess
+    import sys
+
+    code = "import sys, cli, pipelines.restore; print('elastic_transport' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert (out.returncode, out.stdout.strip()) == (0, "False"), out.stderr
