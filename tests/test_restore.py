@@ -144,6 +144,11 @@ def test_the_agent_index_skips_a_broken_deployment_with_a_warning_without_secret
         "vm_2": ("again", {"broker_ip": "y"}),
     }
     assert "vm_3" not in found and found.get("vm_4") is None and len(found) == 2
+    # the check's question of a node instance: the deployment of a non-empty entry
+    assert [found.agent_deployment(i) for i in ("vm_1", "vm_2", "vm_3", "vm_4")] == [
+        "good", "again", None, None]
+    empty, _ = AgentIndex.build([("quiet", {"vm": {"vm_5": {}}})], tmp_path / "empty.sqlite")
+    assert empty.get("vm_5") == ("quiet", {}) and empty.agent_deployment("vm_5") is None
     assert [str(w) for w in warnings] == [
         "agents.json: deployment bad: instance vm_4 is a str, not an object",
         "agents.json: deployment worse: is a list, not an object of nodes",

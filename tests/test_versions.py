@@ -14,7 +14,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from core.errors import CfysnapError, CorruptArchive, UnsupportedVersion
-from core.model import Hit, Version, hit_key, parse_version
+from core.model import (
+    Hit,
+    Version,
+    daily_index,
+    event_daily_index,
+    event_day_of,
+    hit_key,
+    parse_version,
+)
 from transforms import versions
 from transforms.versions import (
     STEPS,
@@ -363,6 +371,34 @@ def test_32_event_without_usable_time_is_a_typed_error(source: dict[str, Any]) -
         upgrade_hit(event, TO_33)
     assert (err.value.member, err.value.line) == ("es_data", None)
     assert err.value.reason == "event cloudify_log/AbC has no parseable @timestamp or timestamp"
+
+
+_TIMES = st.one_of(
+    st.none(),
+    st.integers(),
+    st.text(max_size=30),
+    st.builds(
+        "{:04d}-{:02d}-{:02d}{}{:02d}:{:02d}:{:02d}{}{}".format,
+        st.integers(0, 9999), st.integers(0, 13), st.integers(0, 32), st.sampled_from("T t"),
+        st.integers(0, 25), st.integers(0, 61), st.integers(0, 61),
+        st.sampled_from(["", ".1", ".345", ".9999999"]),
+        st.sampled_from(["Z", "z", "", "+00:00", "+0200", "-03:00", "ZZ"]),
+    ),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(_TIMES, _TIMES)
+def test_an_events_daily_index_found_fast_is_the_index_of_its_day(at: object, ts: object) -> None:
+    day = event_day_of(at, ts)
+    assert event_daily_index(at, ts) == (None if day is None else daily_index(day))
+
+
+def test_an_impossible_date_in_logstash_form_falls_back_to_timestamp() -> None:
+    assert event_daily_index("2015-02-30T10:00:00.000Z", "2015-03-01 10:00:00+0000") == (
+        "logstash-2015.03.01"
+    )
+    assert event_daily_index("2015-02-30T10:00:00.000Z", None) is None
 
 
 def test_32_events_already_in_logstash_are_unchanged() -> None:

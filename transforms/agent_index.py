@@ -106,6 +106,17 @@ class AgentIndex(Mapping[str, tuple[str, Agent]]):
         ).fetchone()
         return default if row is None else (row[0], _DECODE(row[1]))
 
+    def agent_deployment(self, instance_id: object) -> str | None:
+        """The deployment of `instance_id` when it has a non-empty agent entry, else None
+        (`get`'s answer without decoding the entry: a restore's check asks it of every node
+        instance)."""
+        row = self._connection().execute(
+            "SELECT deployment, entry FROM agents WHERE instance = ?", (instance_id,)
+        ).fetchone()
+        if row is None or (len(row[1]) <= 2 and not _DECODE(row[1])):  # b"{}": empty
+            return None
+        return str(row[0])
+
     def __getitem__(self, instance_id: str) -> tuple[str, Agent]:
         found = self.get(instance_id)
         if found is None:

@@ -88,48 +88,42 @@ class _RestoreShardFn(beam.DoFn):
         return i >= 0 and line <= self._ends[i]
 
     def process(self, shard: Shard) -> Iterator[HitPage]:
-        """The shard's restored hits, `PAGE` at a time (`HitPage`s of `NumberedHit`s)."""
-        page, nbytes = HitPage(), 0
-        for item, size in self.restored(shard):
-            page.append(item)
-            nbytes += size
-            if len(page) >= PAGE:
-                page.nbytes = nbytes
-                yield page
-                page, nbytes = HitPage(), 0
-        if page:
-            page.nbytes = nbytes
-            yield page
-
-    def restored(self, shard: Shard) -> Iterator[tuple[NumberedHit, int]]:
-        """Each restored hit of the shard, with its es_data line's length."""
+        """The shard's restored hits, `PAGE` at a time (`HitPage`s of `NumberedHit`s, each
+        page's `nbytes` the length of its es_data lines): one loop over the shard's lines,
+        the short way's work inline (it runs once per document)."""
         steps, key_paths, skip = self._steps, self._key_paths, bool(self._starts)
-        agents, short = self._agents, self._short
-        n = 0
+        agents, short, learn = self._agents, self._short, self._learn_way
+        page, nbytes, n = HitPage(), 0, 0
         with FileSystems.open(shard.path) as f:
-            for offset, line in enumerate(f):
-                lineno = shard.first_line + offset
-                if not line.strip() or (skip and self._loaded(lineno)):
+            for lineno, line in enumerate(f, shard.first_line):
+                if (skip and self._loaded(lineno)) or not line.strip():
                     continue
                 try:
                     parts = decode_line(line)
-                    if parts is not None:
-                        key = (parts.index, parts.type)
-                        way = short.get(key)
-                        if way or (way is None and self._learn_way(key)):
-                            n += 1
-                            yield (lineno, restore_line(parts)), len(line)
-                            continue
-                    read, raw = parse_hit_with_source(line, lineno)
-                    hit = upgrade_hit(read, steps)
-                    hit = restore_hit(hit, key_paths=key_paths, agents=agents)
+                    if parts is not None and (
+                        (way := short.get((parts.index, parts.type)))
+                        or (way is None and learn((parts.index, parts.type)))
+                    ):
+                        hit = restore_line(parts)
+                    else:
+                        read, raw = parse_hit_with_source(line, lineno)
+                        hit = restore_hit(upgrade_hit(read, steps), key_paths=key_paths, agents=agents)
+                        if raw is not None and hit["_source"] is read["_source"]:
+                            # unchanged: the archive's bytes go to the server, not a json.dumps
+                            hit = {**hit, "_source": msgspec.Raw(raw)}
                 except CorruptArchive as exc:
                     raise CorruptArchive(exc.member, lineno, exc.reason) from None
-                if raw is not None and hit["_source"] is read["_source"]:
-                    # unchanged: the archive's bytes go to the server, not a json.dumps of them
-                    hit = {**hit, "_source": msgspec.Raw(raw)}
-                n += 1
-                yield (lineno, hit), len(line)
+                page.append((lineno, hit))
+                nbytes += len(line)
+                if len(page) >= PAGE:
+                    n += len(page)
+                    page.nbytes = nbytes
+                    yield page
+                    page, nbytes = HitPage(), 0
+        if page:
+            n += len(page)
+            page.nbytes = nbytes
+            yield page
         self._read.inc(n)
 
 

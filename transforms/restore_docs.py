@@ -48,8 +48,8 @@ from core.model import (
     Hit,
     broker_config_from_flat,
     daily_index,
+    event_daily_index,
     event_day,
-    event_day_of,
     is_event_index,
 )
 
@@ -66,6 +66,7 @@ __all__ = [
     "restore_hit",
     "restored_key",
     "restored_line_key",
+    "event_line_index",
     "restore_reads_source",
     "restore_line",
 ]
@@ -130,15 +131,17 @@ def restored_line_key(line: EsDataLine) -> tuple[str, str, str]:
     for its two time fields only."""
     if not is_event_index(line.index):
         return (line.index, line.type, line.id)
-    return (_event_line_index(line), line.type, line.id)
+    return (event_line_index(line), line.type, line.id)
 
 
-def _event_line_index(line: EsDataLine) -> str:
+def event_line_index(line: EsDataLine) -> str:
+    """The daily index of an event line (its own day), its source read for its two time
+    fields only; CorruptArchive when neither gives a usable time."""
     times = _EVENT_TIMES.decode(line.source)
-    day = event_day_of(times.at_timestamp, times.timestamp)
-    if day is None:
+    index = event_daily_index(times.at_timestamp, times.timestamp)
+    if index is None:
         raise _no_time(line.type, line.id)
-    return daily_index(day)
+    return index
 
 
 def restore_reads_source(index: str, doc_type: str) -> bool:
@@ -153,7 +156,7 @@ def restore_line(line: EsDataLine) -> Hit:
     """`restore_hit` of a line that no version step touches and whose source the restore does
     not read (`restore_reads_source` False): the hit as it is written, its `_source` still the
     archive's bytes (`msgspec.Raw`), its `_index` the one `restored_line_key` gives."""
-    index = _event_line_index(line) if is_event_index(line.index) else line.index
+    index = event_line_index(line) if is_event_index(line.index) else line.index
     return {"_index": index, "_type": line.type, "_id": line.id, "_source": line.source}
 
 

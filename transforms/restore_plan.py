@@ -17,12 +17,15 @@ from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+import msgspec
 
 from core.archive import EsDataLine, SnapshotReader
 from core.errors import CorruptArchive, RestoreRefused
-from core.model import STORAGE_INDEX, Hit, Version
+from core.model import STORAGE_INDEX, Hit, Version, is_event_index
 from transforms.agent_index import AgentIndex
-from transforms.restore_docs import Agent, AgentWarning, key_target, restore_hit, restored_line_key
+from transforms.restore_docs import Agent, AgentWarning, event_line_index, key_target, restore_hit
 from transforms.versions import DowngradeRefused, plan, upgrade_agents, upgrade_hit
 
 __all__ = ["Batching", "ArchivePlan", "PlanPass", "RestoreContext", "restore_context"]
@@ -55,13 +58,16 @@ class ArchivePlan:
     """The first hit the restore could not place (an event with no usable time)."""
 
     def add(self, lineno: int, line: EsDataLine, agents: Mapping[str, tuple[str, Agent]]) -> None:
-        """Account for one es_data line (number `lineno`), its source parsed only as needed."""
-        try:
-            index, doc_type, doc_id = restored_line_key(line)
-        except CorruptArchive as exc:
-            if self.problem is None:
-                self.problem = CorruptArchive(exc.member, lineno, exc.reason)
-            return
+        """Account for one es_data line (number `lineno`), its source parsed only as needed:
+        its target (index, type) is `restored_line_key`'s."""
+        index, doc_type, doc_id = line.index, line.type, line.id
+        if index != STORAGE_INDEX and is_event_index(index):
+            try:
+                index = event_line_index(line)
+            except CorruptArchive as exc:
+                if self.problem is None:
+                    self.problem = CorruptArchive(exc.member, lineno, exc.reason)
+                return
         self.expected[(index, doc_type)] += 1
         if index == STORAGE_INDEX:
             if doc_type == "blueprint":
@@ -69,10 +75,9 @@ class ArchivePlan:
             elif doc_type == "deployment":
                 self.deployment_ids.append(doc_id)
             elif doc_type == "node_instance":
-                found = agents.get(doc_id)  # one lookup: the index is an SQLite file
-                if found is not None and found[1]:
-                    if line.hit()["_source"].get("deployment_id") == found[0]:
-                        self.agents_matched += 1
+                deployment = _agent_deployment(agents, doc_id)  # the index is an SQLite file
+                if deployment is not None and _deployment_of(line) == deployment:
+                    self.agents_matched += 1
 
     def merge(self, later: ArchivePlan) -> None:
         """Add what `later` found in the es_data lines after this plan's."""
@@ -85,6 +90,26 @@ class ArchivePlan:
     def raise_problem(self) -> None:
         if self.problem is not None:
             raise self.problem
+
+
+class _InstanceDeployment(msgspec.Struct, gc=False):
+    deployment_id: Any = None
+
+
+_INSTANCE_DEPLOYMENT = msgspec.json.Decoder(_InstanceDeployment)
+
+
+def _deployment_of(line: EsDataLine) -> Any:
+    """A node instance's `deployment_id`, its source decoded for that field only."""
+    return _INSTANCE_DEPLOYMENT.decode(line.source).deployment_id
+
+
+def _agent_deployment(agents: Mapping[str, tuple[str, Agent]], instance_id: str) -> str | None:
+    """The deployment of `instance_id`'s non-empty agents.json entry, or None."""
+    if isinstance(agents, AgentIndex):
+        return agents.agent_deployment(instance_id)
+    found = agents.get(instance_id)
+    return found[0] if found is not None and found[1] else None
 
 
 @dataclass

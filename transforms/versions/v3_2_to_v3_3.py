@@ -38,8 +38,7 @@ from core.model import (
     Hit,
     Version,
     broker_config_from_flat,
-    daily_index,
-    event_day_of,
+    event_daily_index,
     metadata_version,
 )
 
@@ -87,8 +86,7 @@ def moves_index(index: str, doc_type: str) -> bool:
 def moved_index(at_timestamp: object, timestamp: object) -> str | None:
     """The daily index of an event whose `@timestamp` and `timestamp` are these; None when
     neither gives a usable time."""
-    day = event_day_of(at_timestamp, timestamp)
-    return None if day is None else daily_index(day)
+    return event_daily_index(at_timestamp, timestamp)
 
 
 def _move_event(hit: Hit) -> Hit:
