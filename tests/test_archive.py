@@ -177,7 +177,7 @@ def test_validate_never_prints_a_traceback_for_a_missing_file(tmp_path: Path) ->
     out = subprocess.run([sys.executable, str(ROOT / "cli.py"), "validate", str(missing)],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and out.stdout == ""
-    assert out.stderr == (f"error: Invalid value for 'ARCHIVE': file '{missing}' does not exist. "
+    assert out.stderr == (f"error: Invalid value for 'ARCHIVE': File '{missing}' does not exist. "
                           "(see `cfysnap validate --help`)\n")
 
 
