@@ -100,19 +100,20 @@ class AgentIndex(Mapping[str, tuple[str, Agent]]):
             self._db = sqlite3.connect(uri, uri=True, check_same_thread=False)
         return self._db
 
-    def get(self, instance_id: object, default: Any = None) -> Any:
-        row = self._connection().execute(
+    def _row(self, instance_id: object) -> Any:
+        return self._connection().execute(
             "SELECT deployment, entry FROM agents WHERE instance = ?", (instance_id,)
         ).fetchone()
+
+    def get(self, instance_id: object, default: Any = None) -> Any:
+        row = self._row(instance_id)
         return default if row is None else (row[0], _DECODE(row[1]))
 
     def agent_deployment(self, instance_id: object) -> str | None:
         """The deployment of `instance_id` when it has a non-empty agent entry, else None
         (`get`'s answer without decoding the entry: a restore's check asks it of every node
         instance)."""
-        row = self._connection().execute(
-            "SELECT deployment, entry FROM agents WHERE instance = ?", (instance_id,)
-        ).fetchone()
+        row = self._row(instance_id)
         if row is None or (len(row[1]) <= 2 and not _DECODE(row[1])):  # b"{}": empty
             return None
         return str(row[0])

@@ -65,8 +65,7 @@ __all__ = [
     "deployment_entries",
     "restore_hit",
     "restored_key",
-    "restored_line_key",
-    "event_line_index",
+    "restored_line_index",
     "restore_reads_source",
     "restore_line",
 ]
@@ -126,15 +125,13 @@ class _EventTimes(msgspec.Struct, gc=False):
 _EVENT_TIMES = msgspec.json.Decoder(_EventTimes)
 
 
-def restored_line_key(line: EsDataLine) -> tuple[str, str, str]:
-    """`restored_key` of an es_data line whose source is still bytes: an event's source is read
-    for its two time fields only."""
-    if not is_event_index(line.index):
-        return (line.index, line.type, line.id)
-    return (event_line_index(line), line.type, line.id)
+def restored_line_index(line: EsDataLine) -> str:
+    """The `_index` `restored_key` gives, of an es_data line whose source is still bytes: an
+    event's source is read for its two time fields only."""
+    return _event_line_index(line) if is_event_index(line.index) else line.index
 
 
-def event_line_index(line: EsDataLine) -> str:
+def _event_line_index(line: EsDataLine) -> str:
     """The daily index of an event line (its own day), its source read for its two time
     fields only; CorruptArchive when neither gives a usable time."""
     times = _EVENT_TIMES.decode(line.source)
@@ -147,7 +144,7 @@ def event_line_index(line: EsDataLine) -> str:
 def restore_reads_source(index: str, doc_type: str) -> bool:
     """Whether `restore_hit` can change the `_source` of a hit of (index, type): nodes (their
     key path) and node instances (their agent) of the storage index. Of any other hit it
-    changes at most the `_index` (an event's own day), which `restored_line_key` reads from the
+    changes at most the `_index` (an event's own day), which `restored_line_index` reads from the
     source's two time fields."""
     return index == STORAGE_INDEX and doc_type in ("node", "node_instance")
 
@@ -155,9 +152,8 @@ def restore_reads_source(index: str, doc_type: str) -> bool:
 def restore_line(line: EsDataLine) -> Hit:
     """`restore_hit` of a line that no version step touches and whose source the restore does
     not read (`restore_reads_source` False): the hit as it is written, its `_source` still the
-    archive's bytes (`msgspec.Raw`), its `_index` the one `restored_line_key` gives."""
-    index = event_line_index(line) if is_event_index(line.index) else line.index
-    return {"_index": index, "_type": line.type, "_id": line.id, "_source": line.source}
+    archive's bytes (`msgspec.Raw`), its `_index` the one `restored_line_index` gives."""
+    return {"_index": restored_line_index(line), "_type": line.type, "_id": line.id, "_source": line.source}
 
 
 # -------------------------------------------------------------------------------- credentials

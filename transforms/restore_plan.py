@@ -23,9 +23,15 @@ import msgspec
 
 from core.archive import EsDataLine, SnapshotReader
 from core.errors import CorruptArchive, RestoreRefused
-from core.model import STORAGE_INDEX, Hit, Version, is_event_index
+from core.model import STORAGE_INDEX, Hit, Version
 from transforms.agent_index import AgentIndex
-from transforms.restore_docs import Agent, AgentWarning, event_line_index, key_target, restore_hit
+from transforms.restore_docs import (
+    Agent,
+    AgentWarning,
+    key_target,
+    restore_hit,
+    restored_line_index,
+)
 from transforms.versions import DowngradeRefused, plan, upgrade_agents, upgrade_hit
 
 __all__ = ["Batching", "ArchivePlan", "PlanPass", "RestoreContext", "restore_context"]
@@ -58,16 +64,14 @@ class ArchivePlan:
     """The first hit the restore could not place (an event with no usable time)."""
 
     def add(self, lineno: int, line: EsDataLine, agents: Mapping[str, tuple[str, Agent]]) -> None:
-        """Account for one es_data line (number `lineno`), its source parsed only as needed:
-        its target (index, type) is `restored_line_key`'s."""
-        index, doc_type, doc_id = line.index, line.type, line.id
-        if index != STORAGE_INDEX and is_event_index(index):
-            try:
-                index = event_line_index(line)
-            except CorruptArchive as exc:
-                if self.problem is None:
-                    self.problem = CorruptArchive(exc.member, lineno, exc.reason)
-                return
+        """Account for one es_data line (number `lineno`), its source parsed only as needed."""
+        doc_type, doc_id = line.type, line.id
+        try:
+            index = restored_line_index(line)
+        except CorruptArchive as exc:
+            if self.problem is None:
+                self.problem = CorruptArchive(exc.member, lineno, exc.reason)
+            return
         self.expected[(index, doc_type)] += 1
         if index == STORAGE_INDEX:
             if doc_type == "blueprint":
