@@ -30,12 +30,12 @@ import uuid
 import zipfile
 import zlib
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from json.encoder import encode_basestring_ascii  # type: ignore[attr-defined]
 from pathlib import Path, PurePosixPath
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 import ijson
 import msgspec
@@ -54,6 +54,8 @@ __all__ = [
     "CREDENTIALS_PREFIX",
     "SnapshotReader",
     "SnapshotWriter",
+    "DeflatedPart",
+    "PartDeflater",
     "ArchiveLimits",
     "size_problems",
     "parse_hit",
@@ -741,7 +743,7 @@ class _DeflatedMember(io.RawIOBase):
         info.header_offset = fp.tell()
         fp.write(info.FileHeader(zip64=True))
         self._zf, self._fp, self._info = zf, fp, info
-        self._deflate = isal_zlib.compressobj(level, isal_zlib.DEFLATED, -15)
+        self._deflate: Any = isal_zlib.compressobj(level, isal_zlib.DEFLATED, -15)
         self._crc = self._size = self._compressed = 0
 
     def writable(self) -> bool:
@@ -756,10 +758,20 @@ class _DeflatedMember(io.RawIOBase):
         self._fp.write(out)
         return n
 
+    def append_deflated(self, data: bytes) -> None:
+        """Bytes of `PartDeflater` parts, copied as they are (never mixed with `write`)."""
+        self._compressed += len(data)
+        self._fp.write(data)
+
+    def end_parts(self, crc: int, size: int) -> None:
+        """Close a member made of `PartDeflater` parts: their combined CRC-32 and size."""
+        self._crc, self._size, self._deflate = crc, size, None
+        self.close()
+
     def close(self) -> None:
         if self.closed:
             return
-        tail = self._deflate.flush(isal_zlib.Z_FINISH)
+        tail = _FINAL_BLOCK if self._deflate is None else self._deflate.flush(isal_zlib.Z_FINISH)
         self._fp.write(tail)
         info, fp = self._info, self._fp
         info.CRC, info.file_size = self._crc, self._size
@@ -772,6 +784,81 @@ class _DeflatedMember(io.RawIOBase):
         self._zf.NameToInfo[info.filename] = info
         self._zf.start_dir = end
         super().close()
+
+
+@dataclass(frozen=True)
+class DeflatedPart:
+    """What `PartDeflater` made of some bytes: their size, CRC-32 and sha256, and the size of
+    their deflated form. Parts of one member deflated apart (each worker's es_data shard) make
+    the member by concatenation (`SnapshotWriter.write_deflated`)."""
+
+    size: int
+    compressed: int
+    crc32: int
+    sha256: str
+
+
+class PartDeflater:
+    """Deflates what is written to it into `target` as one part of a zip member: raw deflate
+    ended by a sync flush (byte-aligned, no final block), so parts deflated on their own, in
+    any process, concatenate into one deflate stream. `close()` returns the `DeflatedPart`.
+
+    A part starts with an empty window, so its first bytes cannot refer to the part before: on
+    es_data shards (megabytes each) that costs nothing measurable in size."""
+
+    def __init__(self, target: IO[bytes], level: int = DEFAULT_COMPRESSLEVEL) -> None:
+        self._target = target
+        self._deflate = isal_zlib.compressobj(level, isal_zlib.DEFLATED, -15)
+        self._sha = hashlib.sha256()
+        self._crc = self._size = self._compressed = 0
+
+    def write(self, data: bytes) -> int:
+        n = len(data)
+        self._sha.update(data)
+        self._crc = isal_zlib.crc32(data, self._crc)
+        self._size += n
+        out = self._deflate.compress(data)
+        self._compressed += len(out)
+        self._target.write(out)
+        return n
+
+    def close(self) -> DeflatedPart:
+        tail = self._deflate.flush(isal_zlib.Z_SYNC_FLUSH)
+        self._target.write(tail)
+        self._target.close()
+        return DeflatedPart(self._size, self._compressed + len(tail), self._crc, self._sha.hexdigest())
+
+
+class _Tee:
+    """A readable that hands every chunk read from `source` to `copy` too."""
+
+    def __init__(self, source: IO[bytes], copy: Callable[[bytes], None]) -> None:
+        self._source, self._copy = source, copy
+
+    def read(self, n: int = -1) -> bytes:
+        chunk = self._source.read(n)
+        if chunk:
+            self._copy(chunk)
+        return chunk
+
+
+_FINAL_BLOCK = b"\x03\x00"
+"""An empty final deflate block (fixed Huffman codes, end of block): what ends a member made of
+`PartDeflater` parts, none of which has a final block."""
+
+
+class _Readable(Protocol):
+    def read(self, n: int = -1, /) -> bytes: ...
+
+
+def _inflated(source: _Readable, limit: int = 4 * COPY_CHUNK) -> Iterator[bytes]:
+    """The bytes of one `PartDeflater` part read from `source`, at most `limit` at a time."""
+    inflate = isal_zlib.decompressobj(-15)
+    while chunk := source.read(COPY_CHUNK):
+        while chunk:
+            out = inflate.decompress(chunk, limit)
+            chunk = inflate.unconsumed_tail
+            yield out
 
 
 class SnapshotWriter:
@@ -825,21 +912,50 @@ class SnapshotWriter:
         if self._open is not None:
             raise RuntimeError(f"member {self._open} is still open")
 
-    def open_member(self, name: str) -> IO[bytes]:
-        """A binary stream for a new member; close it before opening the next."""
+    def _new_member(self, name: str) -> _DeflatedMember:
         self._check_name(name)
         info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
         # agent keys keep owner-only permissions inside the archive too
         mode = 0o600 if name.startswith(CREDENTIALS_PREFIX) else 0o644
         info.external_attr = (stat.S_IFREG | mode) << 16
-        target = _DeflatedMember(self._zip, info, self._compresslevel)
+        member = _DeflatedMember(self._zip, info, self._compresslevel)
         self._open = name
+        return member
+
+    def open_member(self, name: str) -> IO[bytes]:
+        """A binary stream for a new member; close it before opening the next."""
+        target = self._new_member(name)
 
         def _closed(size: int, digest: str) -> None:
             self._members[name] = {"size": size, "sha256": digest}
             self._open = None
 
         return io.BufferedWriter(_HashingWriter(target, _closed), COPY_CHUNK)  # type: ignore[arg-type,return-value]
+
+    def write_deflated(
+        self, name: str, parts: Sequence[DeflatedPart], open_part: Callable[[int], IO[bytes]]
+    ) -> None:
+        """A member made of `PartDeflater` parts, in order: `open_part(i)` opens part i's
+        deflated bytes, which are copied as they are, not deflated again. The member's CRC-32
+        is combined from the parts'; its sha256 is the part's own when there is one part, else
+        hashed from the parts inflated as they are copied (a sha256 does not combine)."""
+        member = self._new_member(name)
+        sha = hashlib.sha256() if len(parts) != 1 else None
+        crc = size = 0
+        for i, part in enumerate(parts):
+            with open_part(i) as source:
+                if sha is None:
+                    while chunk := source.read(COPY_CHUNK):
+                        member.append_deflated(chunk)
+                else:
+                    for data in _inflated(_Tee(source, member.append_deflated)):
+                        sha.update(data)
+            crc = isal_zlib.crc32_combine(crc, part.crc32, part.size)
+            size += part.size
+        member.end_parts(crc, size)
+        digest = parts[0].sha256 if sha is None else sha.hexdigest()
+        self._members[name] = {"size": size, "sha256": digest}
+        self._open = None
 
     def write_bytes(self, name: str, data: bytes) -> None:
         with self.open_member(name) as f:

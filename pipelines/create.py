@@ -572,7 +572,7 @@ def _build_pipeline(
         [execution_id] if execution_id else [],
         keys=config.include_credentials,
     )
-    shard_infos = parts.lines | "WriteShards" >> WriteShards(str(staging))
+    shard_infos = parts.lines | "WriteShards" >> WriteShards(str(staging), deflate=True)
     agents_member = parts.facts | "BuildAgentsJson" >> BuildAgentsJson(
         str(staging), _agent_defaults(source), encryption
     )

@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import random
 import subprocess
 import sys
 import zipfile
+import zlib
 from collections import Counter
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from cli import app
 from core.archive import (
+    DeflatedPart,
+    PartDeflater,
     SnapshotReader,
     SnapshotWriter,
     dump_hit,
@@ -231,6 +238,71 @@ def test_writer_manifest_lists_members_and_counts(tmp_path: Path) -> None:
     assert manifest["documents"] == {"cloudify_storage/blueprint": 2}
     assert sorted(manifest["members"]) == ["es_data", "metadata.json"]
     assert manifest["members"]["metadata.json"]["size"] == len(json.dumps(META_33))
+
+
+class _Kept(io.BytesIO):
+    """A BytesIO whose bytes outlive its close (PartDeflater closes its target)."""
+
+    def close(self) -> None:
+        self.kept = self.getvalue()
+        super().close()
+
+
+def _deflated(chunks: list[bytes]) -> tuple[DeflatedPart, bytes]:
+    target = _Kept()
+    deflater = PartDeflater(target)
+    for chunk in chunks:
+        deflater.write(chunk)
+    return deflater.close(), target.kept
+
+
+_CHUNK = st.one_of(
+    st.binary(max_size=300),
+    st.builds(lambda n, b: b * n, st.integers(0, 50_000), st.sampled_from([b"a", b'{"x": 1}\n'])),
+)
+
+
+@settings(max_examples=40, deadline=None)
+@given(parts=st.lists(st.lists(_CHUNK, max_size=4), max_size=4))
+def test_a_member_of_deflated_parts_is_their_bytes_in_order(
+    tmp_path_factory: pytest.TempPathFactory, parts: list[list[bytes]]
+) -> None:
+    out = tmp_path_factory.mktemp("parts") / "p.zip"
+    deflated = [_deflated(chunks) for chunks in parts]
+    with SnapshotWriter(out) as w:
+        w.write_deflated("es_data", [d for d, _ in deflated], lambda i: io.BytesIO(deflated[i][1]))
+        w.write_bytes("after", b"next member")
+    whole = b"".join(b"".join(chunks) for chunks in parts)
+    with zipfile.ZipFile(out) as z:
+        assert z.testzip() is None  # every member's CRC-32 checks
+        assert z.read("es_data") == whole
+        assert z.getinfo("es_data").file_size == len(whole)
+        assert z.read("after") == b"next member"
+        manifest = json.loads(z.read("manifest.json"))
+        info = z.getinfo("es_data")
+    # the member's deflate stream is whole: it ends with a final block (zipfile does not check)
+    with open(out, "rb") as f:
+        f.seek(info.header_offset + 26)
+        name_len, extra_len = int.from_bytes(f.read(2), "little"), int.from_bytes(f.read(2), "little")
+        f.seek(name_len + extra_len, 1)
+        inflate = zlib.decompressobj(-15)
+        assert inflate.decompress(f.read(info.compress_size)) == whole
+        assert inflate.eof and not inflate.unused_data
+    assert manifest["members"]["es_data"] == {
+        "size": len(whole), "sha256": hashlib.sha256(whole).hexdigest()
+    }
+
+
+def test_a_deflated_part_records_its_own_bytes() -> None:
+    data = b'{"_id": "a"}\n' * 1000
+    part, stored = _deflated([data[:5000], data[5000:]])
+    assert (part.size, part.compressed) == (len(data), len(stored))
+    assert part.crc32 == zlib.crc32(data)
+    assert part.sha256 == hashlib.sha256(data).hexdigest()
+    # a sync-flushed raw deflate stream: all of it inflates, and it has no final block
+    inflate = zlib.decompressobj(-15)
+    assert inflate.decompress(stored) == data and not inflate.eof
+    assert stored.endswith(b"\x00\x00\xff\xff")
 
 
 # ---------------------------------------------------------------------------------- round trip
