@@ -818,39 +818,41 @@ class _DeflatedMember(io.RawIOBase):
         info.header_offset = fp.tell()
         fp.write(info.FileHeader(zip64=True))
         self._zf, self._fp, self._info = zf, fp, info
-        self._deflate: Any = isal_zlib.compressobj(level, isal_zlib.DEFLATED, -15)
-        self._crc = self._size = self._compressed = 0
+        self._deflate = _Deflate(level)
+        self._parts: tuple[int, int, int] | None = None
+        """A member of `PartDeflater` parts: their CRC-32, size and deflated size so far."""
 
     def writable(self) -> bool:
         return True
 
     def write(self, data: Any) -> int:  # type: ignore[override]
-        n = len(data)
-        self._crc = isal_zlib.crc32(data, self._crc)
-        self._size += n
-        out = self._deflate.compress(data)
-        self._compressed += len(out)
-        self._fp.write(out)
-        return n
+        self._fp.write(self._deflate(data))
+        return len(data)
 
     def append_deflated(self, data: bytes) -> None:
         """Bytes of `PartDeflater` parts, copied as they are (never mixed with `write`)."""
-        self._compressed += len(data)
+        crc, size, compressed = self._parts or (0, 0, 0)
+        self._parts = (crc, size, compressed + len(data))
         self._fp.write(data)
 
     def end_parts(self, crc: int, size: int) -> None:
         """Close a member made of `PartDeflater` parts: their combined CRC-32 and size."""
-        self._crc, self._size, self._deflate = crc, size, None
+        compressed = self._parts[2] if self._parts else 0
+        self._parts = (crc, size, compressed)
         self.close()
 
     def close(self) -> None:
         if self.closed:
             return
-        tail = _FINAL_BLOCK if self._deflate is None else self._deflate.flush(isal_zlib.Z_FINISH)
-        self._fp.write(tail)
         info, fp = self._info, self._fp
-        info.CRC, info.file_size = self._crc, self._size
-        info.compress_size = self._compressed + len(tail)
+        if self._parts is None:
+            fp.write(self._deflate.flush(isal_zlib.Z_FINISH))
+            crc, size, compressed = self._deflate.crc, self._deflate.size, self._deflate.compressed
+        else:
+            fp.write(_FINAL_BLOCK)
+            crc, size, compressed = self._parts
+            compressed += len(_FINAL_BLOCK)
+        info.CRC, info.file_size, info.compress_size = crc, size, compressed
         end = fp.tell()
         fp.seek(info.header_offset)
         fp.write(info.FileHeader(zip64=True))
@@ -859,6 +861,27 @@ class _DeflatedMember(io.RawIOBase):
         self._zf.NameToInfo[info.filename] = info
         self._zf.start_dir = end
         super().close()
+
+
+class _Deflate:
+    """ISA-L's raw deflate of one stream, and what a zip member's header records of it: the
+    CRC-32 and size of what went in, the size of what came out."""
+
+    def __init__(self, level: int) -> None:
+        self._compressor = isal_zlib.compressobj(level, isal_zlib.DEFLATED, -15)
+        self.crc = self.size = self.compressed = 0
+
+    def __call__(self, data: Any) -> bytes:
+        self.crc = isal_zlib.crc32(data, self.crc)
+        self.size += len(data)
+        out = self._compressor.compress(data)
+        self.compressed += len(out)
+        return out
+
+    def flush(self, mode: int) -> bytes:
+        out = self._compressor.flush(mode)
+        self.compressed += len(out)
+        return out
 
 
 @dataclass(frozen=True)
@@ -882,26 +905,18 @@ class PartDeflater:
     es_data shards (megabytes each) that costs nothing measurable in size."""
 
     def __init__(self, target: IO[bytes], level: int = DEFAULT_COMPRESSLEVEL) -> None:
-        self._target = target
-        self._deflate = isal_zlib.compressobj(level, isal_zlib.DEFLATED, -15)
-        self._sha = hashlib.sha256()
-        self._crc = self._size = self._compressed = 0
+        self._target, self._deflate, self._sha = target, _Deflate(level), hashlib.sha256()
 
     def write(self, data: bytes) -> int:
-        n = len(data)
         self._sha.update(data)
-        self._crc = isal_zlib.crc32(data, self._crc)
-        self._size += n
-        out = self._deflate.compress(data)
-        self._compressed += len(out)
-        self._target.write(out)
-        return n
+        self._target.write(self._deflate(data))
+        return len(data)
 
     def close(self) -> DeflatedPart:
-        tail = self._deflate.flush(isal_zlib.Z_SYNC_FLUSH)
-        self._target.write(tail)
+        deflate = self._deflate
+        self._target.write(deflate.flush(isal_zlib.Z_SYNC_FLUSH))
         self._target.close()
-        return DeflatedPart(self._size, self._compressed + len(tail), self._crc, self._sha.hexdigest())
+        return DeflatedPart(deflate.size, deflate.compressed, deflate.crc, self._sha.hexdigest())
 
 
 class _Tee:
