@@ -35,7 +35,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from json.encoder import encode_basestring_ascii  # type: ignore[attr-defined]
 from pathlib import Path, PurePosixPath
-from typing import IO, Any, Protocol
+from typing import IO, Any
 
 import ijson
 import msgspec
@@ -450,15 +450,14 @@ class _InflatedMember(io.RawIOBase):
     """A deflated member inflated by ISA-L (on es_data 2.4x the speed of zlib, which zipfile's
     own reader uses), read and checked the way zipfile reads and checks one: at most its size
     is inflated, and its CRC-32 is checked once all of it is read. A damaged stream, a file
-    ending early and a wrong CRC-32 raise what zipfile's reader raises (`_READ_ERRORS`)."""
+    ending early and a wrong CRC-32 raise what zipfile's reader raises (`_READ_ERRORS`). Its
+    local header is zipfile's to check (`SnapshotReader.open`); here only its length is read."""
 
     def __init__(self, path: Path, info: zipfile.ZipInfo) -> None:
         self._file = open(path, "rb")  # noqa: SIM115 - closed by close()
         try:
             self._file.seek(info.header_offset)
             header = self._file.read(30)
-            if len(header) != 30 or header[:4] != b"PK\x03\x04":
-                raise zipfile.BadZipFile(f"Bad magic number for file header of {info.filename!r}")
             name_len = int.from_bytes(header[26:28], "little")
             extra_len = int.from_bytes(header[28:30], "little")
             self._file.seek(name_len + extra_len, 1)
@@ -819,8 +818,8 @@ class _DeflatedMember(io.RawIOBase):
         fp.write(info.FileHeader(zip64=True))
         self._zf, self._fp, self._info = zf, fp, info
         self._deflate = _Deflate(level)
-        self._parts: tuple[int, int, int] | None = None
-        """A member of `PartDeflater` parts: their CRC-32, size and deflated size so far."""
+        self._copied = 0
+        """Deflated bytes copied by `append_deflated` (a member of `PartDeflater` parts)."""
 
     def writable(self) -> bool:
         return True
@@ -831,27 +830,23 @@ class _DeflatedMember(io.RawIOBase):
 
     def append_deflated(self, data: bytes) -> None:
         """Bytes of `PartDeflater` parts, copied as they are (never mixed with `write`)."""
-        crc, size, compressed = self._parts or (0, 0, 0)
-        self._parts = (crc, size, compressed + len(data))
+        self._copied += len(data)
         self._fp.write(data)
 
     def end_parts(self, crc: int, size: int) -> None:
         """Close a member made of `PartDeflater` parts: their combined CRC-32 and size."""
-        compressed = self._parts[2] if self._parts else 0
-        self._parts = (crc, size, compressed)
-        self.close()
+        self._fp.write(_FINAL_BLOCK)
+        self._finish(crc, size, self._copied + len(_FINAL_BLOCK))
 
     def close(self) -> None:
         if self.closed:
             return
+        deflate = self._deflate
+        self._fp.write(deflate.flush(isal_zlib.Z_FINISH))
+        self._finish(deflate.crc, deflate.size, deflate.compressed)
+
+    def _finish(self, crc: int, size: int, compressed: int) -> None:
         info, fp = self._info, self._fp
-        if self._parts is None:
-            fp.write(self._deflate.flush(isal_zlib.Z_FINISH))
-            crc, size, compressed = self._deflate.crc, self._deflate.size, self._deflate.compressed
-        else:
-            fp.write(_FINAL_BLOCK)
-            crc, size, compressed = self._parts
-            compressed += len(_FINAL_BLOCK)
         info.CRC, info.file_size, info.compress_size = crc, size, compressed
         end = fp.tell()
         fp.seek(info.header_offset)
@@ -919,36 +914,16 @@ class PartDeflater:
         return DeflatedPart(deflate.size, deflate.compressed, deflate.crc, self._sha.hexdigest())
 
 
-class _Tee:
-    """A readable that hands every chunk read from `source` to `copy` too."""
-
-    def __init__(self, source: IO[bytes], copy: Callable[[bytes], None]) -> None:
-        self._source, self._copy = source, copy
-
-    def read(self, n: int = -1) -> bytes:
-        chunk = self._source.read(n)
-        if chunk:
-            self._copy(chunk)
-        return chunk
-
-
 _FINAL_BLOCK = b"\x03\x00"
 """An empty final deflate block (fixed Huffman codes, end of block): what ends a member made of
 `PartDeflater` parts, none of which has a final block."""
 
 
-class _Readable(Protocol):
-    def read(self, n: int = -1, /) -> bytes: ...
-
-
-def _inflated(source: _Readable, limit: int = 4 * COPY_CHUNK) -> Iterator[bytes]:
-    """The bytes of one `PartDeflater` part read from `source`, at most `limit` at a time."""
-    inflate = isal_zlib.decompressobj(-15)
-    while chunk := source.read(COPY_CHUNK):
-        while chunk:
-            out = inflate.decompress(chunk, limit)
-            chunk = inflate.unconsumed_tail
-            yield out
+def _inflated(inflate: Any, chunk: bytes, limit: int = 4 * COPY_CHUNK) -> Iterator[bytes]:
+    """What `inflate` (a raw-deflate decompressor) makes of `chunk`, at most `limit` at a time."""
+    while chunk:
+        yield inflate.decompress(chunk, limit)
+        chunk = inflate.unconsumed_tail
 
 
 class SnapshotWriter:
@@ -1033,13 +1008,13 @@ class SnapshotWriter:
         sha = hashlib.sha256() if len(parts) != 1 else None
         crc = size = 0
         for i, part in enumerate(parts):
+            inflate = isal_zlib.decompressobj(-15)
             with open_part(i) as source:
-                if sha is None:
-                    while chunk := source.read(COPY_CHUNK):
-                        member.append_deflated(chunk)
-                else:
-                    for data in _inflated(_Tee(source, member.append_deflated)):
-                        sha.update(data)
+                while chunk := source.read(COPY_CHUNK):
+                    member.append_deflated(chunk)
+                    if sha is not None:
+                        for data in _inflated(inflate, chunk):
+                            sha.update(data)
             crc = isal_zlib.crc32_combine(crc, part.crc32, part.size)
             size += part.size
         member.end_parts(crc, size)
