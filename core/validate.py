@@ -385,17 +385,19 @@ def _check_es_data(
 SPLIT_BYTES = 16 * _MiB
 """es_data (inflated, as the zip's directory says) from this size on is checked in two parts
 side by side, when the caller asks for it (`validate_archive(split=True)`, a restore's check)."""
-MEANWHILE_BYTES = 62 * _MiB
+MEANWHILE_BYTES = 50 * _MiB
 """A caller's `meanwhile` work counted in es_data bytes checked in the same time: a restore's
-(Beam's import, numpy's among it, and the search transport's, 0.9 s alone) plus this process's
-checks of the other members is about what 62 MiB take here. This process's share shares its
+(Beam's import, numpy's among it, and the search transport's, 0.75 s alone) plus this process's
+checks of the other members is about what 50 MiB take here. This process's share shares its
 GIL with that import; the child's is alone on the other core. Measured at 100k documents, 74
 MiB of es_data: with 32 MiB this process ended 0.3 s after the child (check 2.30-2.34 s into the
 command); with 42 MiB 0.1 s after (2.19-2.22 s); with 46 MiB both together (2.22 s). The search
 transport's import (0.12 s) moved here from before the check: 42 MiB then ended the split
 2.12-2.15 s in, 50 MiB 2.05-2.14 s, 58 MiB 2.08-2.21 s. The child's inflate by ISA-L (0.09 s
 less of its CPU) left this process last again: its share of 12 MiB (50) ended the check
-1.92-2.03 s in, 9.3 MiB 1.89-2.03 s, 6 MiB (62) 1.84-1.88 s (4 runs each, alternating)."""
+1.92-2.03 s in, 9.3 MiB 1.89-2.03 s, 6 MiB (62) 1.84-1.88 s. Beam imported without the
+connectors no job uses (`core.beam_import`, 0.15 s less) left the child last: 6 MiB ended the
+check 1.76-1.84 s in, 9 MiB 1.73-1.79 s, 12 MiB (50) 1.69-1.75 s (4 runs each, alternating)."""
 
 
 @runtime_checkable

@@ -60,6 +60,7 @@ from core.archive import (
     json_object_chunks,
     parse_hit,
 )
+from core.beam_import import import_beam
 from core.crypto import ArchiveKey, Encryption, encrypt_agents
 from core.digests import key_digest
 from core.errors import CfysnapError, CorruptArchive, JobFailed, job_error
@@ -481,6 +482,9 @@ def _convert(
     config: ConvertConfig, beam_args: Sequence[str], validation: _ConcurrentValidation
 ) -> ConvertSummary:
     version, steps = _source_plan(config, validation)
+    # Beam (the members' type is its first user) without the connectors no job uses
+    # (`core.beam_import`); the validation's child is forked already
+    import_beam()
     output = config.output
     output.parent.mkdir(parents=True, exist_ok=True)
     token = uuid.uuid4().hex[:8]

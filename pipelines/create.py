@@ -50,6 +50,7 @@ from typing import TYPE_CHECKING, Any
 
 from core import cancel
 from core.archive import METADATA, SnapshotReader
+from core.beam_import import import_beam
 from core.crypto import ArchiveKey, Encryption
 from core.errors import CfysnapError, JobFailed, SearchServerError, StoreError, job_error
 from core.manager import ManagerFacts, inspect_manager
@@ -194,6 +195,7 @@ def _import_runner() -> None:
     Runs in a thread: an import error is left for `_create`'s own imports to raise, as one
     typed line, not a thread's traceback."""
     try:
+        import_beam()  # first: without the connectors no job uses (`core.beam_import`)
         import core.counts  # noqa: F401
         import core.options  # noqa: F401
         import transforms.agents  # noqa: F401

@@ -40,6 +40,7 @@ from typing import Any
 
 from core import cancel
 from core.archive import CREDENTIALS_PREFIX, SnapshotReader, safe_target_path
+from core.beam_import import import_beam
 from core.crypto import ArchiveKey
 from core.digests import file_sha256
 from core.errors import CfysnapError, JobFailed, RestoreRefused, job_error
@@ -227,6 +228,7 @@ def _import_runner() -> None:
     Beam's too)."""
     import elastic_transport.client_utils  # noqa: F401
 
+    import_beam()  # without the connectors no job uses (`core.beam_import`)
     import transforms.restore  # noqa: F401
 
 
