@@ -1,21 +1,23 @@
 """Beam imported without the connectors no cfysnap job uses.
 
 `import apache_beam` imports every connector Beam ships, from `apache_beam.io`'s `__init__`:
-MongoDB's (pymongo and bson) and, behind a `try: ... except ImportError`, Google Cloud's
-(BigQuery, then Pub/Sub, GCS and the cross-language IOs, with `requests` and the Google API
-clients). No cfysnap job reads or writes any of them; yet they were a fifth of Beam's import
-(0.81-0.86 s alone on the 2-core bench machine, 0.67 s without them), and that import is on the
-critical path of every job: a create waits for it with its first pages read, a restore with its
-archive checked.
+MongoDB's (pymongo and bson) and, behind a `try: ... except ImportError`, BigQuery's, then
+Pub/Sub's and the cross-language IOs (with `requests` and the Google API clients). No cfysnap
+job reads or writes any of them; yet they were a fifth of Beam's import (0.81-0.86 s alone on
+the 2-core bench machine, 0.67 s without them), and that import is on the critical path of
+every job: a create waits for it with its first pages read, a restore with its archive checked.
+(GCS's file system is still imported, by `apache_beam.io.filesystems`: `gs://` paths work.)
 
 `import_beam()` imports Beam with those modules marked missing (`sys.modules[name] = None`, what
 an import of them then raises is the `ImportError` Beam's own guards expect of a machine without
 them), then takes the marks away again: a later `import pymongo` or `import
 apache_beam.io.gcp.bigquery` in the process (a Dataflow submission, a test) imports them as ever.
-What stays, in this process only: Beam's MongoDB connector without its client (Beam logs "Could
-not find a compatible bson package.", at a level cfysnap's command line does not show) and
-`apache_beam.io` without the Google Cloud names; SDK workers in other processes import Beam as
-they always do.
+While it imports, another thread's import of one of them would fail: cfysnap's jobs import none
+of them meanwhile. What stays, in this process and in the workers cfysnap forks from it
+(`core/workers.py`): Beam's MongoDB connector without its client (Beam logs "Could not find a
+compatible bson package.", which cfysnap's command line shows only with --debug) and
+`apache_beam.io` without the BigQuery and Pub/Sub names. Workers that start Python afresh (a
+Flink or Dataflow job's) import Beam as they always do.
 
 Where Beam is already imported, it does nothing. It imports no Beam itself until called.
 """
@@ -29,7 +31,7 @@ __all__ = ["UNUSED_MODULES", "import_beam"]
 
 UNUSED_MODULES = ("pymongo", "bson", "apache_beam.io.gcp.bigquery")
 """Modules `import apache_beam` imports for connectors cfysnap never uses (`bigquery` first of
-the Google Cloud ones: the `except ImportError` around them skips the rest)."""
+the ones in `apache_beam.io`'s `try`: the `except ImportError` around them skips the rest)."""
 
 _LOCK = threading.Lock()
 

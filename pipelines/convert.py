@@ -483,7 +483,7 @@ def _convert(
 ) -> ConvertSummary:
     version, steps = _source_plan(config, validation)
     # Beam (the members' type is its first user) without the connectors no job uses
-    # (`core.beam_import`); the validation's child is forked already
+    # (`core.beam_import`); the validation runs in an interpreter of its own, unaffected
     import_beam()
     output = config.output
     output.parent.mkdir(parents=True, exist_ok=True)
