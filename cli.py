@@ -63,7 +63,38 @@ snapshots_app = typer.Typer(
 app.add_typer(snapshots_app, name="snapshots")
 
 BEAM_ARGS = {"allow_extra_args": True, "ignore_unknown_options": True}
+"""A job command's extra arguments are Beam's flags (read with `beam_args`)."""
 _debug = False
+
+def beam_args(ctx: typer.Context) -> list[str]:
+    """A job command's extra arguments, Beam's flags (`-- --direct_num_workers=2`).
+
+    Click hands over every option it does not know, before `--` too, and Beam drops a flag it
+    does not know with a warning nobody sees: a misspelt option (`--exclude-evnets`) would be
+    silently ignored, and the job run without it. So an extra argument is a usage error when it
+    names an option that is not one of Beam's: a name with a hyphen (Beam's are snake_case, its
+    runners' own camelCase), a single-dash one, or one close to an option of this command
+    (`--forc`: did you mean `--force`?)."""
+    import difflib
+
+    from typer._click import exceptions as click  # Typer vendors its Click
+
+    own = sorted({o for p in ctx.command.params for o in getattr(p, "opts", ()) if o.startswith("--")})
+    for arg in ctx.args:
+        if not arg.startswith("-") or arg[1:2].isdigit() or arg == "-":
+            continue  # a value (a negative number, stdin's `-`)
+        name = arg.split("=", 1)[0]
+        close = difflib.get_close_matches(name, own, n=1, cutoff=0.8)
+        if close:
+            raise click.UsageError(f"No such option: {name} (did you mean {close[0]}?)", ctx=ctx)
+        if not name.startswith("--") or "-" in name[2:]:
+            raise click.UsageError(
+                f"No such option: {name} (not this command's, nor Beam's: its flags go after `--`, "
+                "spelt with underscores)",
+                ctx=ctx,
+            )
+    return list(ctx.args)
+
 
 # ------------------------------------------------------------------------------ choices
 VersionChoice = Enum("VersionChoice", {f"v{v.name[1:]}": v.value for v in Version}, type=str)  # type: ignore[misc]
@@ -388,6 +419,8 @@ def _configure_logging(debug: bool) -> None:
 
 def _run(fn: Callable[[], T]) -> T:
     """Run a command body; typed errors become one line on stderr and their exit code."""
+    from typer._click.exceptions import UsageError  # Typer vendors its Click
+
     from core import cancel
     from core.errors import CfysnapError
 
@@ -398,7 +431,7 @@ def _run(fn: Callable[[], T]) -> T:
             if cancel.requested():  # Ctrl-C, whatever a runner wrapped it in
                 raise KeyboardInterrupt from None
             raise
-    except (typer.Exit, typer.Abort, typer.BadParameter):
+    except (typer.Exit, typer.Abort, UsageError):  # a usage error (`beam_args`): `main` words it
         raise
     except CfysnapError as exc:
         if _debug:
@@ -608,6 +641,8 @@ def convert(
     """
     from pipelines.convert import ConvertConfig, run
 
+    extra = beam_args(ctx)  # before anything is read or written
+
     def body() -> None:
         config = ConvertConfig(
             source=source,
@@ -620,7 +655,7 @@ def convert(
             limits=limits,
             key=key,
         )
-        result = run(config, ctx.args)
+        result = run(config, extra)
         typer.echo(json.dumps(result.to_json(), indent=2) if as_json else result.render())
 
     _run(body)
@@ -709,6 +744,8 @@ def create(
             "CFYSNAP_ARCHIVE_KEY"
         )
 
+    extra = beam_args(ctx)  # before anything is read or written
+
     def body() -> None:
         config = CreateConfig(
             target=target,
@@ -723,14 +760,14 @@ def create(
             slices=slices,
             force=force,
         )
-        typer.echo(run(config, ctx.args).render())
+        typer.echo(run(config, extra).render())
 
     _run(body)
 
 
 # ----------------------------------------------------------------------------- restore/verify
 def _restore_job(
-    ctx: typer.Context,
+    extra: list[str],
     archive: Path,
     target: Any,
     options: RestoreOptions,
@@ -756,7 +793,7 @@ def _restore_job(
         limits=limits,
         key=key,
     )
-    typer.echo(run(config, tuple(ctx.args)).render())
+    typer.echo(run(config, tuple(extra)).render())
 
 
 @app.command(context_settings=BEAM_ARGS)
@@ -776,7 +813,8 @@ def restore(
 
     Example: cfysnap restore snap.zip --es http://127.0.0.1:9200 --fs-root /opt/manager/resources --credentials-dir /opt/manager/snapshot-credentials -- --direct_num_workers=2 --direct_running_mode=multi_processing
     """
-    _run(lambda: _restore_job(ctx, archive, target, options, limits, key))
+    extra = beam_args(ctx)  # before anything is read or written
+    _run(lambda: _restore_job(extra, archive, target, options, limits, key))
 
 
 @app.command()
@@ -955,9 +993,11 @@ def snapshots_restore(
     """
     from pipelines.snapshots import archive_for_restore
 
+    extra = beam_args(ctx)  # before the store is asked for the archive
+
     def body() -> None:
         archive = archive_for_restore(target, options.fs_root, snapshot_id, _warn)
-        _restore_job(ctx, archive, target, options, limits, key)
+        _restore_job(extra, archive, target, options, limits, key)
 
     _run(body)
 
@@ -1046,6 +1086,8 @@ def export(
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
 
+    extra = beam_args(ctx)  # before anything is read or written
+
     def body() -> None:
         config = ExportConfig(
             output=out_dir,
@@ -1055,7 +1097,7 @@ def export(
             format=format_.value,
             rows_per_group=rows_per_group,
         )
-        typer.echo(run(config, ctx.args).render())
+        typer.echo(run(config, extra).render())
 
     _run(body)
 
