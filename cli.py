@@ -3,7 +3,8 @@
 Each command parses and validates its options, builds one frozen config, calls
 `pipelines.<job>.run(config, beam_args)` (or a read-only library function) and turns the typed
 errors of `core.errors` into one-line messages and exit codes. `--debug` shows tracebacks.
-Everything after `--` goes to Beam untouched (runner flags: `-- --runner=FlinkRunner ...`).
+Everything after `--` goes to Beam untouched (runner flags: `-- --runner=FlinkRunner ...`); an
+argument before it that is not the command's own is a usage error (`BeamCommand`).
 Library imports happen inside the commands, so `--help` is instant.
 
 Options several commands share are declared once and added by a decorator: `@server_options`
@@ -29,6 +30,9 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
+from typer._click.core import Context as ClickContext
+from typer._click.exceptions import MissingParameter
+from typer.core import TyperCommand
 
 from core.model import Version
 from core.text import plural
@@ -63,37 +67,63 @@ snapshots_app = typer.Typer(
 app.add_typer(snapshots_app, name="snapshots")
 
 BEAM_ARGS = {"allow_extra_args": True, "ignore_unknown_options": True}
-"""A job command's extra arguments are Beam's flags (read with `beam_args`)."""
+"""A job command's context: its arguments after `--` are Beam's flags (`beam_args`)."""
+_AFTER_DASHES = "cfysnap.after_dashes"
 _debug = False
 
-def beam_args(ctx: typer.Context) -> list[str]:
-    """A job command's extra arguments, Beam's flags (`-- --direct_num_workers=2`).
 
-    Click hands over every option it does not know, before `--` too, and Beam drops a flag it
-    does not know with a warning nobody sees: a misspelt option (`--exclude-evnets`) would be
-    silently ignored, and the job run without it. So an extra argument is a usage error when it
-    names an option that is not one of Beam's: a name with a hyphen (Beam's are snake_case, its
-    runners' own camelCase), a single-dash one, or one close to an option of this command
-    (`--forc`: did you mean `--force`?)."""
+class BeamCommand(TyperCommand):
+    """A job command (`create`, `convert`, `restore`, `snapshots restore`, `export`): what follows
+    `--` goes to Beam untouched; anything before it that is not the command's own is a usage
+    error naming it (`beam_args`).
+
+    Click, told to take unknown options (Beam's flags), takes them before `--` too, and Beam drops
+    a flag it does not know with a warning nobody sees: a misspelt `--exclude-evnets` would run the
+    job without `--exclude-events`. So it counts what follows `--`, and when a required option is
+    missing, a misspelt one given instead is named first (`--too 3.4`: did you mean `--to`?)."""
+
+    def parse_args(self, ctx: ClickContext, args: list[str]) -> list[str]:
+        given = list(args)  # Click's parser consumes the list it is handed
+        ctx.meta[_AFTER_DASHES] = len(given) - given.index("--") - 1 if "--" in given else 0
+        try:
+            return super().parse_args(ctx, args)
+        except MissingParameter:
+            own = _own_options(self)
+            for token in given[: given.index("--")] if "--" in given else given:
+                if token.startswith("--") and token.split("=", 1)[0] not in own:
+                    raise _not_ours(ctx, token, own) from None
+            raise
+
+
+def beam_args(ctx: ClickContext) -> list[str]:
+    """A job command's Beam flags: its extra arguments after `--`. An extra one before `--` is a
+    usage error naming it (an option with what was likely meant, or a stray argument)."""
+    extra = list(ctx.args)
+    before = extra[: max(len(extra) - ctx.meta.get(_AFTER_DASHES, len(extra)), 0)]
+    if before:
+        raise _not_ours(ctx, before[0], _own_options(ctx.command))
+    return extra
+
+
+def _own_options(command: Any) -> list[str]:
+    names = {"-h", "--help"}
+    for param in command.params:
+        names.update(getattr(param, "opts", ()), getattr(param, "secondary_opts", ()))
+    return sorted(names)
+
+
+def _not_ours(ctx: ClickContext, token: str, own: list[str]) -> Exception:
+    """The usage error of an argument the command does not take."""
     import difflib
 
-    from typer._click import exceptions as click  # Typer vendors its Click
+    from typer._click.exceptions import UsageError
 
-    own = sorted({o for p in ctx.command.params for o in getattr(p, "opts", ()) if o.startswith("--")})
-    for arg in ctx.args:
-        if not arg.startswith("-") or arg[1:2].isdigit() or arg == "-":
-            continue  # a value (a negative number, stdin's `-`)
-        name = arg.split("=", 1)[0]
-        close = difflib.get_close_matches(name, own, n=1, cutoff=0.8)
-        if close:
-            raise click.UsageError(f"No such option: {name} (did you mean {close[0]}?)", ctx=ctx)
-        if not name.startswith("--") or "-" in name[2:]:
-            raise click.UsageError(
-                f"No such option: {name} (not this command's, nor Beam's: its flags go after `--`, "
-                "spelt with underscores)",
-                ctx=ctx,
-            )
-    return list(ctx.args)
+    if not token.startswith("-") or token == "-":
+        return UsageError(f"unexpected extra argument {token!r}", ctx=ctx)
+    name = token.split("=", 1)[0]
+    close = difflib.get_close_matches(name, own, n=1, cutoff=0.6)
+    hint = f"did you mean {close[0]}?" if close else "Beam's flags go after `--`"
+    return UsageError(f"No such option: {name} ({hint})", ctx=ctx)
 
 
 # ------------------------------------------------------------------------------ choices
@@ -611,7 +641,7 @@ def versions() -> None:
     _run(body)
 
 
-@app.command(context_settings=BEAM_ARGS)
+@app.command(cls=BeamCommand, context_settings=BEAM_ARGS)
 @limit_options
 @key_options
 def convert(
@@ -662,7 +692,7 @@ def convert(
 
 
 # ------------------------------------------------------------------------------------ create
-@app.command(context_settings=BEAM_ARGS)
+@app.command(cls=BeamCommand, context_settings=BEAM_ARGS)
 @server_options
 @key_options
 def create(
@@ -736,6 +766,7 @@ def create(
     """
     from pipelines.create import CreateConfig, run
 
+    extra = beam_args(ctx)  # first: a misspelt option is named before anything else is said
     if (output is None) == (snapshot_id is None):
         raise typer.BadParameter("give exactly one of --output and --snapshot-id")
     if encrypt_credentials and key is None:
@@ -743,8 +774,6 @@ def create(
             "--encrypt-credentials needs a key: --key-file, CFYSNAP_ARCHIVE_KEY_FILE or "
             "CFYSNAP_ARCHIVE_KEY"
         )
-
-    extra = beam_args(ctx)  # before anything is read or written
 
     def body() -> None:
         config = CreateConfig(
@@ -796,7 +825,7 @@ def _restore_job(
     typer.echo(run(config, tuple(extra)).render())
 
 
-@app.command(context_settings=BEAM_ARGS)
+@app.command(cls=BeamCommand, context_settings=BEAM_ARGS)
 @server_options
 @restore_options
 @limit_options
@@ -972,7 +1001,7 @@ def snapshots_delete(snapshot_id: SnapshotIdArg, target: Any, fs_root: FsRootOpt
     _run(body)
 
 
-@snapshots_app.command("restore", context_settings=BEAM_ARGS)
+@snapshots_app.command("restore", cls=BeamCommand, context_settings=BEAM_ARGS)
 @server_options
 @restore_options
 @limit_options
@@ -1038,7 +1067,7 @@ def clear(
 
 
 # ------------------------------------------------------------------------------------ export
-@app.command(context_settings=BEAM_ARGS)
+@app.command(cls=BeamCommand, context_settings=BEAM_ARGS)
 @optional_server_options
 def export(
     ctx: typer.Context,
@@ -1079,14 +1108,13 @@ def export(
     """
     from pipelines.export import ExportConfig, parse_types, run
 
+    extra = beam_args(ctx)  # first: a misspelt option is named before anything else is said
     if (archive is None) == (target is None):
         raise typer.BadParameter("give exactly one of --archive and --es")
     try:
         selected = parse_types(types)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
-
-    extra = beam_args(ctx)  # before anything is read or written
 
     def body() -> None:
         config = ExportConfig(

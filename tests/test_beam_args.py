@@ -1,11 +1,13 @@
-"""A job command's extra arguments are Beam's flags; a misspelt option of the command is a usage
-error, never a flag Beam drops with a warning nobody sees (`cli.beam_args`)."""
+"""A job command's arguments after `--` are Beam's flags; anything before `--` that is not the
+command's own is a usage error naming it, never a flag Beam drops with a warning nobody sees
+(`cli.BeamCommand`, `cli.beam_args`)."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from typer.testing import CliRunner
@@ -67,40 +69,64 @@ def test_a_misspelt_option_stops_every_job_before_it_starts(
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing written
 
 
+CREATE_HELP = " (see `cfysnap create --help`)\n"
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
         (["--exclude-evnets"], "No such option: --exclude-evnets (did you mean --exclude-events?)"),
+        # named before create's own "give exactly one of --output and --snapshot-id"
+        (["--outptu", "x.zip"], "No such option: --outptu (did you mean --output?)"),
         (["--outptu=x.zip"], "No such option: --outptu (did you mean --output?)"),
-        # a hyphenated name is never Beam's, wherever it is given
-        (["--", "--direct-num-workers=2"], "No such option: --direct-num-workers (not this "
-         "command's, nor Beam's: its flags go after `--`, spelt with underscores)"),
-        (["-x"], "No such option: -x (not this command's, nor Beam's: its flags go after `--`, "
-         "spelt with underscores)"),
+        # Beam's flags, before `--`: refused too, with where they go
+        (["--direct_num_workers=2"], "No such option: --direct_num_workers (Beam's flags go after `--`)"),
+        (["-x", "--", "--direct_num_workers=2"], "No such option: -x (Beam's flags go after `--`)"),
+        (["stray"], "unexpected extra argument 'stray'"),
     ],
 )
-def test_the_error_names_the_option_and_what_was_meant(
+def test_the_error_names_the_argument_and_what_was_meant(
     extra: list[str], message: str, tmp_path: Path
 ) -> None:
-    out = cli("create", "--es", UNREACHABLE, "--fs-root", str(tmp_path), "--output",
-              str(tmp_path / "out.zip"), *extra)
-    assert (out.returncode, out.stderr) == (2, f"error: {message} (see `cfysnap create --help`)\n")
+    fs_root = tmp_path / "fs"
+    fs_root.mkdir()
+    output = [] if extra[0].startswith("--outptu") else ["--output", str(tmp_path / "out.zip")]
+    out = cli("create", "--es", UNREACHABLE, "--fs-root", str(fs_root), *output, *extra)
+    assert (out.returncode, out.stdout, out.stderr) == (2, "", f"error: {message}{CREATE_HELP}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fs"]
+
+
+def test_a_misspelt_required_option_is_named_before_it_is_missed(archive: Path, tmp_path: Path) -> None:
+    out = cli("convert", str(archive), str(tmp_path / "out.zip"), "--too", "3.4")
+    assert (out.returncode, out.stderr) == (
+        2, "error: No such option: --too (did you mean --to?) (see `cfysnap convert --help`)\n"
+    )
+    missing = cli("convert", str(archive), str(tmp_path / "out.zip"))  # no typo: Click's own
+    assert missing.returncode == 2 and "Missing option '--to'" in missing.stderr
 
 
 @pytest.mark.parametrize(
     "extra",
     [
-        ["--", "--direct_num_workers=2", "--direct_running_mode=multi_processing"],
-        ["--", "--runner", "FlinkRunner", "--parallelism=2", "--maxBundleSize=10"],  # Java's camelCase
-        ["--", "--direct_num_workers", "-1"],  # a value, not an option
-        ["--direct_num_workers=1"],  # before `--` too, as Click hands it over
+        ["--direct_num_workers=2", "--direct_running_mode=multi_processing"],
+        ["--runner", "FlinkRunner", "--parallelism=2", "--maxBundleSize=10"],  # Java's camelCase
+        ["--streaming", "--job-server-timeout=5"],  # near --staging; Beam's own hyphenated spelling
+        ["--direct_num_workers", "-1", "--experiments=-x"],
     ],
 )
-def test_beams_flags_pass(extra: list[str], archive: Path, tmp_path: Path) -> None:
-    """A dry run reads its flags and runs nothing: the command gets past `beam_args`."""
+def test_everything_after_the_dashes_goes_to_beam_untouched(
+    extra: list[str], archive: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pipelines.convert
+
+    seen: list[list[str]] = []
+
+    def run(config: object, flags: list[str]) -> SimpleNamespace:  # the job's entry, stubbed
+        seen.append(list(flags))
+        return SimpleNamespace(render=lambda: "converted (stub)")
+
+    monkeypatch.setattr(pipelines.convert, "run", run)
     result = CliRunner().invoke(
-        app, ["convert", str(archive), str(tmp_path / "out.zip"), "--to", "3.4", "--dry-run", *extra]
+        app, ["convert", str(archive), str(tmp_path / "out.zip"), "--to", "3.4", "--", *extra]
     )
-    assert result.exit_code == 0, result.output
-    assert "No such option" not in result.output
-    assert not (tmp_path / "out.zip").exists()
+    assert (result.exit_code, result.output, seen) == (0, "converted (stub)\n", [extra])

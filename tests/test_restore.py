@@ -656,7 +656,7 @@ def test_the_command_line_refuses_a_bad_line_and_changes_nothing(
         out.write_bytes(ES_DATA, b"\n".join(lines) + b"\n")
     before = target_state(target, tmp_path)
     refused = cli("restore", str(bad), "--es", target.url, "--fs-root", str(tmp_path / "fs"),
-                  "--credentials-dir", str(tmp_path / "creds"), "--no-progress")
+                  "--credentials-dir", str(tmp_path / "creds"))
     assert refused.returncode == 1, refused.stdout + refused.stderr
     assert "es_data:7: not valid JSON" in refused.stderr
     assert target_state(target, tmp_path) == before
