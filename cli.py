@@ -31,7 +31,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from typer._click.core import Context as ClickContext
-from typer._click.exceptions import MissingParameter
+from typer._click.exceptions import MissingParameter, UsageError
 from typer.core import TyperCommand
 
 from core.model import Version
@@ -67,42 +67,36 @@ snapshots_app = typer.Typer(
 app.add_typer(snapshots_app, name="snapshots")
 
 BEAM_ARGS = {"allow_extra_args": True, "ignore_unknown_options": True}
-"""A job command's context: its arguments after `--` are Beam's flags (`beam_args`)."""
-_AFTER_DASHES = "cfysnap.after_dashes"
+"""A job command's context: its arguments after `--` are Beam's flags (`ctx.args`)."""
 _debug = False
 
 
 class BeamCommand(TyperCommand):
     """A job command (`create`, `convert`, `restore`, `snapshots restore`, `export`): what follows
-    `--` goes to Beam untouched; anything before it that is not the command's own is a usage
-    error naming it (`beam_args`).
+    `--` goes to Beam untouched (`ctx.args`); anything before it that is not the command's own is
+    a usage error naming it, raised while the command line is parsed, before the command runs.
 
     Click, told to take unknown options (Beam's flags), takes them before `--` too, and Beam drops
     a flag it does not know with a warning nobody sees: a misspelt `--exclude-evnets` would run the
-    job without `--exclude-events`. So it counts what follows `--`, and when a required option is
-    missing, a misspelt one given instead is named first (`--too 3.4`: did you mean `--to`?)."""
+    job without `--exclude-events`. When a required option is missing, a misspelt one given
+    instead is named first (`--too 3.4`: did you mean `--to`?)."""
 
     def parse_args(self, ctx: ClickContext, args: list[str]) -> list[str]:
         given = list(args)  # Click's parser consumes the list it is handed
-        ctx.meta[_AFTER_DASHES] = len(given) - given.index("--") - 1 if "--" in given else 0
+        before = given[: given.index("--")] if "--" in given else given
+        own = _own_options(self)
         try:
-            return super().parse_args(ctx, args)
+            extra = super().parse_args(ctx, args)
         except MissingParameter:
-            own = _own_options(self)
-            for token in given[: given.index("--")] if "--" in given else given:
+            for token in before:
                 if token.startswith("--") and token.split("=", 1)[0] not in own:
                     raise _not_ours(ctx, token, own) from None
             raise
-
-
-def beam_args(ctx: ClickContext) -> list[str]:
-    """A job command's Beam flags: its extra arguments after `--`. An extra one before `--` is a
-    usage error naming it (an option with what was likely meant, or a stray argument)."""
-    extra = list(ctx.args)
-    before = extra[: max(len(extra) - ctx.meta.get(_AFTER_DASHES, len(extra)), 0)]
-    if before:
-        raise _not_ours(ctx, before[0], _own_options(ctx.command))
-    return extra
+        after = len(given) - len(before) - 1 if "--" in given else 0
+        stray = ctx.args[: max(len(ctx.args) - after, 0)]
+        if stray:
+            raise _not_ours(ctx, stray[0], own)
+        return extra
 
 
 def _own_options(command: Any) -> list[str]:
@@ -115,8 +109,6 @@ def _own_options(command: Any) -> list[str]:
 def _not_ours(ctx: ClickContext, token: str, own: list[str]) -> Exception:
     """The usage error of an argument the command does not take."""
     import difflib
-
-    from typer._click.exceptions import UsageError
 
     if not token.startswith("-") or token == "-":
         return UsageError(f"unexpected extra argument {token!r}", ctx=ctx)
@@ -449,8 +441,6 @@ def _configure_logging(debug: bool) -> None:
 
 def _run(fn: Callable[[], T]) -> T:
     """Run a command body; typed errors become one line on stderr and their exit code."""
-    from typer._click.exceptions import UsageError  # Typer vendors its Click
-
     from core import cancel
     from core.errors import CfysnapError
 
@@ -461,7 +451,7 @@ def _run(fn: Callable[[], T]) -> T:
             if cancel.requested():  # Ctrl-C, whatever a runner wrapped it in
                 raise KeyboardInterrupt from None
             raise
-    except (typer.Exit, typer.Abort, UsageError):  # a usage error (`beam_args`): `main` words it
+    except (typer.Exit, typer.Abort, typer.BadParameter):
         raise
     except CfysnapError as exc:
         if _debug:
@@ -671,8 +661,6 @@ def convert(
     """
     from pipelines.convert import ConvertConfig, run
 
-    extra = beam_args(ctx)  # before anything is read or written
-
     def body() -> None:
         config = ConvertConfig(
             source=source,
@@ -685,7 +673,7 @@ def convert(
             limits=limits,
             key=key,
         )
-        result = run(config, extra)
+        result = run(config, ctx.args)
         typer.echo(json.dumps(result.to_json(), indent=2) if as_json else result.render())
 
     _run(body)
@@ -766,7 +754,6 @@ def create(
     """
     from pipelines.create import CreateConfig, run
 
-    extra = beam_args(ctx)  # first: a misspelt option is named before anything else is said
     if (output is None) == (snapshot_id is None):
         raise typer.BadParameter("give exactly one of --output and --snapshot-id")
     if encrypt_credentials and key is None:
@@ -789,14 +776,14 @@ def create(
             slices=slices,
             force=force,
         )
-        typer.echo(run(config, extra).render())
+        typer.echo(run(config, ctx.args).render())
 
     _run(body)
 
 
 # ----------------------------------------------------------------------------- restore/verify
 def _restore_job(
-    extra: list[str],
+    ctx: typer.Context,
     archive: Path,
     target: Any,
     options: RestoreOptions,
@@ -822,7 +809,7 @@ def _restore_job(
         limits=limits,
         key=key,
     )
-    typer.echo(run(config, tuple(extra)).render())
+    typer.echo(run(config, tuple(ctx.args)).render())
 
 
 @app.command(cls=BeamCommand, context_settings=BEAM_ARGS)
@@ -842,8 +829,7 @@ def restore(
 
     Example: cfysnap restore snap.zip --es http://127.0.0.1:9200 --fs-root /opt/manager/resources --credentials-dir /opt/manager/snapshot-credentials -- --direct_num_workers=2 --direct_running_mode=multi_processing
     """
-    extra = beam_args(ctx)  # before anything is read or written
-    _run(lambda: _restore_job(extra, archive, target, options, limits, key))
+    _run(lambda: _restore_job(ctx, archive, target, options, limits, key))
 
 
 @app.command()
@@ -1022,11 +1008,9 @@ def snapshots_restore(
     """
     from pipelines.snapshots import archive_for_restore
 
-    extra = beam_args(ctx)  # before the store is asked for the archive
-
     def body() -> None:
         archive = archive_for_restore(target, options.fs_root, snapshot_id, _warn)
-        _restore_job(extra, archive, target, options, limits, key)
+        _restore_job(ctx, archive, target, options, limits, key)
 
     _run(body)
 
@@ -1108,7 +1092,6 @@ def export(
     """
     from pipelines.export import ExportConfig, parse_types, run
 
-    extra = beam_args(ctx)  # first: a misspelt option is named before anything else is said
     if (archive is None) == (target is None):
         raise typer.BadParameter("give exactly one of --archive and --es")
     try:
@@ -1125,7 +1108,7 @@ def export(
             format=format_.value,
             rows_per_group=rows_per_group,
         )
-        typer.echo(run(config, extra).render())
+        typer.echo(run(config, ctx.args).render())
 
     _run(body)
 

@@ -1,6 +1,6 @@
 """A job command's arguments after `--` are Beam's flags; anything before `--` that is not the
 command's own is a usage error naming it, never a flag Beam drops with a warning nobody sees
-(`cli.BeamCommand`, `cli.beam_args`)."""
+(`cli.BeamCommand`)."""
 
 from __future__ import annotations
 
