@@ -265,18 +265,26 @@ def event_day_of(at_timestamp: object, timestamp: object) -> date | None:
     return day or _parse_utc_day(timestamp, naive_is_utc=False)
 
 
-@functools.lru_cache(maxsize=4096)
+_DAILY_INDEX_OF_DATE: dict[str, str | None] = {}
+"""`daily_index` of a `@timestamp`'s date part (None: not a date), as `event_daily_index` met
+them: a dict, not an `lru_cache`, whose call costs more than the lookup (cleared at 4,096)."""
+
+
 def _daily_index_of_date(text: str) -> str | None:
+    if len(_DAILY_INDEX_OF_DATE) >= 4096:
+        _DAILY_INDEX_OF_DATE.clear()
     day = _iso_date(text)
-    return None if day is None else daily_index(day)
+    index = _DAILY_INDEX_OF_DATE[text] = None if day is None else daily_index(day)
+    return index
 
 
 def event_daily_index(at_timestamp: object, timestamp: object) -> str | None:
     """`daily_index(event_day_of(at_timestamp, timestamp))`, or None when neither gives a
-    usable time. logstash's own `@timestamp` form, nearly every event, takes one cached lookup
+    usable time. logstash's own `@timestamp` form, nearly every event, takes one dict lookup
     of its date part (a restore asks it twice per event: its check and its load)."""
     if type(at_timestamp) is str and _UTC_ISO.fullmatch(at_timestamp):
-        index = _daily_index_of_date(at_timestamp[:10])
+        date_part = at_timestamp[:10]
+        index = _DAILY_INDEX_OF_DATE.get(date_part) or _daily_index_of_date(date_part)
         if index is not None:
             return index
     day = event_day_of(at_timestamp, timestamp)

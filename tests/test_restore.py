@@ -21,7 +21,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from core.archive import AGENTS, ES_DATA, SnapshotReader, SnapshotWriter
+from core.archive import AGENTS, ES_DATA, EsDataLine, SnapshotReader, SnapshotWriter
 from core.errors import CorruptArchive, RestoreRefused
 from core.journal import Journal, line_ranges, merge_ranges
 from core.model import FILE_FOLDERS, Hit, Version, _parse_utc_day, event_day
@@ -36,6 +36,7 @@ from transforms.restore import Batching
 from transforms.restore_docs import (
     merge_agent,
     restore_hit,
+    restore_line_as_is,
     rewrite_key_path,
     route_event,
 )
@@ -170,6 +171,32 @@ def test_restore_hit_applies_changes_only_where_they_belong() -> None:
     other_dep = {"_index": "cloudify_storage", "_type": "node_instance", "_id": "vm_1",
                  "_source": {"id": "vm_1", "deployment_id": "other"}}
     assert restore_hit(other_dep, key_paths=keys, agents=agents) is other_dep
+
+
+def test_a_node_or_instance_goes_as_archived_only_where_restore_hit_leaves_it() -> None:
+    """`restore_line_as_is` tells from the keys (and one agents.json lookup) alone: exactly the
+    lines whose source `restore_hit` leaves as it is come back, with the archive's bytes."""
+    agents = {"vm_1": ("dep", {"broker_config": {"broker_ip": "b"}}), "db_1": ("dep", {})}
+    keys = {"dep_vm": "/k/dep_vm/agent_key"}
+
+    def line(doc_type: str, doc_id: str, index: str = "cloudify_storage") -> EsDataLine:
+        source = json.dumps({"id": doc_id, "deployment_id": "dep"}).encode()
+        return EsDataLine(index, doc_type, doc_id, msgspec.Raw(source))
+
+    for parts, kept in [
+        (line("node", "dep_vm"), False),  # its key path is rewritten
+        (line("node", "dep_db"), True),  # no key of its own in the archive
+        (line("node_instance", "vm_1"), False),  # its agent is merged
+        (line("node_instance", "db_1"), True),  # an empty entry changes nothing
+        (line("node_instance", "web_1"), True),  # no entry
+        (line("execution", "vm_1"), True),  # not read at all
+    ]:
+        got = restore_line_as_is(parts, key_paths=keys, agents=agents)
+        hit = parts.hit()
+        assert (restore_hit(hit, key_paths=keys, agents=agents) is hit) is kept, parts
+        assert got == ({**hit, "_source": parts.source} if kept else None), parts
+        if kept:
+            assert got is not None and got["_source"] is parts.source  # the bytes, not a copy
 
 
 # --------------------------------------------------------------------------------- journal
@@ -586,7 +613,7 @@ def test_hits_passed_on_unread_are_the_hits_a_full_parse_would_write(
     out = [item for page in pages for item in page]
     assert [n for n, _ in out] == list(range(1, len(lines) + 1))
     steps = plan(version, target_version)
-    short = 0
+    short = kept = changed = 0
     for (_, written), line in zip(out, lines, strict=True):
         read = parse_hit(line)
         expected = ctx.expected_hit(read)
@@ -596,12 +623,25 @@ def test_hits_passed_on_unread_are_the_hits_a_full_parse_would_write(
             short += 1
             assert isinstance(written["_source"], msgspec.Raw)
             assert bytes(written["_source"]) == json.dumps(read["_source"]).encode()  # as archived
+        elif read["_type"] in ("node", "node_instance"):
+            # read (a key path, an agent): sent as archived when the restore leaves it as it
+            # is, else as msgspec encodes the restored source (never a dict to dump again)
+            assert isinstance(written["_source"], msgspec.Raw)
+            if expected["_source"] == read["_source"]:
+                kept += 1
+                assert bytes(written["_source"]) == json.dumps(read["_source"]).encode()
+            else:
+                changed += 1
+                assert bytes(written["_source"]) == msgspec.json.encode(expected["_source"])
         source = written["_source"]
         decoded = msgspec.json.decode(source) if isinstance(source, msgspec.Raw) else source
         assert {**written, "_source": decoded} == {k: expected[k] for k in written}
         assert sorted(written) == ["_id", "_index", "_source", "_type"]  # what a bulk item sends
     # 3.3: every event and log at least; 3.2: events move index in 3.2 -> 3.3 (read in full)
     assert short >= (80 if version is Version.V3_3 else 1)
+    # nodes and instances the restore changes (a key path, an agent; the upgrade's defaults), and
+    # at 3.3 -> 3.3 the ones it leaves as they are (instances without an agent)
+    assert changed and (kept if target_version is version else True)
 
 
 def test_the_split_cuts_shards_at_exact_line_counts_across_blocks(

@@ -13,7 +13,7 @@
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 import apache_beam as beam
@@ -27,11 +27,17 @@ from core.journal import Journal, line_ranges
 from core.model import Hit
 from core.search import SearchTarget
 from transforms.agent_index import AgentIndex
-from transforms.restore_docs import restore_hit, restore_line, restore_reads_source
+from transforms.restore_docs import (
+    Agent,
+    restore_hit,
+    restore_line,
+    restore_line_as_is,
+    restore_reads_source,
+)
 from transforms.restore_plan import ArchivePlan, Batching, RestoreContext, restore_context
 from transforms.search_io import HitPage, WriteToSearch, WrittenBatch
 from transforms.shards import Shard, SplitEsDataIntoShards
-from transforms.versions import plan, touched, upgrade_hit
+from transforms.versions import Step, plan, touched, upgrade_hit
 
 __all__ = [
     "ArchivePlan",
@@ -57,10 +63,18 @@ class _RestoreShardFn(beam.DoFn):
     version upgrade, the restore's own changes. One fused step: Beam's per-step cost is paid
     once per shard, not four times per document.
 
-    A hit whose (index, type) no version step touches and whose source the restore does not
-    read (`touched`, `restore_reads_source`: most of an archive, its events and logs) takes the
-    short way: its keys are decoded, its `_source` is sent on as the archive's bytes
-    (`restore_line`); the result is the same hit `restore_hit(upgrade_hit(...))` gives."""
+    Each (index, type) takes one of three ways (`_learn_way`), each giving the hit
+    `restore_hit(upgrade_hit(...))` gives:
+    - `_SHORT`: no version step touches it and the restore does not read its source
+      (`touched`, `restore_reads_source`: most of an archive, its events and logs): its keys are
+      decoded, its `_source` is sent on as the archive's bytes (`restore_line`);
+    - `_AS_IS`: nodes and node instances no step touches: the same, when their keys say the
+      restore leaves the source as it is (`restore_line_as_is`: no key path, no agent), else
+      the long way;
+    - `_LONG`: the whole line decoded, upgraded and changed; a source that comes out as it went
+      in is sent as the archive's bytes, a changed one as msgspec encodes it."""
+
+    _SHORT, _AS_IS, _LONG = 1, 2, 3  # all true: `ways.get(key) or learn(key)`
 
     def __init__(self, ctx: RestoreContext, loaded: list[tuple[int, int]]) -> None:
         self._source, self._target, self._key_paths = ctx.source, ctx.target, ctx.key_paths
@@ -71,13 +85,16 @@ class _RestoreShardFn(beam.DoFn):
 
     def setup(self) -> None:
         self._steps = plan(self._source, self._target)
-        self._short: dict[tuple[str, str], bool] = {}
+        self._ways: dict[tuple[str, str], int] = {}
 
-    def _learn_way(self, key: tuple[str, str]) -> bool:
-        """Whether hits of (index, type) `key` take the short way (asked once per key)."""
-        short = not touched(self._steps, *key) and not restore_reads_source(*key)
-        self._short[key] = short
-        return short
+    def _learn_way(self, key: tuple[str, str]) -> int:
+        """The way hits of (index, type) `key` take (asked once per key)."""
+        if touched(self._steps, *key):
+            way = self._LONG
+        else:
+            way = self._AS_IS if restore_reads_source(*key) else self._SHORT
+        self._ways[key] = way
+        return way
 
     def teardown(self) -> None:
         if isinstance(self._agents, AgentIndex):
@@ -92,25 +109,24 @@ class _RestoreShardFn(beam.DoFn):
         page's `nbytes` the length of its es_data lines): one loop over the shard's lines,
         the short way's work inline (it runs once per document)."""
         steps, key_paths, skip = self._steps, self._key_paths, bool(self._starts)
-        agents, short, learn = self._agents, self._short, self._learn_way
+        agents, ways, learn = self._agents, self._ways, self._learn_way
+        short, as_is = self._SHORT, self._AS_IS
         page, nbytes, n = HitPage(), 0, 0
         with FileSystems.open(shard.path) as f:
             for lineno, line in enumerate(f, shard.first_line):
                 if (skip and self._loaded(lineno)) or not line.strip():
                     continue
                 try:
+                    hit: Hit | None = None
                     parts = decode_line(line)
-                    if parts is not None and (
-                        (way := short.get((parts.index, parts.type)))
-                        or (way is None and learn((parts.index, parts.type)))
-                    ):
-                        hit = restore_line(parts)
-                    else:
-                        read, raw = parse_hit_with_source(line, lineno)
-                        hit = restore_hit(upgrade_hit(read, steps), key_paths=key_paths, agents=agents)
-                        if raw is not None and hit["_source"] is read["_source"]:
-                            # unchanged: the archive's bytes go to the server, not a json.dumps
-                            hit = {**hit, "_source": msgspec.Raw(raw)}
+                    if parts is not None:
+                        way = ways.get((parts.index, parts.type)) or learn((parts.index, parts.type))
+                        if way == short:
+                            hit = restore_line(parts)
+                        elif way == as_is:
+                            hit = restore_line_as_is(parts, key_paths=key_paths, agents=agents)
+                    if hit is None:
+                        hit = _restored_in_full(line, lineno, steps, key_paths, agents)
                 except CorruptArchive as exc:
                     raise CorruptArchive(exc.member, lineno, exc.reason) from None
                 page.append((lineno, hit))
@@ -125,6 +141,30 @@ class _RestoreShardFn(beam.DoFn):
             page.nbytes = nbytes
             yield page
         self._read.inc(n)
+
+
+def _restored_in_full(
+    line: bytes,
+    lineno: int,
+    steps: Sequence[Step],
+    key_paths: Mapping[str, str],
+    agents: Mapping[str, tuple[str, Agent]],
+) -> Hit:
+    """The long way: the line decoded whole, upgraded, given the restore's changes. A source
+    msgspec decoded (`raw` not None) goes to the server as bytes: the archive's own when nothing
+    changed it, else msgspec's encoding of it, the same JSON `json.dumps` would write (msgspec
+    refuses NaN, Infinity and numbers out of range when it decodes, so the source holds none,
+    and the upgrade and the restore add only strings, integers and agents.json values, which
+    msgspec decoded too), written compact and in UTF-8, about 7x faster."""
+    read, raw = parse_hit_with_source(line, lineno)
+    hit = restore_hit(upgrade_hit(read, steps), key_paths=key_paths, agents=agents)
+    if raw is None:
+        return hit
+    source = hit["_source"]
+    return {**hit, "_source": msgspec.Raw(raw if source is read["_source"] else _ENCODE(source))}
+
+
+_ENCODE = msgspec.json.encode
 
 
 class RestoreDocuments(beam.PTransform):

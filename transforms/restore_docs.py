@@ -43,6 +43,8 @@ import msgspec
 from core.archive import ES_DATA, EsDataLine
 from core.errors import CorruptArchive
 from core.model import (
+    EVENTS_INDEX,
+    LOGSTASH_PREFIX,
     STORAGE_INDEX,
     Doc,
     Hit,
@@ -68,6 +70,7 @@ __all__ = [
     "restored_line_index",
     "restore_reads_source",
     "restore_line",
+    "restore_line_as_is",
 ]
 
 KEY_FILE = "agent_key"
@@ -127,18 +130,17 @@ _EVENT_TIMES = msgspec.json.Decoder(_EventTimes)
 
 def restored_line_index(line: EsDataLine) -> str:
     """The `_index` `restored_key` gives, of an es_data line whose source is still bytes: an
-    event's source is read for its two time fields only."""
-    return _event_line_index(line) if is_event_index(line.index) else line.index
-
-
-def _event_line_index(line: EsDataLine) -> str:
-    """The daily index of an event line (its own day), its source read for its two time
-    fields only; CorruptArchive when neither gives a usable time."""
+    event's (its own day's) from its source's two time fields, read alone; CorruptArchive when
+    neither gives a usable time. (`is_event_index` written out: this runs for every document
+    of a restore, twice.)"""
+    index = line.index
+    if index != EVENTS_INDEX and not index.startswith(LOGSTASH_PREFIX):
+        return index
     times = _EVENT_TIMES.decode(line.source)
-    index = event_daily_index(times.at_timestamp, times.timestamp)
-    if index is None:
+    daily = event_daily_index(times.at_timestamp, times.timestamp)
+    if daily is None:
         raise _no_time(line.type, line.id)
-    return index
+    return daily
 
 
 def restore_reads_source(index: str, doc_type: str) -> bool:
@@ -154,6 +156,26 @@ def restore_line(line: EsDataLine) -> Hit:
     not read (`restore_reads_source` False): the hit as it is written, its `_source` still the
     archive's bytes (`msgspec.Raw`), its `_index` the one `restored_line_index` gives."""
     return {"_index": restored_line_index(line), "_type": line.type, "_id": line.id, "_source": line.source}
+
+
+def restore_line_as_is(
+    line: EsDataLine,
+    *,
+    key_paths: Mapping[str, str],
+    agents: Mapping[str, tuple[str, Agent]],
+) -> Hit | None:
+    """`restore_line(line)` for a line no version step touches whose source `restore_hit`
+    would leave as it is, told from its keys alone: a node with no key path of the archive's,
+    a node instance without an agents.json entry (or with an empty one). None for a node or
+    node instance it would change: the caller decodes that one and calls `restore_hit`."""
+    if line.index == STORAGE_INDEX:
+        if line.type == "node" and line.id in key_paths:
+            return None
+        if line.type == "node_instance":
+            found = agents.get(line.id)  # one lookup: `agents` is an SQLite file
+            if found is not None and found[1]:
+                return None
+    return restore_line(line)
 
 
 # -------------------------------------------------------------------------------- credentials
