@@ -481,12 +481,8 @@ def _restore(config: RestoreConfig, beam_args: Sequence[str], workdir: Path) -> 
             done["files"] = len(summary.files_copied)
             summary.keys = write_keys(reader, credentials_dir, state, journal)
             done["keys"] = len(summary.keys)
-            # the indices are created (the server's work) while Beam's graph is built (ours)
-            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="cfysnap-indices") as pool:
-                indices = pool.submit(create_indices, client, list(archive_plan.expected))
-                _load_documents(
-                    config, ctx, archive, journal, state, archive_plan, beam_args, indices.result
-                )
+            create_indices(client, list(archive_plan.expected))
+            _load_documents(config, ctx, archive, journal, state, archive_plan, beam_args)
             client.flush()  # durable before the journal says finished (see trusted_batches)
             client.refresh()
         except Exception as exc:  # noqa: BLE001 - a runner wraps the DoFn's error
@@ -553,11 +549,9 @@ def _load_documents(
     state: JournalState,
     archive_plan: ArchivePlan,
     beam_args: Sequence[str],
-    before_run: Callable[[], object] = lambda: None,
 ) -> None:
     """The Beam side (graph): every es_data line not yet loaded, through the restore's changes,
-    bulk-loaded; the staging folder removed afterwards whatever happens. `before_run` is called
-    once the graph is built, before it runs (its exception stops the job there)."""
+    bulk-loaded; the staging folder removed afterwards whatever happens."""
     already = sum(state.loaded_counts().values())
     remaining = sum(archive_plan.expected.values()) - already
     staging = config.staging or FileSystems.join(journal.path, f"staging-{uuid.uuid4().hex[:8]}")
@@ -581,7 +575,6 @@ def _load_documents(
                         ctx, config.target, config.batching, staging, state.loaded_lines(), journal
                     )
                 )
-                before_run()
     finally:
         if FileSystems.exists(staging):
             FileSystems.delete([staging])
