@@ -265,16 +265,18 @@ def event_day_of(at_timestamp: object, timestamp: object) -> date | None:
     return day or _parse_utc_day(timestamp, naive_is_utc=False)
 
 
-_DAILY_INDEX_OF_DATE: dict[str, str | None] = {}
-"""`daily_index` of a `@timestamp`'s date part (None: not a date), as `event_daily_index` met
-them: a dict, not an `lru_cache`, whose call costs more than the lookup (cleared at 4,096)."""
+_DAILY_INDEX_OF_DATE: dict[str, str] = {}
+"""`daily_index` of the `@timestamp` date parts `event_daily_index` met: a dict, not an
+`lru_cache`, whose call costs more than the lookup (cleared at 4,096 dates)."""
 
 
 def _daily_index_of_date(text: str) -> str | None:
+    day = _iso_date(text)
+    if day is None:
+        return None
     if len(_DAILY_INDEX_OF_DATE) >= 4096:
         _DAILY_INDEX_OF_DATE.clear()
-    day = _iso_date(text)
-    index = _DAILY_INDEX_OF_DATE[text] = None if day is None else daily_index(day)
+    index = _DAILY_INDEX_OF_DATE[text] = daily_index(day)
     return index
 
 

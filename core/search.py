@@ -1245,7 +1245,8 @@ class SearchClient:
             raise ValueError(f"bulk: hit without {e.args[0]} (keys: {sorted(hit)})") from None
         if type(doc_id) is not str:
             doc_id = str(doc_id)
-        # a source still the server's or the archive's bytes (msgspec.Raw) is joined as it is
+        # a source already JSON bytes (msgspec.Raw: the server's, the archive's, or a restored
+        # source msgspec encoded) is joined as it is
         body = source if type(source) is msgspec.Raw else json.dumps(source).encode()
         prefix = self._action_prefixes.get((op_type, index, doc_type))
         if prefix is None:

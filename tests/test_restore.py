@@ -174,29 +174,54 @@ def test_restore_hit_applies_changes_only_where_they_belong() -> None:
 
 
 def test_a_node_or_instance_goes_as_archived_only_where_restore_hit_leaves_it() -> None:
-    """`restore_line_as_is` tells from the keys (and one agents.json lookup) alone: exactly the
-    lines whose source `restore_hit` leaves as it is come back, with the archive's bytes."""
-    agents = {"vm_1": ("dep", {"broker_config": {"broker_ip": "b"}}), "db_1": ("dep", {})}
-    keys = {"dep_vm": "/k/dep_vm/agent_key"}
+    """`restore_line_as_is` gives back (with the archive's bytes) only lines whose source
+    `restore_hit` leaves as it is, and every instance that is so; a node with a key path it
+    leaves to the caller, whose key only the source shows."""
+    agents = {"vm_1": ("dep", {"broker_config": {"broker_ip": "b"}}), "db_1": ("dep", {}),
+              "lb_1": ("other", {"broker_config": {"broker_ip": "b"}})}
+    keys = {"dep_vm": "/k/dep_vm/agent_key", "dep_lb": "/k/dep_lb/agent_key"}
 
-    def line(doc_type: str, doc_id: str, index: str = "cloudify_storage") -> EsDataLine:
-        source = json.dumps({"id": doc_id, "deployment_id": "dep"}).encode()
-        return EsDataLine(index, doc_type, doc_id, msgspec.Raw(source))
+    def line(doc_type: str, doc_id: str, **source: Any) -> EsDataLine:
+        raw = json.dumps({"id": doc_id, "deployment_id": "dep", **source}).encode()
+        return EsDataLine("cloudify_storage", doc_type, doc_id, msgspec.Raw(raw))
 
-    for parts, kept in [
-        (line("node", "dep_vm"), False),  # its key path is rewritten
-        (line("node", "dep_db"), True),  # no key of its own in the archive
-        (line("node_instance", "vm_1"), False),  # its agent is merged
-        (line("node_instance", "db_1"), True),  # an empty entry changes nothing
-        (line("node_instance", "web_1"), True),  # no entry
-        (line("execution", "vm_1"), True),  # not read at all
+    for parts, kept, changed in [
+        (line("node", "dep_vm"), False, True),  # its key path is rewritten
+        (line("node", "dep_lb", properties={"cloudify_agent": {"key": "/k/dep_lb/agent_key"}}),
+         False, False),  # already that key path: only its source tells
+        (line("node", "dep_db"), True, False),  # no key of its own in the archive
+        (line("node_instance", "vm_1"), False, True),  # its agent is merged
+        (line("node_instance", "db_1"), True, False),  # an empty entry changes nothing
+        (line("node_instance", "lb_1"), True, False),  # an entry of another deployment's
+        (line("node_instance", "web_1"), True, False),  # no entry
+        (line("execution", "vm_1"), True, False),  # not read at all
     ]:
         got = restore_line_as_is(parts, key_paths=keys, agents=agents)
         hit = parts.hit()
-        assert (restore_hit(hit, key_paths=keys, agents=agents) is hit) is kept, parts
+        assert (restore_hit(hit, key_paths=keys, agents=agents) is not hit) is changed, parts
         assert got == ({**hit, "_source": parts.source} if kept else None), parts
         if kept:
             assert got is not None and got["_source"] is parts.source  # the bytes, not a copy
+
+
+def test_a_changed_source_goes_as_msgspec_encodes_it_or_as_a_dict_it_cannot() -> None:
+    """The long way sends a changed source as msgspec's bytes (the same values); one holding a
+    string msgspec cannot encode (a key path from an undecodable directory name: a lone
+    surrogate) stays a dict, which the bulk writer dumps with json.dumps as before."""
+    from transforms.restore import _restored_in_full
+
+    line = json.dumps({"_index": "cloudify_storage", "_type": "node", "_id": "dep_vm",
+                       "_source": {"id": "vm", "name": "é"}}).encode()
+    for key, raw in [("/k/dep_vm/agent_key", True), ("/k/\udcff/agent_key", False)]:
+        hit = _restored_in_full(line, 1, [], {"dep_vm": key}, {})
+        expected = {"id": "vm", "name": "é", "properties": {"cloudify_agent": {"key": key}}}
+        if raw:
+            assert isinstance(hit["_source"], msgspec.Raw)
+            assert bytes(hit["_source"]) == msgspec.json.encode(expected)
+            assert json.loads(bytes(hit["_source"])) == expected
+        else:
+            assert hit["_source"] == expected
+            assert json.loads(json.dumps(hit["_source"])) == expected
 
 
 # --------------------------------------------------------------------------------- journal
@@ -627,7 +652,7 @@ def test_hits_passed_on_unread_are_the_hits_a_full_parse_would_write(
             # read (a key path, an agent): sent as archived when the restore leaves it as it
             # is, else as msgspec encodes the restored source (never a dict to dump again)
             assert isinstance(written["_source"], msgspec.Raw)
-            if expected["_source"] == read["_source"]:
+            if expected["_source"] is read["_source"]:
                 kept += 1
                 assert bytes(written["_source"]) == json.dumps(read["_source"]).encode()
             else:
@@ -640,8 +665,11 @@ def test_hits_passed_on_unread_are_the_hits_a_full_parse_would_write(
     # 3.3: every event and log at least; 3.2: events move index in 3.2 -> 3.3 (read in full)
     assert short >= (80 if version is Version.V3_3 else 1)
     # nodes and instances the restore changes (a key path, an agent; the upgrade's defaults), and
-    # at 3.3 -> 3.3 the ones it leaves as they are (instances without an agent)
-    assert changed and (kept if target_version is version else True)
+    # at 3.3 -> 3.3 the instances it leaves as they are (no agent), which went as archived
+    # without a whole decode (the third way)
+    assert changed
+    if target_version is version:
+        assert kept and fn._ways[("cloudify_storage", "node_instance")] == fn._AS_IS
 
 
 def test_the_split_cuts_shards_at_exact_line_counts_across_blocks(

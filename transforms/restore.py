@@ -52,6 +52,7 @@ __all__ = [
 
 NumberedHit = tuple[int, Hit]
 """A hit and its es_data line number (the journal records loaded batches by line)."""
+_ENCODE = msgspec.json.encode
 PAGE = 1000
 """Restored hits handed on at once (a `HitPage`): Beam's cost of each element it passes on is
 paid a page at a time (measured at 100k documents: the restore's CPU 7.8-8.0 -> 7.3-7.7 s)."""
@@ -68,11 +69,11 @@ class _RestoreShardFn(beam.DoFn):
     - `_SHORT`: no version step touches it and the restore does not read its source
       (`touched`, `restore_reads_source`: most of an archive, its events and logs): its keys are
       decoded, its `_source` is sent on as the archive's bytes (`restore_line`);
-    - `_AS_IS`: nodes and node instances no step touches: the same, when their keys say the
-      restore leaves the source as it is (`restore_line_as_is`: no key path, no agent), else
-      the long way;
-    - `_LONG`: the whole line decoded, upgraded and changed; a source that comes out as it went
-      in is sent as the archive's bytes, a changed one as msgspec encodes it."""
+    - `_AS_IS`: nodes and node instances no step touches (in practice node instances restored
+      at 3.3: the 3.4 steps and both targets' defaults touch the rest): the same, when the
+      restore leaves the source as it is (`restore_line_as_is`: no key path, no agent of its
+      deployment), else the long way;
+    - `_LONG`: the whole line decoded, upgraded and changed (`_restored_in_full`)."""
 
     _SHORT, _AS_IS, _LONG = 1, 2, 3  # all true: `ways.get(key) or learn(key)`
 
@@ -152,19 +153,24 @@ def _restored_in_full(
 ) -> Hit:
     """The long way: the line decoded whole, upgraded, given the restore's changes. A source
     msgspec decoded (`raw` not None) goes to the server as bytes: the archive's own when nothing
-    changed it, else msgspec's encoding of it, the same JSON `json.dumps` would write (msgspec
-    refuses NaN, Infinity and numbers out of range when it decodes, so the source holds none,
-    and the upgrade and the restore add only strings, integers and agents.json values, which
-    msgspec decoded too), written compact and in UTF-8, about 7x faster."""
+    changed it, else msgspec's encoding of it, about 7x faster than `json.dumps`, which the
+    bulk writer uses for a source left a dict. The same values: msgspec refuses NaN, Infinity
+    and numbers out of range when it decodes, so the source holds none, and the upgrade and
+    the restore add strings, integers, booleans, nulls, empty containers and agents.json
+    values (msgspec-decoded too); only the text differs (compact, UTF-8 rather than ASCII
+    escapes). A value msgspec cannot encode (a key path holding a lone surrogate from an
+    undecodable directory name) leaves the source a dict, for `json.dumps`."""
     read, raw = parse_hit_with_source(line, lineno)
     hit = restore_hit(upgrade_hit(read, steps), key_paths=key_paths, agents=agents)
     if raw is None:
         return hit
     source = hit["_source"]
-    return {**hit, "_source": msgspec.Raw(raw if source is read["_source"] else _ENCODE(source))}
-
-
-_ENCODE = msgspec.json.encode
+    if source is read["_source"]:
+        return {**hit, "_source": msgspec.Raw(raw)}
+    try:
+        return {**hit, "_source": msgspec.Raw(_ENCODE(source))}
+    except (TypeError, ValueError):  # UnicodeEncodeError is a ValueError
+        return hit
 
 
 class RestoreDocuments(beam.PTransform):

@@ -71,6 +71,7 @@ __all__ = [
     "restore_reads_source",
     "restore_line",
     "restore_line_as_is",
+    "line_deployment_id",
 ]
 
 KEY_FILE = "agent_key"
@@ -152,9 +153,10 @@ def restore_reads_source(index: str, doc_type: str) -> bool:
 
 
 def restore_line(line: EsDataLine) -> Hit:
-    """`restore_hit` of a line that no version step touches and whose source the restore does
-    not read (`restore_reads_source` False): the hit as it is written, its `_source` still the
-    archive's bytes (`msgspec.Raw`), its `_index` the one `restored_line_index` gives."""
+    """`restore_hit` of a line that no version step touches and whose source the restore leaves
+    as it is (`restore_reads_source` False, or `restore_line_as_is` says so): the hit as it is
+    written, its `_source` still the archive's bytes (`msgspec.Raw`), its `_index` the one
+    `restored_line_index` gives."""
     return {"_index": restored_line_index(line), "_type": line.type, "_id": line.id, "_source": line.source}
 
 
@@ -164,18 +166,31 @@ def restore_line_as_is(
     key_paths: Mapping[str, str],
     agents: Mapping[str, tuple[str, Agent]],
 ) -> Hit | None:
-    """`restore_line(line)` for a line no version step touches whose source `restore_hit`
-    would leave as it is, told from its keys alone: a node with no key path of the archive's,
-    a node instance without an agents.json entry (or with an empty one). None for a node or
-    node instance it would change: the caller decodes that one and calls `restore_hit`."""
+    """`restore_line(line)` for a line no version step touches when `restore_hit` leaves its
+    source as it is, told without decoding that source whole: a node without a key path of the
+    archive's; a node instance without a non-empty agents.json entry of its own deployment (its
+    `deployment_id` alone decoded). None when `restore_hit` may change it (a node whose key path
+    only its source shows, an instance that gets its agent): the caller decodes that one."""
     if line.index == STORAGE_INDEX:
         if line.type == "node" and line.id in key_paths:
             return None
         if line.type == "node_instance":
             found = agents.get(line.id)  # one lookup: `agents` is an SQLite file
-            if found is not None and found[1]:
+            if found is not None and found[1] and line_deployment_id(line) == found[0]:
                 return None
     return restore_line(line)
+
+
+class _InstanceDeployment(msgspec.Struct, gc=False):
+    deployment_id: Any = None
+
+
+_INSTANCE_DEPLOYMENT = msgspec.json.Decoder(_InstanceDeployment)
+
+
+def line_deployment_id(line: EsDataLine) -> Any:
+    """A node instance's `deployment_id`, its source decoded for that field only."""
+    return _INSTANCE_DEPLOYMENT.decode(line.source).deployment_id
 
 
 # -------------------------------------------------------------------------------- credentials

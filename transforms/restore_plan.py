@@ -17,9 +17,6 @@ from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import msgspec
 
 from core.archive import EsDataLine, SnapshotReader
 from core.errors import CorruptArchive, RestoreRefused
@@ -29,6 +26,7 @@ from transforms.restore_docs import (
     Agent,
     AgentWarning,
     key_target,
+    line_deployment_id,
     restore_hit,
     restored_line_index,
 )
@@ -80,7 +78,7 @@ class ArchivePlan:
                 self.deployment_ids.append(doc_id)
             elif doc_type == "node_instance":
                 deployment = _agent_deployment(agents, doc_id)  # the index is an SQLite file
-                if deployment is not None and _deployment_of(line) == deployment:
+                if deployment is not None and line_deployment_id(line) == deployment:
                     self.agents_matched += 1
 
     def merge(self, later: ArchivePlan) -> None:
@@ -94,18 +92,6 @@ class ArchivePlan:
     def raise_problem(self) -> None:
         if self.problem is not None:
             raise self.problem
-
-
-class _InstanceDeployment(msgspec.Struct, gc=False):
-    deployment_id: Any = None
-
-
-_INSTANCE_DEPLOYMENT = msgspec.json.Decoder(_InstanceDeployment)
-
-
-def _deployment_of(line: EsDataLine) -> Any:
-    """A node instance's `deployment_id`, its source decoded for that field only."""
-    return _INSTANCE_DEPLOYMENT.decode(line.source).deployment_id
 
 
 def _agent_deployment(agents: Mapping[str, tuple[str, Agent]], instance_id: str) -> str | None:

@@ -145,8 +145,8 @@ class HitPage(list):  # type: ignore[type-arg]
 
 
 class HitPageCoder(beam.coders.Coder):
-    """`HitPage`s between stages and workers: pickled (a hit's source may be a dict or the
-    archive's bytes, `msgspec.Raw`); its size is the page's own `nbytes`, not a pickling."""
+    """`HitPage`s between stages and workers: pickled (a hit's source may be a dict or JSON
+    bytes, `msgspec.Raw`); its size is the page's own `nbytes`, not a pickling."""
 
     def encode(self, page: HitPage) -> bytes:
         return pickle.dumps((list(page), page.nbytes), protocol=pickle.HIGHEST_PROTOCOL)
