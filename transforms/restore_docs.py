@@ -71,6 +71,7 @@ __all__ = [
     "restore_reads_source",
     "restore_line",
     "restore_line_as_is",
+    "agent_deployment",
     "line_deployment_id",
 ]
 
@@ -175,10 +176,20 @@ def restore_line_as_is(
         if line.type == "node" and line.id in key_paths:
             return None
         if line.type == "node_instance":
-            found = agents.get(line.id)  # one lookup: `agents` is an SQLite file
-            if found is not None and found[1] and line_deployment_id(line) == found[0]:
+            deployment = agent_deployment(agents, line.id)  # one lookup: an SQLite file
+            if deployment is not None and line_deployment_id(line) == deployment:
                 return None
     return restore_line(line)
+
+
+def agent_deployment(agents: Mapping[str, tuple[str, Agent]], instance_id: str) -> str | None:
+    """The deployment of `instance_id`'s non-empty agents.json entry, or None. An index that
+    answers it itself (`AgentIndex.agent_deployment`, without decoding the entry) is asked."""
+    answer = getattr(agents, "agent_deployment", None)  # AgentIndex imports this module
+    if answer is not None:
+        return answer(instance_id)  # type: ignore[no-any-return]
+    found = agents.get(instance_id)
+    return found[0] if found is not None and found[1] else None
 
 
 class _InstanceDeployment(msgspec.Struct, gc=False):

@@ -25,6 +25,7 @@ from transforms.agent_index import AgentIndex
 from transforms.restore_docs import (
     Agent,
     AgentWarning,
+    agent_deployment,
     key_target,
     line_deployment_id,
     restore_hit,
@@ -77,7 +78,7 @@ class ArchivePlan:
             elif doc_type == "deployment":
                 self.deployment_ids.append(doc_id)
             elif doc_type == "node_instance":
-                deployment = _agent_deployment(agents, doc_id)  # the index is an SQLite file
+                deployment = agent_deployment(agents, doc_id)  # the index is an SQLite file
                 if deployment is not None and line_deployment_id(line) == deployment:
                     self.agents_matched += 1
 
@@ -92,14 +93,6 @@ class ArchivePlan:
     def raise_problem(self) -> None:
         if self.problem is not None:
             raise self.problem
-
-
-def _agent_deployment(agents: Mapping[str, tuple[str, Agent]], instance_id: str) -> str | None:
-    """The deployment of `instance_id`'s non-empty agents.json entry, or None."""
-    if isinstance(agents, AgentIndex):
-        return agents.agent_deployment(instance_id)
-    found = agents.get(instance_id)
-    return found[0] if found is not None and found[1] else None
 
 
 @dataclass
