@@ -84,7 +84,7 @@ if TYPE_CHECKING:
 # use, not with this module: `run` starts the source's validation in its child process first, so
 # that the child's 0.6-0.7 s (100k documents) overlaps the parent's 0.5 s import of Beam on the
 # second core instead of competing with the pipeline's workers for it later (measured with 2
-# forked workers: see README "Benchmarks").
+# forked workers: see docs/benchmarks.md).
 
 CONVERT_LINES_PER_SHARD = 10_000
 """Measured with the former bench/convert_bench.py, 300k documents: when every document was a Beam element, 10k lines per
