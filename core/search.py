@@ -1431,7 +1431,16 @@ class SearchClient:
         its translog only every few seconds, so a server killed right after acknowledging a
         bulk can lose it. `refresh` only makes documents searchable."""
         path = "/_flush" if index is None else self._target(index, None) + "/_flush"
-        self.request("POST", path, params=_LENIENT)
+        # waiting for a flush already under way (1.x's default is not to: that shard then fails,
+        # and what it was asked to make durable may not be), and every shard's outcome checked
+        _, body = self.request("POST", path, params={**_LENIENT, "wait_if_ongoing": "true"})
+        shards = body.get("_shards") if isinstance(body, dict) else None
+        failed = int((shards or {}).get("failed") or 0)
+        if failed:
+            failures = (shards or {}).get("failures") or [{}]
+            raise SearchServerError(
+                self.url, f"flush: {plural(failed, 'shard')} failed ({_error_reason(failures[0])})"
+            )
 
 
 @dataclass(slots=True)

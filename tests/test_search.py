@@ -464,6 +464,23 @@ def test_index_op_overwrites_by_id(store: SearchClient) -> None:
 
 @pytest.mark.server
 @pytest.mark.es8
+def test_flush_commits_every_acknowledged_write(store: SearchClient) -> None:
+    """After `flush` no written operation is left only in the translog (1.x syncs that every
+    few seconds): the commit a restore makes before its journal says finished."""
+    store.bulk(storage_hits() + event_hits())
+
+    def uncommitted() -> int:
+        _, stats = store.request("GET", "/_stats/translog")
+        translog = stats["_all"]["primaries"]["translog"]
+        return int(translog.get("uncommitted_operations", translog["operations"]))
+
+    assert uncommitted() == len(storage_hits() + event_hits())
+    store.flush()
+    assert uncommitted() == 0
+
+
+@pytest.mark.server
+@pytest.mark.es8
 def test_document_operations(store: SearchClient) -> None:
     search = store
     search.bulk(storage_hits(), refresh=True)
@@ -642,6 +659,46 @@ def test_a_4xx_item_is_not_resent(fake_bulk: FakeBulkServer) -> None:
     assert result.succeeded == 2
     assert [(f.doc_id, f.status) for f in result.failed] == [("a", 400)]
     assert fake_bulk.requests == [["a", "b", "c"], ["b", "c"]]
+
+
+class _FlushFailing(http.server.BaseHTTPRequestHandler):
+    """A server whose flush fails on one shard, as 1.x answers when another flush is under way
+    and the request did not ask to wait."""
+
+    paths: list[str] = []
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def do_POST(self) -> None:
+        type(self).paths.append(self.path)
+        failure = {"index": "logstash-2015.12.01", "shard": 2, "status": 503,
+                   "reason": "FlushNotAllowedEngineException[already flushing...]"}
+        body = json.dumps({"_shards": {"total": 10, "successful": 9, "failed": 1,
+                                       "failures": [failure]}}).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+def test_a_flush_that_fails_on_a_shard_is_an_error() -> None:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _FlushFailing)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        client = SearchClient(f"http://127.0.0.1:{server.server_address[1]}", layout=Layout.TYPED)
+        with pytest.raises(SearchServerError) as caught:
+            client.flush()
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert str(caught.value) == (
+        f"search server {client.url}: flush: 1 shard failed "
+        "(FlushNotAllowedEngineException[already flushing...])"
+    )
+    [path] = _FlushFailing.paths
+    assert path.startswith("/_flush?") and "wait_if_ongoing=true" in path
 
 
 def test_a_bulk_response_counts_as_written_only_when_every_item_says_so() -> None:
