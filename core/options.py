@@ -23,7 +23,6 @@ __all__ = [
     "beam_options",
     "CfysnapOptions",
     "spreads_work",
-    "runs_in_process",
     "DEFAULT_RUNNER",
     "FORKING_RUNNER",
     "STATE_SAMPLING_PERIOD_MS",
@@ -183,11 +182,3 @@ def spreads_work(options: PipelineOptions) -> bool:
     if options.view_as(StandardOptions).runner not in (DEFAULT_RUNNER, FORKING_RUNNER):
         return True
     return options.view_as(DirectOptions).direct_num_workers != 1
-
-
-def runs_in_process(options: PipelineOptions) -> bool:
-    """Whether the pipeline runs in this process and forks none: the embedded FnApiRunner, in
-    memory or on threads (not its forking multi-processing mode, nor any other runner). Only
-    then may a job do other work on a thread of its own while the pipeline runs: a process
-    forked meanwhile would inherit that thread's locks held, and never see them released."""
-    return options.view_as(StandardOptions).runner == DEFAULT_RUNNER

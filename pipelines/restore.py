@@ -5,13 +5,10 @@ duplicating (spec §3, §4, §6, §7.2, §9).
                             es_data pass (expected counts, blueprint/deployment ids) · journal
                             state · dirty target? · clashing ids?      (nothing written yet)
                 ─ plan ───▶ journal `started`, `checked`
-                ─ write ──▶ indices: every event index created up front
-                            files: each top-level child copied unless it exists (kept)
+                ─ write ──▶ files: each top-level child copied unless it exists (kept)
                             keys:  <credentials-dir>/<dep>_<node>/agent_key, 0600 in 0700
-                  beside ─▶ archive ─LoadDocuments─▶ batches (Beam: see transforms.restore)
-                            (on a thread beside the pipeline when that runs in this process,
-                            else before it: `_beside`)
-                ─ flush ──▶ the target's commit: every acknowledged write durable
+                            indices: every event index created up front
+                ─ graph ──▶ archive ─LoadDocuments─▶ batches (Beam: see transforms.restore)
                 ─ reconcile: loaded (journal) == expected (plan pass), per (index, type)
                 ─ commit ─▶ journal `agents`, `finished`; summary
 
@@ -28,16 +25,14 @@ Beam's `FileSystems`: the archive, `staging` and the journal must be paths every
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import shutil
 import tempfile
-import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -481,24 +476,13 @@ def _restore(config: RestoreConfig, beam_args: Sequence[str], workdir: Path) -> 
             _start(journal, sha, config, client, archive)
             state = JournalState(started={"archive_sha256": sha})
         done: dict[str, Any] = {}
-
-        def write_the_rest() -> None:
-            # the event indices first: the documents' first requests need them soonest
-            create_indices(client, list(archive_plan.expected))
+        try:
             summary.files_copied, summary.files_kept = copy_files(reader, fs_root, state, journal)
             done["files"] = len(summary.files_copied)
             summary.keys = write_keys(reader, credentials_dir, state, journal)
             done["keys"] = len(summary.keys)
-
-        from core.options import beam_options, runs_in_process  # Beam's: imported by now
-
-        try:
-            if runs_in_process(beam_options(beam_args)):
-                with _beside(write_the_rest):
-                    _load_documents(config, ctx, archive, journal, state, archive_plan, beam_args)
-            else:
-                write_the_rest()
-                _load_documents(config, ctx, archive, journal, state, archive_plan, beam_args)
+            create_indices(client, list(archive_plan.expected))
+            _load_documents(config, ctx, archive, journal, state, archive_plan, beam_args)
             client.flush()  # durable before the journal says finished (see trusted_batches)
             client.refresh()
         except Exception as exc:  # noqa: BLE001 - a runner wraps the DoFn's error
@@ -517,37 +501,6 @@ def _restore(config: RestoreConfig, beam_args: Sequence[str], workdir: Path) -> 
     journal.append({"event": "finished"})
     summary.seconds = time.monotonic() - started
     return summary
-
-
-@contextlib.contextmanager
-def _beside(work: Callable[[], None]) -> Iterator[None]:
-    """`work` on a thread of its own while the body runs: joined when the body ends, however
-    it ends, and its error raised then (the body's own, if both failed, with `work`'s logged).
-
-    A restore's files, keys and indices go so beside its documents (they do not depend on one
-    another, and each is journaled on its own, so `--resume` finishes either in any order):
-    measured at 100k documents on 1.7, the first bulk request went 0.1-0.2 s sooner. Only
-    where the pipeline forks no worker meanwhile (`core.options.runs_in_process`)."""
-    failed: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            work()
-        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
-            failed.append(exc)
-
-    thread = threading.Thread(target=run, name="cfysnap-restore-beside", daemon=True)
-    thread.start()
-    try:
-        yield
-    except BaseException:
-        thread.join()
-        if failed:
-            _LOG.error("files, keys or indices failed too: %s", failed[0])
-        raise
-    thread.join()
-    if failed:
-        raise failed[0]
 
 
 def _start(

@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import copy
 import json
-import logging
 import os
 import pickle
 import signal
 import stat
 import subprocess
 import sys
-import threading
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,7 +27,6 @@ from core.journal import Journal, line_ranges, merge_ranges
 from core.model import FILE_FOLDERS, Hit, Version, _parse_utc_day, event_day
 from core.search import Layout, SearchClient
 from pipelines import restore, verify
-from pipelines.restore import _beside
 from pipelines.sample.archive import write_sample_archive
 from pipelines.sample.generate import ManagerSpec
 from pipelines.sample.load import load_manager
@@ -552,42 +549,13 @@ def test_a_killed_restore_resumes_to_exactly_the_same_end(
     assert state.finished and sum(state.loaded_counts().values()) == 122
 
 
-def test_work_beside_is_joined_and_its_error_raised_after_the_body(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    order: list[str] = []
-    release = threading.Event()
-
-    def work() -> None:
-        release.wait(5)
-        order.append("work")
-        raise OSError("cannot write blueprints/bp1")
-
-    with pytest.raises(OSError, match="cannot write blueprints/bp1"):
-        with _beside(work):
-            order.append("body")
-            release.set()
-    assert order == ["body", "work"]  # joined: done before the error reached the caller
-
-    with pytest.raises(ValueError, match="the pipeline failed"), caplog.at_level(logging.ERROR):
-        with _beside(work):
-            release.set()
-            raise ValueError("the pipeline failed")
-    assert order == ["body", "work", "work"]
-    assert "files, keys or indices failed too: cannot write blueprints/bp1" in caplog.text
-
-    with _beside(lambda: order.append("quiet")):
-        pass
-    assert order[-1] == "quiet"
-
-
 @pytest.mark.server
 def test_a_file_that_cannot_be_written_fails_the_restore_and_resume_finishes_it(
     target: SearchClient, tmp_path: Path
 ) -> None:
-    """Files, keys and indices are written beside the documents (the embedded runner): a file
-    that cannot be written fails the restore once the documents are in, saying what was done,
-    and --resume writes what is missing, loading nothing twice."""
+    """A file that cannot be written fails the restore with one line naming it and what was
+    done (the files come first: no document yet), and --resume, once the cause is gone, writes
+    what is missing."""
     archive = sample(tmp_path)
     fs = tmp_path / "fs"
     fs.mkdir()
@@ -599,16 +567,16 @@ def test_a_file_that_cannot_be_written_fails_the_restore_and_resume_finishes_it(
     [message] = failed.stderr.strip().splitlines()
     journal = next((fs / ".cfysnap").glob("restore-*"))
     assert message.startswith("error: restore failed: ")
-    assert message.endswith(f"; finish it with --resume (done before failing: documents=122, "
+    assert message.endswith(f"; finish it with --resume (done before failing: documents=0, "
                             f"journal={journal})")
-    assert "blueprints" in message
+    assert f"Not a directory: '{fs / 'blueprints'}/.cfysnap-partial-" in message
     state = Journal(journal).replay()
-    assert not state.finished and not state.files and sum(state.loaded_counts().values()) == 122
+    assert state.checked and not state.finished and not state.files and not state.batches
 
     (fs / "blueprints").unlink()
     resumed = cli(*args, "--resume")
     assert resumed.returncode == 0, resumed.stderr
-    assert "resumed" in resumed.stdout and "0 documents this run" in resumed.stdout
+    assert "resumed" in resumed.stdout and "122 documents this run" in resumed.stdout
     checked = cli("verify", str(archive), "--es", target.url, "--fs-root", str(fs),
                   "--credentials-dir", str(tmp_path / "creds"))
     assert checked.returncode == 0, checked.stdout + checked.stderr

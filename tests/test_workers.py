@@ -97,16 +97,3 @@ def test_only_the_multi_processing_mode_gets_the_forking_runner() -> None:
     assert runner("--runner=FlinkRunner", "--direct_running_mode=multi_processing") == "FlinkRunner"
     assert spreads_work(beam_options(["--direct_num_workers=2", "--direct_running_mode=multi_processing"]))
     assert not spreads_work(beam_options(["--direct_running_mode=multi_processing"]))  # 1 worker
-
-
-def test_only_the_embedded_runner_without_forking_runs_in_this_process() -> None:
-    """Where a job may work on a thread of its own beside its pipeline (a restore's files,
-    keys and indices): never where a worker is forked meanwhile, even just one."""
-    from core.options import beam_options, runs_in_process
-
-    assert runs_in_process(beam_options())
-    assert runs_in_process(beam_options(["--runner=DirectRunner"]))
-    assert runs_in_process(beam_options(["--direct_num_workers=2", "--direct_running_mode=multi_threading"]))
-    assert not runs_in_process(beam_options(["--direct_running_mode=multi_processing"]))
-    assert not runs_in_process(beam_options(["--direct_num_workers=2", "--direct_running_mode=multi_processing"]))
-    assert not runs_in_process(beam_options(["--runner=PortableRunner", "--job_endpoint=localhost:1"]))
