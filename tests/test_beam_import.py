@@ -34,17 +34,20 @@ def test_beam_is_imported_without_the_unused_connectors_and_they_still_import_af
         "marks = [name for name in UNUSED_MODULES if name in sys.modules]\n"
         "usable = [beam.io.ReadFromText.__name__, beam.io.WriteToText.__name__,\n"
         "          beam.io.ReadFromParquet.__name__, beam.Pipeline.__name__]\n"
-        "import pymongo, apache_beam.io.gcp.bigquery as bq\n"
-        "later = [pymongo.__name__, bq.__name__, hasattr(beam.io, 'ReadFromBigQuery')]\n"
+        "import pymongo, apache_beam.io.gcp.bigquery as bq, pyarrow, transforms.parquet\n"
+        "later = [pymongo.__name__, bq.__name__, hasattr(beam.io, 'ReadFromBigQuery'),\n"
+        "         pyarrow.__name__, transforms.parquet.pa is pyarrow]\n"
         "print(json.dumps({'seen': seen, 'marks': marks, 'usable': usable, 'later': later}))\n"
     )
     assert state == {
         # imported without them, and no mark of them left behind
-        "seen": {"pymongo": False, "bson": False, "apache_beam.io.gcp.bigquery": False},
+        "seen": {"pymongo": False, "bson": False, "apache_beam.io.gcp.bigquery": False,
+                 "pyarrow": False},
         "marks": [],
         "usable": ["ReadFromText", "WriteToText", "ReadFromParquet", "Pipeline"],
-        # a later import of them works as ever; `beam.io` itself lacks the Google Cloud names
-        "later": ["pymongo", "apache_beam.io.gcp.bigquery", False],
+        # a later import of them works as ever (cfysnap's Parquet export's pyarrow too);
+        # `beam.io` itself lacks the Google Cloud names
+        "later": ["pymongo", "apache_beam.io.gcp.bigquery", False, "pyarrow", True],
     }
 
 
