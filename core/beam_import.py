@@ -7,10 +7,10 @@ job reads or writes any of them; yet they were a fifth of Beam's import (0.81-0.
 the 2-core bench machine, 0.67 s without them), and that import is on the critical path of
 every job: a create waits for it with its first pages read, a restore with its archive checked.
 (GCS's file system is still imported, by `apache_beam.io.filesystems`: `gs://` paths work.)
-pyarrow too (0.02 s of the import, 0.367 -> 0.350 s in medians of 6 fresh interpreters each):
-Beam imports it, where installed, for its own Parquet connector and its Arrow batches of
-elements, neither of which cfysnap uses; cfysnap's Parquet export imports pyarrow itself
-(`transforms/parquet.py`), afterwards, as any later import.
+pyarrow too (0.02 s of the import on a faster machine: 0.367 -> 0.350 s, medians of 6 fresh
+interpreters each): Beam imports it, where installed, for its own Parquet connector and its Arrow
+batches of elements, neither of which cfysnap uses; cfysnap's Parquet export uses pyarrow
+directly (`transforms/parquet.py`), which works whether Beam was imported this way before or not.
 
 `import_beam()` imports Beam with those modules marked missing (`sys.modules[name] = None`, what
 an import of them then raises is the `ImportError` Beam's own guards expect of a machine without
@@ -21,8 +21,8 @@ of them meanwhile. What stays, in this process and in the workers cfysnap forks 
 (`core/workers.py`): Beam's MongoDB connector without its client (Beam logs "Could not find a
 compatible bson package.", which cfysnap's command line shows only with --debug),
 `apache_beam.io` without the BigQuery and Pub/Sub names, and Beam's `ReadFromParquet`,
-`WriteToParquet` and Arrow batch converters, defined but unusable (they found no pyarrow). Workers that start Python afresh (a
-Flink or Dataflow job's) import Beam as they always do.
+`WriteToParquet` and Arrow batch converters, defined but unusable (they found no pyarrow).
+Workers that start Python afresh (a Flink or Dataflow job's) import Beam as they always do.
 
 Where Beam is already imported, it does nothing. It imports no Beam itself until called.
 """

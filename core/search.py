@@ -1438,9 +1438,8 @@ class SearchClient:
         failed = int((shards or {}).get("failed") or 0)
         if failed:
             failures = (shards or {}).get("failures") or [{}]
-            raise SearchServerError(
-                self.url, f"flush: {plural(failed, 'shard')} failed ({_error_reason(failures[0])})"
-            )
+            reason = _error_reason(failures[0].get("reason", failures[0]))  # never a value
+            raise SearchServerError(self.url, f"flush: {plural(failed, 'shard')} failed ({reason})")
 
 
 @dataclass(slots=True)
