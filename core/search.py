@@ -499,6 +499,13 @@ def _string_error_reason(text: str) -> str:
     return (shown + (f" (nested: {', '.join(nested)})" if nested else ""))[:300]
 
 
+def _shard_failure_reason(shards: dict[str, Any]) -> str:
+    """The first failure a response's `_shards` lists, as `_error_reason` words it (a 1.x string
+    or an 8.x object: never a value)."""
+    failures = shards.get("failures") or [{}]
+    return _error_reason(failures[0].get("reason", failures[0]))
+
+
 def _hint(status: int) -> str:
     return "credentials" if status in (401, 403) else ""
 
@@ -1098,12 +1105,10 @@ class SearchClient:
             return
         total, ok = int(shards.get("total") or 0), int(shards.get("successful") or 0)
         if ok < total or int(shards.get("failed") or 0):
-            failures = shards.get("failures") or [{}]
-            reason = _error_reason(failures[0].get("reason", failures[0]))
             raise SearchServerError(
                 self.url,
                 f"scroll over {target.lstrip('/')}: {total - ok} of {plural(total, 'shard')} did not "
-                f"answer ({reason})",
+                f"answer ({_shard_failure_reason(shards)})",
             )
 
     def _clear_scroll(self, scroll_id: str) -> None:
@@ -1435,11 +1440,12 @@ class SearchClient:
         # and what it was asked to make durable may not be), and every shard's outcome checked
         _, body = self.request("POST", path, params={**_LENIENT, "wait_if_ongoing": "true"})
         shards = body.get("_shards") if isinstance(body, dict) else None
-        failed = int((shards or {}).get("failed") or 0)
+        shards = shards if isinstance(shards, dict) else {}
+        failed = int(shards.get("failed") or 0)
         if failed:
-            failures = (shards or {}).get("failures") or [{}]
-            reason = _error_reason(failures[0].get("reason", failures[0]))  # never a value
-            raise SearchServerError(self.url, f"flush: {plural(failed, 'shard')} failed ({reason})")
+            raise SearchServerError(
+                self.url, f"flush: {plural(failed, 'shard')} failed ({_shard_failure_reason(shards)})"
+            )
 
 
 @dataclass(slots=True)
